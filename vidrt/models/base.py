@@ -1,0 +1,170 @@
+"""The adapter contract: what vidrt needs to know about a model family.
+
+Algorithms (slicing, policies, profiling) read an adapter's *description* of a pipeline: which module
+is the denoiser, which submodules are spatial / temporal / token-wise, what the stages are. They never
+test a family's name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vidrt.errors import VidrtError
+
+# Module roles the slicer understands.
+SPATIAL = "spatial"      # treats each frame independently: slice the batch*frames axis
+TEMPORAL = "temporal"    # mixes frames at one spatial position: slice the positions axis
+TOKEN = "token"          # DiT block on a token sequence: slice queries / tokens
+
+
+@dataclass(frozen=True)
+class ModuleRoles:
+    """Qualified names (relative to the denoiser) of submodules by role."""
+
+    spatial: tuple[str, ...] = ()
+    temporal: tuple[str, ...] = ()
+    token: tuple[str, ...] = ()
+
+    def of(self, role: str) -> tuple[str, ...]:
+        return getattr(self, role)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    modules: tuple[str, ...]  # pipeline attributes that run in this stage
+
+
+@dataclass
+class RenderRequest:
+    """What the runner asks of a pipeline call (resolved from the config)."""
+
+    prompt: str
+    negative_prompt: str
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+    image: Any = None  # PIL image for I2V families
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelAdapter:
+    """One model family. Subclasses fill the class attributes and the hooks below."""
+
+    family: ClassVar[str]
+    description: ClassVar[str]
+    needs_image: ClassVar[bool] = False
+    optional_image: ClassVar[bool] = False
+    frame_rule: ClassVar[str] = "any"       # "4k+1" for Wan's causal VAE
+    size_multiple: ClassVar[int] = 8
+    native_frames: ClassVar[int] = 16
+    denoiser_attr: ClassVar[str] = "unet"
+    text_encoder_attr: ClassVar[str] = "text_encoder"
+    image_encoder_attr: ClassVar[str | None] = None
+    pipeline_class_names: ClassVar[tuple[str, ...]] = ()
+    stages: ClassVar[tuple[Stage, ...]] = ()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def pipeline_class(self, with_image: bool):
+        raise NotImplementedError
+
+    def load(self, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             *, with_image: bool = False, allow_pickle: bool = False, **kwargs):
+        """Load through the real `from_pretrained` (a local folder or a hub id)."""
+        cls = self.pipeline_class(with_image)
+        local = Path(path)
+        if local.exists():
+            check_folder(local, self, allow_pickle=allow_pickle)
+        try:
+            pipe = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=not allow_pickle or None,
+                                       **self.load_kwargs(path, dtype, allow_pickle), **kwargs)
+        except OSError as exc:
+            raise VidrtError(f"model.path: cannot load {self.family} pipeline from {path!s}: {first_line(exc)}") from None
+        pipe.to(device)
+        return self.prepare(pipe)
+
+    def load_kwargs(self, path, dtype, allow_pickle) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, pipe):
+        """Family-specific fixes applied to every pipeline (loaded or tiny)."""
+        for name in ("text_encoder", "image_encoder", "vae", self.denoiser_attr, "transformer_2"):
+            module = getattr(pipe, name, None)
+            if isinstance(module, nn.Module):
+                module.eval().requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def tiny(self, seed: int = 0, **kwargs):
+        """A random-init twin of the real classes with an in-memory tokenizer (tests)."""
+        raise NotImplementedError
+
+    # ---- description ---------------------------------------------------------------------------
+    def denoiser(self, pipe) -> nn.Module:
+        return getattr(pipe, self.denoiser_attr)
+
+    def roles(self, denoiser: nn.Module) -> ModuleRoles:
+        raise NotImplementedError
+
+    def native_frame_count(self, pipe=None) -> int:
+        return self.native_frames
+
+    # ---- running -------------------------------------------------------------------------------
+    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def call_kwargs(self, pipe, req: RenderRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> video tensor (B, C, F, H, W) in [-1, 1]."""
+        raise NotImplementedError
+
+    def generator(self, req: RenderRequest, device) -> torch.Generator:
+        gen_device = "cpu" if torch.device(device).type == "mps" else device
+        return torch.Generator(device=gen_device).manual_seed(req.seed)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_folder(folder: Path, adapter: ModelAdapter, *, allow_pickle: bool) -> dict:
+    """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""
+    index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise VidrtError(f"model.path: {folder} is not a folder")
+    if not index.is_file():
+        raise VidrtError(f"model.path: {folder} has no model_index.json (not a diffusers pipeline folder)")
+    try:
+        meta = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise VidrtError(f"model.path: {index} is not valid JSON ({exc.msg})") from None
+    class_name = meta.get("_class_name", "")
+    if class_name not in adapter.pipeline_class_names:
+        from vidrt.models import family_of_class
+
+        other = family_of_class(class_name)
+        hint = f"a {other!r} pipeline" if other else f"a {class_name or 'unknown'} pipeline"
+        raise VidrtError(f"model.family: {folder} holds {hint}, not {adapter.family!r}")
+    if not allow_pickle:
+        for sub in folder.iterdir():
+            if not sub.is_dir():
+                continue
+            pickles = [p for p in sub.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+            tensors = [p for p in sub.iterdir() if p.suffix == ".safetensors"]
+            if pickles and not tensors:
+                raise VidrtError(
+                    f"model.allow_pickle: {sub} has only pickle weights ({pickles[0].name}); "
+                    "convert to safetensors or set model.allow_pickle: true if you trust the file"
+                )
+    return meta

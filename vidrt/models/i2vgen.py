@@ -1,0 +1,99 @@
+"""I2VGen-XL (diffusers I2VGenXLPipeline): image + text to video with a 3-D UNet.
+
+Two known breakages are handled here: under transformers 5 its `encode_prompt` crashes unless
+`clip_skip=None`, and it draws from the global RNG (VAE posterior sampling) so a `generator` alone
+does not reproduce a video — the adapter seeds the global RNG too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidrt.models.animatediff import decode_per_frame
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
+from vidrt.models.roles import outermost
+from vidrt.models.tokenizers import word_tokenizer
+
+
+class I2VGenXLAdapter(ModelAdapter):
+    family = "i2vgen-xl"
+    description = "I2VGen-XL: image + text to video (needs `image`). size multiple of 8"
+    needs_image = True
+    size_multiple = 8
+    native_frames = 16
+    denoiser_attr = "unet"
+    image_encoder_attr = "image_encoder"
+    pipeline_class_names = ("I2VGenXLPipeline",)
+    stages = (
+        Stage("text_encode", ("text_encoder",)),
+        Stage("image_encode", ("image_encoder", "vae")),
+        Stage("denoise", ("unet",)),
+        Stage("vae_decode", ("vae",)),
+    )
+
+    def pipeline_class(self, with_image: bool):
+        from diffusers import I2VGenXLPipeline
+
+        return I2VGenXLPipeline
+
+    def tiny(self, seed: int = 0, **_: Any):
+        from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+        from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                                  CLIPVisionModelWithProjection)
+
+        torch.manual_seed(seed)
+        tokenizer = word_tokenizer(style="clip", model_max_length=16)
+        unet = I2VGenXLUNet(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=4, attention_head_dim=4,
+            num_attention_heads=None, norm_num_groups=2,
+        )
+        vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            latent_channels=4, sample_size=32, norm_num_groups=2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=4, intermediate_size=16,
+            layer_norm_eps=1e-05, num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length, hidden_act="gelu", projection_dim=32,
+        ))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=1))
+        feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False)
+        pipe = I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                image_encoder=image_encoder, feature_extractor=feature_extractor, unet=unet,
+                                scheduler=scheduler)
+        return self.prepare(pipe)
+
+    def roles(self, denoiser: nn.Module) -> ModuleRoles:
+        from diffusers.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+        return ModuleRoles(
+            spatial=outermost(denoiser, (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)),
+            temporal=outermost(denoiser, (TemporalConvLayer, TransformerTemporalModel)),
+        )
+
+    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
+        pipe._guidance_scale = req.guidance  # encode_prompt reads it to decide on classifier-free guidance
+        cond, uncond = pipe.encode_prompt(req.prompt, pipe._execution_device, 1,
+                                          negative_prompt=req.negative_prompt, clip_skip=None)
+        out = {"prompt_embeds": cond}
+        if uncond is not None and req.guidance > 1.0:
+            out["negative_prompt_embeds"] = uncond
+        return out
+
+    def call_kwargs(self, pipe, req: RenderRequest) -> dict[str, Any]:
+        # The global RNG is used for the VAE posterior sample of the conditioning image.
+        torch.manual_seed(req.seed)
+        return dict(image=req.image, num_frames=req.frames, height=req.height, width=req.width,
+                    num_inference_steps=req.steps, guidance_scale=req.guidance, clip_skip=None,
+                    target_fps=int(req.extra.get("fps", 16)))
+
+    def decode(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> torch.Tensor:
+        return decode_per_frame(pipe.vae, latents, chunk_frames)
