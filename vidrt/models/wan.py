@@ -40,7 +40,8 @@ class WanAdapter(ModelAdapter):
     def native_frame_count(self, pipe=None) -> int:
         folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
         if folder and (Path(folder) / SAMPLE_META).is_file():
-            return int(json.loads((Path(folder) / SAMPLE_META).read_text())["native_frames"])
+            meta = json.loads((Path(folder) / SAMPLE_META).read_text())
+            return int(meta.get("native_frames", self.native_frames))
         return self.native_frames
 
     def tiny(self, seed: int = 0, *, with_image: bool = False, num_layers: int = 2, text_len: int = 16, **_: Any):

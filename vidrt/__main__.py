@@ -1,0 +1,3 @@
+from vidrt.cli import main
+
+main()
