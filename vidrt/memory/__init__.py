@@ -1,0 +1,25 @@
+"""Memory: real peaks (tracker), full-size simulation without allocation, and the budget planner."""
+from __future__ import annotations
+
+import importlib
+
+from vidrt.memory.tracker import MemoryTracker, format_bytes, track_memory
+
+_LAZY = {
+    "simulate": "vidrt.memory.simulate",
+    "SimReport": "vidrt.memory.simulate",
+    "plan": "vidrt.memory.planner",
+    "Plan": "vidrt.memory.planner",
+    "parse_bytes": "vidrt.memory.planner",
+    "profile_command": "vidrt.memory.commands",
+    "plan_command": "vidrt.memory.commands",
+}
+
+__all__ = ["MemoryTracker", "format_bytes", "track_memory", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vidrt.memory' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
