@@ -1,0 +1,109 @@
+"""TaylorGate: last-block Taylor forecast + first-block confidence gate (CG-Taylor, METHODS §4).
+
+Per CFG stream, fp32 divided-difference histories by step index of
+  f - the output of the FIRST block (order `gate_order`, default 3) and
+  h - the output of the LAST block (order `order`, default 1),
+refreshed on every full call. On a later call the first block always runs; its output f_t is compared with
+the forecast f̂_t: e_t = mean|f̂_t - f_t| / mean|f_t| (per batch half, the worst half). If e_t < threshold,
+blocks 2..N do not run and the last block's output is the forecast ĥ_t; else all blocks run and the
+histories are refreshed. Always full during `warmup` steps and on the last step.
+
+UNet families (AnimateDiff, I2VGen-XL): "first block" = down_blocks[0] (its hidden output is the gate
+signal f), "last block" = up_blocks[-2] (the deepest branch's output, forecast as h); the skipped part is
+down_blocks[1:] + mid_block + up_blocks[:-1]; up_blocks[-1] and the conv in/out always run (see
+docs/POLICIES.md).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from vidrt.policies.base import CallInfo, Layout, Policy, Structure, TaylorHistory, check_number, rel_error
+
+
+class _Stream:
+    def __init__(self, order: int, gate_order: int):
+        self.h = TaylorHistory(order)
+        self.f = TaylorHistory(gate_order)
+        self.f_now: torch.Tensor | None = None
+
+
+class TaylorGate(Policy):
+    name = "taylor_gate"
+    kind = "block"
+
+    def __init__(self, threshold: float = 0.2, warmup: int = 6, order: int = 1, gate_order: int = 3,
+                 final_full: bool = True, max_skips: int | None = None):
+        super().__init__()
+        self.threshold = check_number("threshold", threshold, low=0.0)
+        self.warmup = check_number("warmup", warmup, low=0, integer=True)
+        self.order = check_number("order", order, low=0, integer=True, allow_inf=False)
+        self.gate_order = check_number("gate_order", gate_order, low=0, integer=True, allow_inf=False)
+        self.final_full = bool(final_full)
+        self.max_skips = None if max_skips is None else check_number("max_skips", max_skips, low=0, integer=True)
+        self._streams: dict[str, _Stream] = {}
+        self._errors: list[tuple[int, str, float]] = []
+        self._run: dict[str, int] = {}
+
+    def layout(self, s: Structure) -> Layout:
+        # DiT: forecast the last block; UNet: forecast up_blocks[-2] (the tail up_blocks[-1] always runs)
+        deep_end = s.n if s.kind == "dit" else s.n - 1
+        return Layout(deep_end=deep_end, decide_after=(0,))
+
+    def reset(self) -> None:
+        self._streams = {}
+        self._errors = []
+        self._run = {}
+
+    def _stream(self, info: CallInfo) -> _Stream:
+        st = self._streams.get(info.stream)
+        if st is None:
+            st = self._streams[info.stream] = _Stream(self.order, self.gate_order)
+        return st
+
+    def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
+        st = self._stream(info)
+        st.f_now = feature.detach().to(torch.float32, copy=True)
+        if info.step < self.warmup or (self.final_full and info.is_last) or st.h.step is None:
+            return False
+        if self.max_skips is not None and self._run.get(info.stream, 0) >= self.max_skips:
+            return False
+        if st.h.step >= info.step:
+            return False
+        if math.isinf(self.threshold):
+            err = 0.0
+        else:
+            err = rel_error(st.f.forecast(info.step), st.f_now, halves=info.batch)
+        self._errors.append((info.step, info.stream, err))
+        return err < self.threshold
+
+    def replacement(self, info: CallInfo) -> torch.Tensor:
+        st = self._stream(info)
+        self._run[info.stream] = self._run.get(info.stream, 0) + 1
+        return st.h.forecast(info.step)
+
+    def observe_deep(self, info: CallInfo, feature: torch.Tensor) -> None:
+        st = self._stream(info)
+        st.h.update(feature, info.step)
+        if st.f_now is not None:
+            st.f.update(st.f_now, info.step)
+        st.f_now = None
+        self._run[info.stream] = 0
+
+    def end_call(self, info: CallInfo, skipped: bool) -> None:
+        st = self._streams.get(info.stream)
+        if st is not None:
+            st.f_now = None
+
+    def state_bytes(self) -> int:
+        return sum(s.h.nbytes() + s.f.nbytes() for s in self._streams.values())
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "warmup": self.warmup}
+
+    @property
+    def gate_errors(self) -> list[tuple[int, str, float]]:
+        """(step, stream, e_t) of every gate evaluation of the last generation."""
+        return list(self._errors)
