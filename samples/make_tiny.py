@@ -9,10 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from vidrt.models import get_adapter
+from vidrt.samples_support import conditioning_image
 
 HERE = Path(__file__).resolve().parent
 FOLDERS = {
@@ -21,15 +19,6 @@ FOLDERS = {
     "tiny-random-animatediff": ("animatediff", {}),
     "tiny-random-i2vgen-xl": ("i2vgen-xl", {}),
 }
-
-
-def conditioning_image(size: int = 64) -> Image.Image:
-    """A red disc on a blue background: simple, recognisable, deterministic."""
-    yy, xx = np.mgrid[:size, :size]
-    img = np.zeros((size, size, 3), np.uint8)
-    img[...] = (30, 60, 200)
-    img[(yy - size * 0.5) ** 2 + (xx - size * 0.35) ** 2 < (size * 0.18) ** 2] = (220, 30, 30)
-    return Image.fromarray(img)
 
 
 def main(argv: list[str] | None = None) -> None:

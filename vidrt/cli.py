@@ -26,6 +26,13 @@ SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file", show_default=False)]
 
 
+@app.callback()
+def _setup() -> None:
+    """Runs before every command (also when the app is invoked in-process)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+
+
 def user_errors(fn):
     """Turn VidrtError (and Ctrl-C) into one line on stderr and a non-zero exit."""
 
@@ -112,8 +119,6 @@ def plan(
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
     app(prog_name="vidrt")
 
 
@@ -132,6 +137,7 @@ def _quiet_libraries() -> None:
         dlog.set_verbosity_error()
         dlog.disable_progress_bar()
         tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
 

@@ -7,6 +7,7 @@ test a family's name.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,11 +84,16 @@ class ModelAdapter:
         local = Path(path)
         if local.exists():
             check_folder(local, self, allow_pickle=allow_pickle)
+        elif not looks_like_hub_id(str(path)):
+            raise VidrtError(f"model.path: no such folder {path}")
         try:
             pipe = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=not allow_pickle or None,
                                        **self.load_kwargs(path, dtype, allow_pickle), **kwargs)
-        except OSError as exc:
-            raise VidrtError(f"model.path: cannot load {self.family} pipeline from {path!s}: {first_line(exc)}") from None
+        except VidrtError:
+            raise
+        except Exception as exc:  # corrupt or incomplete folders surface as many exception types
+            raise VidrtError(f"model.path: cannot load {self.family} pipeline from {path!s}: "
+                             f"{type(exc).__name__}: {first_line(exc)}") from None
         pipe.to(device)
         return self.prepare(pipe)
 
@@ -131,6 +137,13 @@ class ModelAdapter:
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device
         return torch.Generator(device=gen_device).manual_seed(req.seed)
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """`org/name` with no local folder `org/` — anything else that does not exist is a missing folder."""
+    parts = path.split("/")
+    return (len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts)
+            and not Path(parts[0]).exists())
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-init pipelines of the real diffusers classes, and an in-process CLI."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+warnings.filterwarnings("ignore")
+for _name in ("diffusers", "transformers"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+try:
+    from diffusers.utils import logging as _dlog
+
+    _dlog.set_verbosity_error()
+    _dlog.disable_progress_bar()
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture()
+def run_cli(monkeypatch):
+    """Run `vidrt ...` in-process (typer's CliRunner), from the repo root; returns the click Result."""
+    from typer.testing import CliRunner
+
+    from vidrt.cli import app
+
+    monkeypatch.chdir(REPO)
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+    return run
