@@ -80,7 +80,7 @@ class StepRehash(Policy):
         st.reused += 1
         if self._residual:
             return st.head_now + st.cache
-        return st.cache
+        return st.cache.clone()   # the tail may write into its input in place
 
     def observe_deep(self, info: CallInfo, feature: torch.Tensor) -> None:
         st = self._stream(info)

@@ -128,7 +128,8 @@ class LearnedInterpolation(Policy):
         step, deep = self._cache[info.stream]
         feature = self._feature.pop(info.stream)
         self.interpolated.append((info.step, info.stream))
-        return self.interpolator(feature, deep, info.step, step, info.num_steps)
+        out = self.interpolator(feature, deep, info.step, step, info.num_steps)
+        return out.clone() if out is deep else out
 
     def observe_deep(self, info: CallInfo, feature: torch.Tensor) -> None:
         self._cache[info.stream] = (info.step, fp32_copy(feature))
