@@ -57,13 +57,17 @@ def render(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="output .mp4 (default: output.path)")] = None,
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT.ckpt/ (the last complete step)")] = False,
 ):
-    """Render a video from CONFIG; writes OUT.mp4 and OUT.json beside it."""
+    """Render a video from CONFIG; writes OUT.mp4 and OUT.json beside it.
+
+    Every denoising step is checkpointed to OUT.ckpt/ (removed after success); after a crash or Ctrl-C,
+    the same command with --resume continues from the last complete step."""
     from vidrt.config import load_config
     from vidrt.runner import render as run
 
     cfg = load_config(config, set_ or [])
-    result = run(cfg, output, console=err, show_progress=not quiet)
+    result = run(cfg, output, console=err, show_progress=not quiet, resume=resume)
     side = result.sidecar
     err.print(f"wrote {result.video_path} ({side['frames']} frames {side['width']}x{side['height']}), "
               f"{result.sidecar_path}; peak {side['peak_memory_bytes'] / 2**20:.1f} MiB, "

@@ -6,11 +6,13 @@ decoder can be sliced independently of the pipeline's own choice.
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import platform
-import sys
+import signal
+import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vidrt.checkpoint import Checkpoint, StepCheckpointer, restore_scheduler
 from vidrt.config import RenderConfig
 from vidrt.errors import VidrtError
 from vidrt.models import get_adapter
@@ -32,7 +35,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class RenderResult:
     video_path: Path
     sidecar_path: Path
-    frames: np.ndarray          # (F, H, W, 3) uint8, as written
+    frames: int                 # number of frames written
     sidecar: dict[str, Any]
 
 
@@ -105,10 +108,97 @@ def _tracker(device: torch.device):
     return MemoryTracker(device)
 
 
-def run_stages(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
-               console: Console | None = None, show_progress: bool = True) -> np.ndarray:
-    """Text encode -> (image encode) -> denoise -> VAE decode, each as a tracked stage; returns frames."""
-    log = console or Console(stderr=True)
+class RenderInterrupted(VidrtError):
+    """Ctrl-C: the render stopped after a complete step whose checkpoint is on disk."""
+
+
+@dataclass
+class StepControl:
+    """What happens around each scheduler step: progress, checkpoints, resume and interrupt."""
+
+    total_steps: int
+    checkpointer: StepCheckpointer | None = None
+    resume: Checkpoint | None = None
+    policy: Any = None
+    on_step: Any = None            # callable(done, total) for progress
+    interrupted: bool = False      # set by the SIGINT handler
+
+    @property
+    def done_before(self) -> int:
+        return self.resume.step if self.resume is not None else 0
+
+
+@contextlib.contextmanager
+def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, generator, control: StepControl,
+               device: torch.device):
+    """Wrap `scheduler.step` (called once per denoising step by every supported pipeline) to checkpoint and
+    report progress, and `scheduler.set_timesteps` to resume mid-trajectory."""
+    scheduler = pipe.scheduler
+    done = control.done_before
+    original_step = scheduler.step
+    original_set = scheduler.set_timesteps
+    handles = []
+
+    def step(*args, **kwargs):
+        nonlocal done
+        out = original_step(*args, **kwargs)
+        done += 1
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        if control.checkpointer is not None:
+            control.checkpointer.save(done, control.total_steps, adapter.pipeline_latents(latents, req), scheduler,
+                                      generator, policy_state(control.policy))
+        if control.on_step is not None:
+            control.on_step(done, control.total_steps)
+        if control.interrupted and done < control.total_steps:
+            raise RenderInterrupted(f"interrupted after step {done}/{control.total_steps}")
+        return out
+
+    scheduler.step = step
+    if control.resume is not None:
+        ckpt = control.resume
+
+        def set_timesteps(*args, **kwargs):
+            original_set(*args, **kwargs)
+            restore_scheduler(scheduler, ckpt.scheduler, device)
+            full = scheduler.timesteps
+            scheduler.timesteps = full[ckpt.step:]  # the pipeline's loop starts at the next step ...
+
+            def restore_full(*_):                   # ... while the scheduler itself sees the whole schedule
+                scheduler.timesteps = full
+                handle.remove()
+
+            handle = denoiser.register_forward_pre_hook(restore_full)
+            handles.append(handle)
+
+        scheduler.set_timesteps = set_timesteps
+        if generator is not None and ckpt.generator is not None:
+            generator.set_state(ckpt.generator)
+        set_policy_state(control.policy, ckpt.policy)
+    try:
+        yield
+    finally:
+        for name in ("step", "set_timesteps"):
+            scheduler.__dict__.pop(name, None)
+        for handle in handles:
+            handle.remove()
+
+
+def policy_state(policy) -> Any:
+    getter = getattr(policy, "state_dict", None)
+    return getter() if callable(getter) else None
+
+
+def set_policy_state(policy, state) -> None:
+    setter = getattr(policy, "load_state_dict", None)
+    if callable(setter) and state is not None:
+        setter(state)
+
+
+def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
+                       log: Console, show_progress: bool = True,
+                       control: StepControl | None = None) -> torch.Tensor:
+    """Stages text_encode -> (image_encode) -> denoise; returns the final latents."""
+    control = control or StepControl(total_steps=req.steps)
     denoiser = adapter.denoiser(pipe)
 
     with tracker.stage("text_encode", params=[pipe.text_encoder]):
@@ -116,13 +206,16 @@ def run_stages(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.de
     _log_stage(log, tracker)
     release_text_encoder(pipe, device)
 
+    if control.resume is not None and control.resume.step >= req.steps:
+        log.print(f"resume: all {req.steps} steps were done; decoding the saved latents")
+        return control.resume.latents.to(device)
+
     hook = None
     if req.image is not None:
         image_modules = [m for m in (getattr(pipe, adapter.image_encoder_attr or "", None), pipe.vae) if m is not None]
         tracker.begin_stage("image_encode", params=image_modules)
 
         def enter_denoise(module, args, kwargs):
-            nonlocal hook
             hook.remove()
             tracker.begin_stage("denoise", params=[denoiser])
             _log_stage(log, tracker)
@@ -133,33 +226,37 @@ def run_stages(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.de
 
     progress = Progress(TextColumn("denoise"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=log, disable=not show_progress, transient=False)
-
-    def on_step_end(_pipe, step, timestep, callback_kwargs):
-        progress.update(task, completed=step + 1)
-        return callback_kwargs
-
+    task = progress.add_task("denoise", total=req.steps, completed=control.done_before)
+    control.on_step = lambda done, total: progress.update(task, completed=done)
+    generator = adapter.generator(req, device)
     kwargs = adapter.call_kwargs(pipe, req)
-    step_hook = None
-    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
-        kwargs["callback_on_step_end"] = on_step_end
-    else:  # I2VGen-XL has no step callback: count denoiser calls (one per step, CFG is batched there)
-        step_hook = denoiser.register_forward_hook(lambda *_: progress.advance(task))
+    if control.resume is not None:
+        # pipelines that scale given latents by init_noise_sigma (UNet families) would scale them twice
+        kwargs["latents"] = control.resume.latents.to(device) / getattr(pipe.scheduler, "init_noise_sigma", 1.0)
     try:
-        with progress:
-            task = progress.add_task("denoise", total=req.steps)
-            result = pipe(**embeds, **kwargs, generator=adapter.generator(req, device), output_type="latent")
+        with progress, step_hooks(pipe, adapter, denoiser, req, generator, control, device):
+            result = pipe(**embeds, **kwargs, generator=generator, output_type="latent")
     finally:
-        for h in (hook, step_hook):
-            if h is not None:
-                h.remove()
+        if hook is not None:
+            hook.remove()
     tracker.end_stage()
     _log_stage(log, tracker)
-    latents = result.frames
+    return result.frames
 
+
+def decoded_frames(pipe, adapter: ModelAdapter, latents: torch.Tensor) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames, produced chunk by chunk from the adapter's streaming decoder."""
+    for chunk in adapter.decode_stream(pipe, latents):
+        yield from to_uint8_frames(chunk)
+
+
+def run_stages(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
+               console: Console | None = None, show_progress: bool = True) -> np.ndarray:
+    """All stages in memory (tests, library use); returns (F, H, W, 3) uint8 frames."""
+    log = console or Console(stderr=True)
+    latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress)
     with tracker.stage("vae_decode", params=[pipe.vae]):
-        video = adapter.decode(pipe, latents)
-        frames = to_uint8_frames(video)
-        del video
+        frames = np.stack(list(decoded_frames(pipe, adapter, latents)))
     _log_stage(log, tracker)
     return frames
 
@@ -173,32 +270,50 @@ def _log_stage(log: Console, tracker, index: int = -1) -> None:
 
 
 def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, console: Console | None = None,
-           show_progress: bool = True) -> RenderResult:
-    """Render `cfg` to an mp4 and its JSON sidecar. Nothing is left behind on failure."""
+           show_progress: bool = True, resume: bool = False, checkpoints: bool = True) -> RenderResult:
+    """Render `cfg` to an mp4 and its JSON sidecar, checkpointing every step beside the output.
+
+    Nothing but the checkpoint folder is left behind on failure; `resume=True` continues from it.
+    """
     started = time.perf_counter()
+    log = console or Console(stderr=True)
     out_path = check_writable(out or cfg.output.path)
     adapter = get_adapter(cfg.model.family)
     image = load_image(cfg.image) if cfg.image else None
     device = resolve_device(cfg.devices)
+    config_dict = cfg.model_dump(mode="json")
+    checkpointer = StepCheckpointer(out_path, config_dict) if checkpoints or resume else None
+    resume_from = checkpointer.load() if resume else None
     if pipe is None:
         pipe = load_pipeline(cfg, device, with_image=image is not None)
     req = request_from(cfg, adapter, pipe, image)
     if adapter.frame_rule == "4k+1" and (req.frames - 1) % 4:
         raise VidrtError(f"frames: {req.frames} is not 4k+1 (required by {adapter.family})")
+    if resume_from is not None:
+        log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
     memory = apply_memory(pipe, cfg, device)
-    attach_policy(pipe, cfg)
+    policy = attach_policy(pipe, cfg)
+    control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy)
     tracker = _tracker(device)
-    with tracker:
-        frames = run_stages(pipe, adapter, req, device, tracker, console, show_progress)
+    with tracker, interrupt_after_step(control):
+        try:
+            latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress, control)
+        except RenderInterrupted as exc:
+            raise RenderInterrupted(f"{exc}; checkpoint in {checkpointer.folder}; continue with: vidrt render "
+                                    f"CONFIG -o {out_path} --resume") from None
+        with tracker.stage("vae_decode", params=[pipe.vae]):
+            count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
+                                (req.height, req.width))
+        _log_stage(log, tracker)
 
     sidecar = {
         "output": str(out_path),
-        "config": cfg.model_dump(mode="json"),
+        "config": config_dict,
         "seed": cfg.seed,
-        "frames": int(frames.shape[0]),
-        "height": int(frames.shape[1]),
-        "width": int(frames.shape[2]),
+        "frames": count,
+        "height": req.height,
+        "width": req.width,
         "fps": cfg.output.fps,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -207,17 +322,37 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "stages": tracker.stages,
         "memory": memory,
         "policy": _policy_stats(pipe),
+        "resumed_from_step": resume_from.step if resume_from is not None else None,
         "seconds_total": round(time.perf_counter() - started, 3),
-        "argv": sys.argv,
     }
-    write_video(out_path, frames, cfg.output.fps, (frames.shape[1], frames.shape[2]))
     side = sidecar_path(out_path)
     try:
         write_json(side, sidecar)
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise
-    return RenderResult(out_path, side, frames, sidecar)
+    if checkpointer is not None:
+        checkpointer.remove()
+    return RenderResult(out_path, side, count, sidecar)
+
+
+@contextlib.contextmanager
+def interrupt_after_step(control: StepControl):
+    """First Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if control.interrupted:
+            raise KeyboardInterrupt
+        control.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _policy_stats(pipe) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """AnimateDiff: a Stable Diffusion 1.5 UNet with a MotionAdapter (diffusers AnimateDiffPipeline)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -95,14 +96,18 @@ class AnimateDiffAdapter(ModelAdapter):
         return dict(num_frames=req.frames, height=req.height, width=req.width,
                     num_inference_steps=req.steps, guidance_scale=req.guidance)
 
-    def decode(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> torch.Tensor:
+    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)
 
 
-def decode_per_frame(vae, latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """Decode (B, C, F, h, w) latents with a 2-D image VAE, `chunk_frames` frames at a time."""
+def decode_per_frame(vae, latents: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
+    """Decode (B, C, F, h, w) latents with a 2-D image VAE, `chunk_frames` frames at a time, yielding
+    (B, 3, f, H, W) chunks — the same arithmetic as the pipelines' `decode_latents`."""
     b, c, f, h, w = latents.shape
-    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(vae.dtype)
-    parts = [vae.decode(flat[i:i + chunk_frames]).sample for i in range(0, b * f, chunk_frames)]
-    video = torch.cat(parts)
-    return video.reshape(b, f, *video.shape[1:]).permute(0, 2, 1, 3, 4).float()
+    scaled = (1 / vae.config.scaling_factor * latents).to(vae.dtype)  # same arithmetic as diffusers
+    for start in range(0, f, chunk_frames):
+        part = scaled[:, :, start:start + chunk_frames]
+        n = part.shape[2]
+        flat = part.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w)
+        video = vae.decode(flat).sample
+        yield video.reshape(b, n, *video.shape[1:]).permute(0, 2, 1, 3, 4).float()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,9 +131,17 @@ class ModelAdapter:
     def call_kwargs(self, pipe, req: RenderRequest) -> dict[str, Any]:
         raise NotImplementedError
 
-    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> video tensor (B, C, F, H, W) in [-1, 1]."""
+    def pipeline_latents(self, step_latents: torch.Tensor, req: RenderRequest) -> torch.Tensor:
+        """The scheduler step's output in the layout the pipeline accepts as `latents=` (for resuming)."""
+        return step_latents
+
+    def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Latents -> video chunks (B, C, f, H, W) in [-1, 1], in frame order (see runner: streamed to mp4)."""
         raise NotImplementedError
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> the whole video tensor (B, C, F, H, W) in [-1, 1]."""
+        return torch.cat(list(self.decode_stream(pipe, latents)), dim=2)
 
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device

@@ -6,6 +6,7 @@ does not reproduce a video — the adapter seeds the global RNG too.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -95,5 +96,12 @@ class I2VGenXLAdapter(ModelAdapter):
                     num_inference_steps=req.steps, guidance_scale=req.guidance, clip_skip=None,
                     target_fps=int(req.extra.get("fps", 16)))
 
-    def decode(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> torch.Tensor:
+    def pipeline_latents(self, step_latents: torch.Tensor, req: RenderRequest) -> torch.Tensor:
+        """I2VGen-XL steps the scheduler on (B*F, C, h, w); its `latents=` argument is (B, C, F, h, w)."""
+        if step_latents.ndim == 5:
+            return step_latents
+        bf, c, h, w = step_latents.shape
+        return step_latents.reshape(bf // req.frames, req.frames, c, h, w).permute(0, 2, 1, 3, 4)
+
+    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)

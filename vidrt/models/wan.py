@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -106,10 +107,34 @@ class WanAdapter(ModelAdapter):
             kwargs["image"] = req.image
         return kwargs
 
-    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
+        """Decode Wan latents one latent frame at a time through the causal VAE, yielding video chunks
+        (B, C, f, H, W) in [-1, 1] as they are produced, so the whole video never sits in memory.
+
+        The VAE's own `_decode` runs the same per-frame loop with its causal feature cache but
+        concatenates every output before returning; this yields the identical pieces instead. With VAE
+        tiling enabled, the tiled decoder runs as a whole (it loops over tiles, not frames).
+        """
         vae = pipe.vae
         z = vae.config.z_dim
         latents = latents.to(vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        return vae.decode(latents / inv_std + mean, return_dict=False)[0].float()
+        latents = latents / inv_std + mean
+        if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
+            yield vae.decode(latents, return_dict=False)[0].float()
+            return
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        vae.clear_cache()
+        try:
+            x = vae.post_quant_conv(latents)
+            for i in range(x.shape[2]):
+                vae._conv_idx = [0]
+                out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0)
+                if vae.config.patch_size is not None:
+                    out = unpatchify(out, patch_size=vae.config.patch_size)
+                yield out.clamp(-1.0, 1.0).float()
+        finally:
+            vae.clear_cache()
