@@ -1,0 +1,545 @@
+"""Full-size memory simulation without allocating: `vidrt.simulate(config) -> SimReport`.
+
+The real model classes are built at full size under `FakeTensorMode` with fake **CPU** tensors (not the meta
+device and not fake CUDA tensors: there SDPA falls back to math attention and a Wan forward "needs" 97 GiB;
+CPU SDPA takes the flash path like a GPU would). The pipeline's stages then run for real on those fake
+tensors — text encoder forward (twice with classifier-free guidance), image encoder + VAE encode for I2V,
+one denoising step with CFG the way each pipeline does it (Wan: two denoiser calls; AnimateDiff and
+I2VGen-XL: one call on a batch of 2), VAE decode — under the same dispatch counter the real tracker uses.
+
+Parameters are counted from the modules; where they live (accelerator or host) follows the memory
+settings: offload none|model|group, text encoder on the accelerator or the CPU, slicing, VAE tiling.
+`peak_bytes` is the accelerator's peak; host memory (a text encoder kept on the CPU, offloaded weights)
+is `host_peak_bytes`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidrt.errors import VidrtError
+from vidrt.memory.tracker import MemoryTracker, format_bytes, module_bytes, stage_table
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+KNOWN_MODELS = (
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "ali-vilab/i2vgen-xl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "guoyww/animatediff-motion-adapter-v1-5-2",
+)
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+
+STAGE_MODULES = {
+    "text_encode": ("text_encoder",),
+    "image_encode": ("image_encoder", "vae"),
+    "denoise": ("denoiser",),
+    "vae_decode": ("vae",),
+}
+
+
+# ---- settings ----------------------------------------------------------------------------------------
+@dataclass
+class MemorySettings:
+    """Concrete memory decisions for one run (what the planner chooses, what simulate evaluates)."""
+
+    slicing: bool = False
+    chunk_frames: int | None = None
+    chunk_tokens: int | None = None
+    chunk_positions: int | None = None
+    offload: str = "none"              # none | model | group
+    text_encoder: str = "accelerator"  # accelerator | cpu
+    vae_tiling: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        sl = "off"
+        if self.slicing:
+            parts = [f"{k}={getattr(self, 'chunk_' + k) or 'auto'}" for k in ("frames", "tokens", "positions")]
+            sl = ",".join(parts)
+        return (f"slicing {sl}; offload {self.offload}; text encoder on {self.text_encoder}; "
+                f"vae tiling {'on' if self.vae_tiling else 'off'}")
+
+
+def settings_from_config(config) -> MemorySettings:
+    mem = getattr(config, "memory", None)
+    s = MemorySettings()
+    if mem is None:
+        return s
+    slicing = getattr(mem, "slicing", "auto")
+    if slicing == "auto":
+        s.slicing = True
+    elif slicing in ("off", None, False):
+        s.slicing = False
+    else:
+        get = slicing.get if isinstance(slicing, dict) else (lambda k, d=None: getattr(slicing, k, d))
+        s.slicing = True
+        s.chunk_frames, s.chunk_tokens, s.chunk_positions = get("frames"), get("tokens"), get("positions")
+    s.offload = str(getattr(mem, "offload", "none") or "none")
+    if s.offload not in ("none", "model", "group"):
+        raise VidrtError(f"memory.offload: {s.offload!r} is not one of none, model, group")
+    s.vae_tiling = getattr(mem, "vae_tiling", "auto") == "on"
+    te = getattr(mem, "text_encoder", None)
+    if te in ("cpu", "accelerator"):
+        s.text_encoder = te
+    return s
+
+
+# ---- component configs -------------------------------------------------------------------------------
+@dataclass
+class Component:
+    library: str       # diffusers | transformers
+    class_name: str
+    config: Any        # dict (from json) or a transformers config object
+
+
+def known_dir(model_id: str) -> Path | None:
+    if model_id not in KNOWN_MODELS:
+        return None
+    base = resources.files("vidrt") / "known_configs" / model_id.replace("/", "--")
+    return Path(str(base))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VidrtError(f"model.path: cannot read {path}: {exc}") from None
+
+
+def components_from_folder(folder: Path) -> dict[str, Component]:
+    index = _read_json(folder / "model_index.json")
+    out = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
+            continue
+        cfg_path = folder / name / "config.json"
+        if not cfg_path.is_file():
+            continue
+        lib, cls = value
+        cfg = _read_json(cfg_path)
+        out[name] = Component("diffusers" if lib == "diffusers" else "transformers", cfg.get("_class_name", cls)
+                              if lib == "diffusers" else cls, cfg)
+    out["_pipeline"] = Component("diffusers", index.get("_class_name", ""), {})
+    return out
+
+
+def components_from_pipe(pipe) -> dict[str, Component]:
+    out = {}
+    for name, mod in pipe.components.items():
+        if not isinstance(mod, nn.Module):
+            continue
+        lib = "transformers" if type(mod).__module__.startswith("transformers") else "diffusers"
+        cfg = mod.config if lib == "transformers" else dict(mod.config)
+        out[name] = Component(lib, type(mod).__name__, cfg)
+    out["_pipeline"] = Component("diffusers", type(pipe).__name__, {})
+    return out
+
+
+def _adapter_dir(motion_adapter: str) -> dict:
+    kd = known_dir(motion_adapter)
+    path = kd if kd is not None else Path(motion_adapter)
+    if not (path / "config.json").is_file():
+        raise VidrtError(f"model.motion_adapter: unknown motion adapter {motion_adapter!r} for a dry run "
+                         f"(known: {DEFAULT_MOTION_ADAPTER}, or a local folder with config.json)")
+    return _read_json(path / "config.json")
+
+
+def resolve_components(config) -> dict[str, Component]:
+    model = config.model
+    path = str(model.path)
+    kd = known_dir(path)
+    if kd is not None:
+        comps = components_from_folder(kd)
+    elif (Path(path) / "model_index.json").is_file():
+        comps = components_from_folder(Path(path))
+    else:
+        known = ", ".join(m for m in KNOWN_MODELS if "motion-adapter" not in m)
+        raise VidrtError(f"model.path: {path!r} is not a known model id or a local pipeline folder; "
+                         f"known ids for dry runs: {known}")
+    if model.family == "animatediff" and comps.get("unet") and comps["unet"].class_name == "UNet2DConditionModel":
+        comps["motion_adapter"] = Component("diffusers", "MotionAdapter",
+                                            _adapter_dir(getattr(model, "motion_adapter", None) or DEFAULT_MOTION_ADAPTER))
+    return comps
+
+
+def _clean(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures",)}
+
+
+def build_module(comp: Component) -> nn.Module:
+    if comp.library == "diffusers":
+        import diffusers
+
+        cls = getattr(diffusers, comp.class_name)
+        return cls.from_config(_clean(comp.config))
+    import transformers
+
+    cls = getattr(transformers, comp.class_name)
+    cfg = comp.config
+    if isinstance(cfg, dict):
+        cfg = cls.config_class(**_clean(cfg))
+    return cls(cfg)
+
+
+# ---- report ------------------------------------------------------------------------------------------
+@dataclass
+class SimReport:
+    model: str
+    family: str
+    dtype: str
+    frames: int
+    height: int
+    width: int
+    settings: dict[str, Any]
+    peak_bytes: int
+    host_peak_bytes: int
+    stages: list[dict[str, Any]]
+    modules: list[dict[str, Any]]
+    params: dict[str, int]
+    device: str = "cuda"
+    simulated: bool = True
+    seconds: float = 0.0
+    timeline: list[list[Any]] = field(default_factory=list)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        for s in self.stages:
+            if s["name"] == name:
+                return s
+        raise KeyError(name)
+
+    def module(self, name: str) -> int:
+        for m in self.modules:
+            if m["name"] == name:
+                return m["activation_bytes"]
+        raise KeyError(name)
+
+    def to_dict(self, timeline: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not timeline:
+            d.pop("timeline")
+        return d
+
+    def table(self):
+        title = (f"simulated {self.model} {self.frames}x{self.height}x{self.width} {self.dtype} on {self.device} "
+                 f"— {MemorySettings(**self.settings).describe()}")
+        return stage_table(self.stages, self.modules, peak_bytes=self.peak_bytes,
+                           host_peak_bytes=self.host_peak_bytes, title=title)
+
+    def __str__(self) -> str:
+        return (f"peak {format_bytes(self.peak_bytes)} on {self.device}, host {format_bytes(self.host_peak_bytes)} "
+                f"({self.model} {self.frames}x{self.height}x{self.width})")
+
+
+# ---- the simulated run ---------------------------------------------------------------------------------
+def _accelerator(config) -> str:
+    devices = list(getattr(config, "devices", None) or ["auto"])
+    first = str(devices[0])
+    return "cpu" if first == "cpu" else (first if first.startswith("cuda") else "cuda")
+
+
+def _group_resident(mod: nn.Module) -> int:
+    """Resident bytes under block-level group offloading: what is outside the repeated blocks, plus two
+    blocks (the one running and the one being prefetched)."""
+    total = module_bytes([mod])
+    blocks = [b for ml in mod.modules() if isinstance(ml, nn.ModuleList) for b in ml
+              if sum(1 for _ in b.parameters()) > 0]
+    # keep only outermost ModuleList elements
+    ids = {id(b) for b in blocks}
+    outer = [b for b in blocks if not any(id(a) in ids and a is not b for a in _ancestors(mod, b))]
+    if not outer:
+        return total
+    sizes = sorted((module_bytes([b]) for b in outer), reverse=True)
+    return total - sum(sizes) + sum(sizes[:2])
+
+
+def _ancestors(root: nn.Module, target: nn.Module) -> list[nn.Module]:
+    path: list[nn.Module] = []
+
+    def walk(m, trail):
+        if m is target:
+            path.extend(trail)
+            return True
+        return any(walk(c, trail + [m]) for c in m.children())
+
+    walk(root, [])
+    return path
+
+
+def _frames(config, adapter) -> int:
+    frames = getattr(config, "frames", None)
+    return int(frames) if frames else adapter.native_frames
+
+
+def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None, track_modules: bool = True,
+             top_n: int = 10, timeline: bool = False) -> SimReport:
+    """Simulate `config` at full size without allocating. `settings` overrides the config's memory keys;
+    `pipe` takes component configs from an existing pipeline (e.g. a tiny one) instead of `model.path`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vidrt.models import get_adapter
+
+    started = time.perf_counter()
+    adapter = get_adapter(config.model.family)
+    if settings is None:
+        settings = settings_from_config(config)
+    elif isinstance(settings, dict):
+        settings = MemorySettings(**settings)
+    dtype_name = str(getattr(config.model, "dtype", "float32"))
+    if dtype_name not in DTYPES:
+        raise VidrtError(f"model.dtype: {dtype_name!r} is not one of float32, float16, bfloat16")
+    dtype = DTYPES[dtype_name]
+    comps = components_from_pipe(pipe) if pipe is not None else resolve_components(config)
+    frames, height, width = _frames(config, adapter), int(config.height), int(config.width)
+    guidance = float(getattr(config, "guidance", 5.0))
+    cfg_on = guidance > 1.0
+    with_image = bool(getattr(config, "image", None)) or adapter.needs_image
+    accel = _accelerator(config)
+
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake, torch.no_grad():
+        mods = _build(comps, adapter, dtype)
+        if settings.slicing:
+            try:
+                from vidrt.slicing import enable_slicing
+            except ImportError:
+                enable_slicing = None
+            if enable_slicing is not None:
+                enable_slicing(mods["denoiser"], chunk_frames=settings.chunk_frames,
+                               chunk_tokens=settings.chunk_tokens, chunk_positions=settings.chunk_positions)
+        if settings.vae_tiling and hasattr(mods["vae"], "enable_tiling"):
+            mods["vae"].enable_tiling()
+        named = {(adapter.denoiser_attr if k == "denoiser" else k): v for k, v in mods.items()
+                 if isinstance(v, nn.Module)}
+        tracker = MemoryTracker(accel, count_device="cpu", track_modules=named if track_modules else False,
+                                top_n=top_n, timeline=timeline)
+        runner = _FAMILY_RUN[adapter.family]
+        with tracker:
+            runner(tracker, mods, adapter, SimpleNamespace(
+                frames=frames, height=height, width=width, cfg=cfg_on, guidance=guidance, dtype=dtype,
+                with_image=with_image, text_len=_text_len(comps, mods, pipe)))
+        params = {k: module_bytes([v]) for k, v in named.items()}
+        group = {k: _group_resident(v) for k, v in named.items()} if settings.offload == "group" else {}
+    stages, peak, host_peak = _account(tracker.stages, params, group, settings)
+    return SimReport(
+        model=str(config.model.path), family=adapter.family, dtype=dtype_name, frames=frames, height=height,
+        width=width, settings=settings.to_dict(), peak_bytes=peak, host_peak_bytes=host_peak, stages=stages,
+        modules=tracker.modules, params=params, device=accel, seconds=round(time.perf_counter() - started, 3),
+        timeline=[[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
+    )
+
+
+def _text_len(comps, mods, pipe) -> int:
+    te = mods["text_encoder"]
+    cfg = te.config
+    if hasattr(cfg, "max_position_embeddings") and "CLIP" in type(te).__name__:
+        return int(cfg.max_position_embeddings)
+    if pipe is not None and getattr(pipe, "tokenizer", None) is not None:
+        return int(min(512, pipe.tokenizer.model_max_length or 512))
+    return 512
+
+
+def cast_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module.to(dtype)` for fake tensors (whose `.to` path cannot swap tensors): replace floating
+    parameters and buffers in place."""
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_floating_point() and p.dtype != dtype:
+                mod._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_floating_point() and b.dtype != dtype:
+                mod._buffers[name] = b.to(dtype)
+    return module.eval().requires_grad_(False)
+
+
+def _build(comps: dict[str, Component], adapter, dtype) -> dict[str, Any]:
+    mods: dict[str, Any] = {}
+    for name in ("text_encoder", "image_encoder", "vae"):
+        if name in comps:
+            mods[name] = cast_(build_module(comps[name]), dtype)
+    den_name = adapter.denoiser_attr
+    if den_name not in comps:
+        raise VidrtError(f"model.path: the pipeline has no {den_name} component")
+    den = build_module(comps[den_name])
+    if "motion_adapter" in comps and type(den).__name__ == "UNet2DConditionModel":
+        from diffusers import UNetMotionModel
+
+        motion = build_module(comps["motion_adapter"])
+        # a stand-in: from_unet2d only reads the adapter's config when it loads no weights (and its `.to`
+        # cannot swap fake tensors)
+        stand_in = SimpleNamespace(config=dict(motion.config), to=lambda *a, **k: None)
+        den = UNetMotionModel.from_unet2d(den, stand_in, load_weights=False)
+        del motion
+    mods["denoiser"] = cast_(den, dtype)
+    return mods
+
+
+def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings):
+    """Place parameters and each stage's tensors on the accelerator or the host."""
+    total_params = sum(params.values())
+    stages = []
+    peak = 0
+    host_peak = 0
+    te_host = s.text_encoder == "cpu"
+    for r in raw:
+        names = [n for n in STAGE_MODULES.get(r["name"], ()) if n in params]
+        if r["name"] == "denoise":
+            names = [n for n in params if n not in ("text_encoder", "image_encoder", "vae")]
+        on_host = r["name"] == "text_encode" and te_host
+        if s.offload == "none":
+            resident = total_params - (params.get("text_encoder", 0) if te_host else 0)
+        elif s.offload == "model":
+            resident = 0 if on_host else sum(params[n] for n in names)
+        else:  # group
+            resident = 0 if on_host else sum(group.get(n, params[n]) for n in names)
+        tensors = r["input_bytes"] + r["activation_bytes"]
+        if on_host:
+            accel = resident
+            host = params.get("text_encoder", 0) + tensors
+        else:
+            accel = resident + tensors
+            host = 0
+        if s.offload != "none":
+            host += total_params - (params.get("text_encoder", 0) if on_host else 0)
+        elif te_host and not on_host:
+            host += params.get("text_encoder", 0)
+        stage_params = sum(params[n] for n in names)
+        stages.append({"name": r["name"], "device": "cpu" if on_host else "accelerator",
+                       "peak_bytes": int(accel), "param_bytes": int(resident),
+                       "stage_param_bytes": int(stage_params), "input_bytes": int(r["input_bytes"]),
+                       "activation_bytes": int(r["activation_bytes"]), "host_bytes": int(host),
+                       "seconds": round(r["seconds"], 4)})
+        peak = max(peak, accel)
+        host_peak = max(host_peak, host)
+    return stages, int(peak), int(host_peak)
+
+
+# ---- per-family stage scripts (mirror what the diffusers pipelines do) ------------------------------------
+def _encode_text(tracker, te, p, pad_to: int | None = None):
+    ids = torch.zeros(1, p.text_len, dtype=torch.long)
+    mask = torch.ones(1, p.text_len, dtype=torch.long)
+    outs = []
+    with tracker.stage("text_encode", params={"text_encoder": te}):
+        for _ in range(2 if p.cfg else 1):
+            if "CLIP" in type(te).__name__:
+                h = te(ids)[0]
+            else:
+                h = te(ids, attention_mask=mask).last_hidden_state
+            outs.append(h.to(p.dtype))
+            del h
+    return outs
+
+
+def _run_wan(tracker, mods, adapter, p):
+    den, vae = mods["denoiser"], mods["vae"]
+    cfg = vae.config
+    embeds = _encode_text(tracker, mods["text_encoder"], p)
+    tf = (p.frames - 1) // 4 + 1
+    sf = 8
+    h, w = p.height // sf, p.width // sf
+    image_embeds = None
+    condition = None
+    if p.with_image and "image_encoder" in mods:
+        enc = mods["image_encoder"]
+        size = enc.config.image_size
+        with tracker.stage("image_encode", params={"image_encoder": enc, "vae": vae}):
+            pixels = torch.zeros(1, 3, size, size, dtype=p.dtype)
+            image_embeds = enc(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].to(p.dtype)
+            del pixels
+            image = torch.zeros(1, 3, 1, p.height, p.width, dtype=p.dtype)
+            video = torch.cat([image, image.new_zeros(1, 3, p.frames - 1, p.height, p.width)], dim=2)
+            del image
+            lat = vae.encode(video).latent_dist.mode()
+            del video
+            mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(torch.float32)
+            std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(torch.float32)
+            lat = (lat.to(torch.float32) - mean) * std
+            mask = torch.ones(1, 4, tf, h, w)
+            condition = torch.cat([mask, lat], dim=1)
+            del lat, mask
+    with tracker.stage("denoise", params={adapter.denoiser_attr: den}):
+        latents = torch.randn(1, den.config.out_channels, tf, h, w, dtype=torch.float32)
+        t = torch.full((1,), 999.0)
+        model_in = latents
+        if condition is not None:
+            model_in = torch.cat([latents, condition], dim=1)
+        model_in = model_in.to(p.dtype)
+        kw = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
+        pred = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[0], return_dict=False, **kw)[0]
+        if p.cfg:
+            uncond = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[1], return_dict=False,
+                         **kw)[0]
+            pred = uncond + p.guidance * (pred - uncond)
+            del uncond
+        del model_in
+        latents = latents + (-0.01) * pred.to(torch.float32)  # a flow-matching Euler step
+        del pred
+    del embeds, condition, image_embeds
+    with tracker.stage("vae_decode", params={"vae": vae}):
+        video = adapter.decode(SimpleNamespace(vae=vae), latents.to(p.dtype))
+        del video
+
+
+def _run_unet(tracker, mods, adapter, p):
+    den, vae = mods["denoiser"], mods["vae"]
+    embeds = _encode_text(tracker, mods["text_encoder"], p)
+    prompt = torch.cat([embeds[1], embeds[0]]) if p.cfg else embeds[0]
+    del embeds
+    if adapter.family == "animatediff":  # AnimateDiffPipeline repeats the embeddings per frame
+        prompt = prompt.repeat_interleave(repeats=p.frames, dim=0)
+    h, w = p.height // 8, p.width // 8
+    batch = 2 if p.cfg else 1
+    extra: dict[str, Any] = {}
+    if adapter.family == "i2vgen-xl":
+        enc = mods["image_encoder"]
+        size = enc.config.image_size
+        with tracker.stage("image_encode", params={"image_encoder": enc, "vae": vae}):
+            pixels = torch.zeros(1, 3, size, size, dtype=p.dtype)
+            emb = enc(pixels).image_embeds.unsqueeze(1)
+            del pixels
+            if p.cfg:
+                emb = torch.cat([torch.zeros_like(emb), emb])
+            image = torch.zeros(1, 3, p.height, p.width, dtype=p.dtype)
+            lat = vae.encode(image).latent_dist.sample() * vae.config.scaling_factor
+            del image
+            lat = lat.unsqueeze(2)
+            masks = [torch.ones_like(lat[:, :, :1]) * ((i + 1) / max(1, p.frames - 1)) for i in range(p.frames - 1)]
+            if masks:
+                lat = torch.cat([lat, torch.cat(masks, dim=2)], dim=2)
+            del masks
+            if p.cfg:
+                lat = torch.cat([lat] * 2)
+            extra = {"fps": torch.tensor([16] * batch), "image_latents": lat, "image_embeddings": emb}
+            del lat, emb
+    with tracker.stage("denoise", params={adapter.denoiser_attr: den}):
+        latents = torch.randn(1, den.config.in_channels, p.frames, h, w, dtype=p.dtype)
+        model_in = torch.cat([latents] * 2) if p.cfg else latents
+        t = torch.tensor(999)
+        pred = den(model_in, t, encoder_hidden_states=prompt, return_dict=False, **extra)[0]
+        del model_in
+        if p.cfg:
+            uncond, cond = pred.chunk(2)
+            pred = uncond + p.guidance * (cond - uncond)
+            del uncond, cond
+        latents = latents - 0.01 * pred  # a DDIM-like step
+        del pred
+    del extra, prompt
+    with tracker.stage("vae_decode", params={"vae": vae}):
+        video = adapter.decode(SimpleNamespace(vae=vae), latents)
+        del video
+
+
+_FAMILY_RUN = {"wan": _run_wan, "animatediff": _run_unet, "i2vgen-xl": _run_unet}
