@@ -52,7 +52,7 @@ def snapshot(pipe):
     den = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
     blocks = list(den.blocks) if hasattr(den, "blocks") else list(den.down_blocks) + list(den.up_blocks)
     return (type(den), dict(vars(den)).keys() - {"_diffusers_hook"}, [type(b) for b in blocks],
-            [set(vars(b)) for b in blocks], set(vars(pipe.scheduler)))
+            [set(vars(b)) for b in blocks], "set_timesteps" in vars(pipe.scheduler))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_pipeline_built_without_vidrt_and_exact_restore(wan):
 
     pipe = WanPipeline(**wan.components)          # plain diffusers object
     den = pipe.transformer
-    cls, sched_keys = type(den), set(vars(pipe.scheduler))
+    cls = type(den)
     keys = set(vars(den)) - {"_diffusers_hook"}   # diffusers' cache_context adds its registry itself
     fwd = den.forward
     pol = TaylorGate(threshold=math.inf, warmup=2)
@@ -242,7 +242,8 @@ def test_pipeline_built_without_vidrt_and_exact_restore(wan):
     finally:
         vidrt.disable_policy(pipe)
     assert st["steps_total"] == 4 and st["skipped_steps"] == [2]
-    assert type(den) is cls and set(vars(den)) - {"_diffusers_hook"} == keys and set(vars(pipe.scheduler)) == sched_keys
+    assert type(den) is cls and set(vars(den)) - {"_diffusers_hook"} == keys
+    assert "set_timesteps" not in vars(pipe.scheduler)
     assert den.forward == fwd and all(type(b).__call__ is torch.nn.Module.__call__ for b in den.blocks)
     # a bare denoiser also takes a policy (step from the timestep, stream from the call order)
     vidrt.enable_policy(den, TaylorGate(threshold=0.0, warmup=1))
@@ -260,7 +261,9 @@ def test_pipeline_built_without_vidrt_and_exact_restore(wan):
 
 
 def test_stats_shape(wan):
-    assert vidrt.policy_stats(wan)["name"] == "none"
+    from diffusers import WanPipeline
+
+    assert vidrt.policy_stats(WanPipeline(**get_adapter("wan").tiny(1, num_layers=1).components))["name"] == "none"
     enable_policy(wan, [AdaptiveSkip(), TaylorGate()])
     try:
         run(wan, **wan_kwargs(steps=3))
@@ -274,6 +277,10 @@ def test_stats_shape(wan):
     assert 0 <= st["blocks_evaluated"] <= st["blocks_total"] == 3 * 2 * N_LAYERS
     for v in st.values():
         assert isinstance(v, (int, float, str, list))
+    assert policy_stats(wan) == st                     # still readable after disable_policy (runner sidecar)
+    import json
+
+    json.dumps(st, allow_nan=False)
 
 
 def test_policy_from_config():

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -519,7 +520,15 @@ class Controller:
         }
         for p in self.policies:
             out.update(p.extra_stats())
-        return out
+        return {k: _json_safe(v) for k, v in out.items()}
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)          # "inf": strict JSON has no infinity
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -573,20 +582,36 @@ def enable_policy(pipe, policy, *, num_steps: int | None = None):
     return pipe
 
 
+_LAST_STATS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def disable_policy(pipe) -> None:
-    """Detach the policy; the denoiser, its blocks and the scheduler are exactly as before."""
+    """Detach the policy; the denoiser, its blocks and the scheduler are exactly as before.
+
+    The stats of the last generation stay readable through `policy_stats` (kept outside the module)."""
     ctl = _controller(pipe)
     if ctl is not None:
+        if ctl.gen.steps:
+            _LAST_STATS[ctl.den] = ctl.stats()
         ctl.uninstall()
 
 
 def policy_stats(pipe) -> dict[str, Any]:
-    """Flat stats of the last generation: name, steps_total/full/skipped, blocks_total/evaluated (+ extras)."""
+    """Flat stats of the last generation: name, steps_total/full/skipped, blocks_total/evaluated (+ extras).
+
+    With a policy attached: its current/last generation. After `disable_policy`: the last generation run
+    under the policy that was attached. Never had a policy: name "none" and zeros. JSON-safe values."""
     ctl = _controller(pipe)
-    if ctl is None:
-        return {"name": "none", "steps_total": 0, "steps_full": 0, "steps_skipped": 0, "blocks_total": 0,
-                "blocks_evaluated": 0}
-    return ctl.stats()
+    if ctl is not None:
+        return ctl.stats()
+    try:
+        den, _ = _resolve(pipe)
+    except VidrtError:
+        den = None
+    if den is not None and den in _LAST_STATS:
+        return dict(_LAST_STATS[den])
+    return {"name": "none", "steps_total": 0, "steps_full": 0, "steps_skipped": 0, "blocks_total": 0,
+            "blocks_evaluated": 0}
 
 
 def attached_policies(pipe) -> list[Policy]:
