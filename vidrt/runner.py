@@ -102,6 +102,47 @@ def attach_policy(pipe, cfg: RenderConfig):
     return policy
 
 
+def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderRequest, resuming: bool):
+    """Context windows when the video is longer than the model's native length (or `long:` asks for them).
+    Returns what was applied (for the sidecar) and an undo callable."""
+    from vidrt.long import enable_context_windows, disable_context_windows, reschedule_noise, window_starts
+
+    native = adapter.native_frame_count(pipe)
+    if cfg.long is None and req.frames <= native:
+        return None, lambda: None
+    window_px = (cfg.long.window if cfg.long and cfg.long.window else None) or native
+    window = adapter.latent_frames(window_px)
+    overlap_px = cfg.long.overlap if cfg.long and cfg.long.overlap is not None else None
+    overlap = (-(-overlap_px // adapter.temporal_compression) if overlap_px is not None else max(1, window // 4))
+    total = adapter.latent_frames(req.frames)
+    if overlap >= window:
+        raise VidrtError(f"long.overlap: {overlap_px} frames is not shorter than the window ({window_px} frames)")
+    if total <= window:
+        return {"windows": 1, "window_frames": window_px}, lambda: None
+    if cfg.acceleration.as_dict().get("policy", "none") not in ("none", [], ["none"]):
+        raise VidrtError("acceleration.policy: step policies do not compose with context windows yet "
+                         f"({req.frames} frames > window {window_px}); set acceleration.policy: none")
+    denoiser = adapter.denoiser(pipe)
+    enable_context_windows(denoiser, adapter.frame_inputs, window, overlap)
+    undo = [lambda: disable_context_windows(denoiser)]
+    if adapter.long_noise_reschedule and not resuming:
+        original = pipe.prepare_latents
+        shuffle = torch.Generator().manual_seed(req.seed + 1)
+
+        def prepare_latents(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if isinstance(out, tuple):
+                return (reschedule_noise(out[0], window, overlap, shuffle), *out[1:])
+            return reschedule_noise(out, window, overlap, shuffle)
+
+        pipe.prepare_latents = prepare_latents
+        undo.append(lambda: pipe.__dict__.pop("prepare_latents", None))
+    applied = {"window_frames": window_px, "window_latent_frames": window, "overlap_latent_frames": overlap,
+               "windows": len(window_starts(total, window, overlap)),
+               "noise_rescheduled": adapter.long_noise_reschedule and not resuming}
+    return applied, lambda: [u() for u in reversed(undo)]
+
+
 def _tracker(device: torch.device):
     from vidrt.memory.tracker import MemoryTracker
 
@@ -135,6 +176,7 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
     report progress, and `scheduler.set_timesteps` to resume mid-trajectory."""
     scheduler = pipe.scheduler
     done = control.done_before
+    patched_before = {k: scheduler.__dict__[k] for k in ("step", "set_timesteps") if k in scheduler.__dict__}
     original_step = scheduler.step
     original_set = scheduler.set_timesteps
     handles = []
@@ -177,8 +219,11 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
     try:
         yield
     finally:
-        for name in ("step", "set_timesteps"):
-            scheduler.__dict__.pop(name, None)
+        for name in ("step", "set_timesteps"):  # restore other wrappers (e.g. a step policy's) exactly
+            if name in patched_before:
+                scheduler.__dict__[name] = patched_before[name]
+            else:
+                scheduler.__dict__.pop(name, None)
         for handle in handles:
             handle.remove()
 
@@ -293,7 +338,11 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
     memory = apply_memory(pipe, cfg, device)
+    long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None)
     policy = attach_policy(pipe, cfg)
+    if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
+        log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
+                  "the resume step, so frames may differ slightly from an uninterrupted run[/]")
     control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy)
     tracker = _tracker(device)
     with tracker, interrupt_after_step(control):
@@ -302,6 +351,8 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         except RenderInterrupted as exc:
             raise RenderInterrupted(f"{exc}; checkpoint in {checkpointer.folder}; continue with: vidrt render "
                                     f"CONFIG -o {out_path} --resume") from None
+        finally:
+            undo_long()
         with tracker.stage("vae_decode", params=[pipe.vae]):
             count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
                                 (req.height, req.width))
@@ -321,6 +372,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "peak_memory_bytes": int(tracker.peak_bytes),
         "stages": tracker.stages,
         "memory": memory,
+        "long": long_applied,
         "policy": _policy_stats(pipe),
         "resumed_from_step": resume_from.step if resume_from is not None else None,
         "seconds_total": round(time.perf_counter() - started, 3),

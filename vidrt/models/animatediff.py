@@ -20,6 +20,8 @@ class AnimateDiffAdapter(ModelAdapter):
     native_frames = 16
     denoiser_attr = "unet"
     pipeline_class_names = ("AnimateDiffPipeline", "StableDiffusionPipeline")
+    frame_inputs = {"sample": "bcfhw", "encoder_hidden_states": "rows"}
+    long_noise_reschedule = True
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("denoise", ("unet",)),

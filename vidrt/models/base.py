@@ -72,6 +72,10 @@ class ModelAdapter:
     text_encoder_attr: ClassVar[str] = "text_encoder"
     image_encoder_attr: ClassVar[str | None] = None
     pipeline_class_names: ClassVar[tuple[str, ...]] = ()
+    # denoiser forward arguments that carry a frame axis, by layout (see vidrt.long); the first is the input
+    frame_inputs: ClassVar[dict[str, str]] = {}
+    temporal_compression: ClassVar[int] = 1   # pixel frames per latent frame (Wan: 4, after the first)
+    long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
     stages: ClassVar[tuple[Stage, ...]] = ()
 
     # ---- loading -------------------------------------------------------------------------------
@@ -123,6 +127,9 @@ class ModelAdapter:
 
     def native_frame_count(self, pipe=None) -> int:
         return self.native_frames
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.temporal_compression + 1
 
     # ---- running -------------------------------------------------------------------------------
     def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ class I2VGenXLAdapter(ModelAdapter):
     denoiser_attr = "unet"
     image_encoder_attr = "image_encoder"
     pipeline_class_names = ("I2VGenXLPipeline",)
+    frame_inputs = {"sample": "bcfhw", "image_latents": "bcfhw"}
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),

@@ -26,6 +26,8 @@ class WanAdapter(ModelAdapter):
     denoiser_attr = "transformer"
     image_encoder_attr = "image_encoder"
     pipeline_class_names = ("WanPipeline", "WanImageToVideoPipeline")
+    frame_inputs = {"hidden_states": "bcfhw"}
+    temporal_compression = 4
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),

@@ -1,0 +1,147 @@
+"""Long videos: overlapping context windows along time, blended every step.
+
+A denoiser evaluated on F latent frames costs activations proportional to F. Beyond the model's native
+length the wrapper below runs the denoiser on overlapping windows of the native length and blends the
+windows' outputs with weights that sum to 1 on every frame (linear ramps across each overlap), so activation
+memory stays that of one window however long the video is. The window inputs are the frame slices of every
+argument the adapter declares as carrying a frame axis (`adapter.frame_inputs`).
+
+For the first window's noise to be reused by later windows (FreeNoise-style noise rescheduling, which keeps
+windows consistent), `reschedule_noise` permutes the first window's noise frames into the later frames.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
+FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
+
+_STATE_ATTR = "_vidrt_context_windows"
+
+
+def window_starts(total: int, window: int, overlap: int) -> list[int]:
+    """Start indices of windows of length `window` covering [0, total) with at least `overlap` shared frames."""
+    if total <= window:
+        return [0]
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap {overlap} must be in [0, window={window})")
+    stride = window - overlap
+    starts = list(range(0, total - window + 1, stride))
+    if starts[-1] + window < total:
+        starts.append(total - window)
+    return starts
+
+
+def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
+    """(n_windows, total) fp32 blending weights: each window ramps linearly over the frames it shares with a
+    neighbour; columns sum to exactly 1 (normalised)."""
+    raw = torch.zeros(len(starts), total, dtype=torch.float64)
+    ramp = torch.minimum(torch.arange(1, window + 1, dtype=torch.float64),
+                         torch.arange(window, 0, -1, dtype=torch.float64))
+    for i, start in enumerate(starts):
+        w = ramp.clone()
+        if i == 0:
+            w[: window // 2] = w[window // 2]        # no neighbour on the left: full weight
+        if i == len(starts) - 1:
+            w[window // 2:] = w[window // 2]        # no neighbour on the right
+        raw[i, start:start + window] = w
+    return (raw / raw.sum(0, keepdim=True)).float()
+
+
+@dataclass
+class _WindowState:
+    window: int
+    overlap: int
+    previous_forward: object | None   # the instance attribute we replaced (None: there was none)
+    frame_inputs: dict[str, str]
+    calls: int = 0                     # denoiser evaluations on a window (for tests and stats)
+
+
+def _slice(value, layout: str, frames: int, start: int, stop: int):
+    if not isinstance(value, torch.Tensor):
+        return value
+    if layout == BCFHW and value.ndim == 5 and value.shape[2] == frames:
+        return value[:, :, start:stop]
+    if layout == FRAMES_IN_BATCH and value.shape[0] % frames == 0:
+        b = value.shape[0] // frames
+        return value.reshape(b, frames, *value.shape[1:])[:, start:stop].reshape(b * (stop - start), *value.shape[1:])
+    return value
+
+
+def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], window: int, overlap: int) -> None:
+    """Run `denoiser` on overlapping windows of `window` latent frames whenever its input is longer.
+
+    `frame_inputs` maps forward-argument names to their frame layout; the first one names the main input.
+    Patches the instance's `forward` (removable with `disable_context_windows`).
+    """
+    disable_context_windows(denoiser)
+    previous = denoiser.__dict__.get("forward")
+    inner = denoiser.forward
+    signature = inspect.signature(inner)
+    main = next(iter(frame_inputs))
+    state = _WindowState(window, overlap, previous, dict(frame_inputs))
+
+    def forward(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs)
+        sample = bound.arguments[main]
+        frames = sample.shape[2]
+        if frames <= window:
+            return inner(*args, **kwargs)
+        starts = window_starts(frames, window, overlap)
+        weights = window_weights(frames, window, starts).to(sample.device)
+        total = None
+        out = None
+        for i, start in enumerate(starts):
+            stop = start + window
+            call = {name: _slice(value, frame_inputs.get(name, ""), frames, start, stop)
+                    for name, value in bound.arguments.items()}
+            out = inner(**call)
+            piece = out[0] if isinstance(out, tuple) else out.sample
+            if total is None:
+                total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32,
+                                    device=piece.device)
+            total[:, :, start:stop] += piece.float() * weights[i, start:stop].view(1, 1, -1, 1, 1)
+            state.calls += 1
+            del piece
+        result = total if sample.dtype == torch.float32 else total.to(sample.dtype)
+        if isinstance(out, tuple):
+            return (result, *out[1:])
+        return type(out)(sample=result)
+
+    denoiser.forward = forward
+    setattr(denoiser, _STATE_ATTR, state)
+
+
+def disable_context_windows(denoiser: nn.Module) -> None:
+    state = denoiser.__dict__.pop(_STATE_ATTR, None)
+    if state is None:
+        return
+    if state.previous_forward is None:
+        denoiser.__dict__.pop("forward", None)
+    else:
+        denoiser.forward = state.previous_forward
+
+
+def window_calls(denoiser: nn.Module) -> int:
+    state = denoiser.__dict__.get(_STATE_ATTR)
+    return state.calls if state is not None else 0
+
+
+def reschedule_noise(latents: torch.Tensor, window: int, overlap: int, generator: torch.Generator | None) -> torch.Tensor:
+    """FreeNoise-style: frames after the first window reuse shuffled noise frames of the window before them,
+    so every window starts from noise with the same statistics and content as its neighbours."""
+    frames = latents.shape[2]
+    if frames <= window:
+        return latents
+    out = latents.clone()
+    stride = max(1, window - overlap)
+    for start in range(window, frames, stride):
+        source = torch.arange(start - window, start - window + stride)
+        perm = source[torch.randperm(stride, generator=generator, device=generator.device if generator else "cpu").cpu()]
+        n = min(stride, frames - start)
+        out[:, :, start:start + n] = out[:, :, perm[:n]]
+    return out
