@@ -12,15 +12,14 @@ windows consistent), `reschedule_noise` permutes the first window's noise frames
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
 FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
 
-_STATE_ATTR = "_vidrt_context_windows"
 
 
 def window_starts(total: int, window: int, overlap: int) -> list[int]:
@@ -52,13 +51,53 @@ def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
     return (raw / raw.sum(0, keepdim=True)).float()
 
 
-@dataclass
-class _WindowState:
-    window: int
-    overlap: int
-    previous_forward: object | None   # the instance attribute we replaced (None: there was none)
-    frame_inputs: dict[str, str]
-    calls: int = 0                     # denoiser evaluations on a window (for tests and stats)
+HOOK_NAME = "vidrt_context_windows"
+
+
+class ContextWindowHook(ModelHook):
+    """A diffusers hook (outermost on the denoiser): memory slicing and offload hooks installed below it keep
+    working, and re-slicing (e.g. after an OOM) is picked up because the inner forward is looked up per call."""
+
+    def __init__(self, frame_inputs: dict[str, str], window: int, overlap: int):
+        super().__init__()
+        self.frame_inputs = dict(frame_inputs)
+        self.main = next(iter(frame_inputs))
+        self.window = window
+        self.overlap = overlap
+        self.calls = 0  # denoiser evaluations on a window (for tests and stats)
+        self.signature = None
+
+    def initialize_hook(self, module):
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        inner = self.fn_ref.original_forward
+        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        bound.pop(next(iter(self.signature.parameters)))  # self
+        sample = bound[self.main]
+        frames = sample.shape[2]
+        if frames <= self.window:
+            return inner(*args, **kwargs)
+        starts = window_starts(frames, self.window, self.overlap)
+        weights = window_weights(frames, self.window, starts).to(sample.device)
+        total = out = None
+        for i, start in enumerate(starts):
+            stop = start + self.window
+            call = {name: _slice(value, self.frame_inputs.get(name, ""), frames, start, stop)
+                    for name, value in bound.items()}
+            out = inner(**call)
+            piece = out[0] if isinstance(out, tuple) else out.sample
+            if total is None:
+                total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32,
+                                    device=piece.device)
+            total[:, :, start:stop] += piece.float() * weights[i, start:stop].view(1, 1, -1, 1, 1)
+            self.calls += 1
+            del piece
+        result = total if sample.dtype == torch.float32 else total.to(sample.dtype)
+        if isinstance(out, tuple):
+            return (result, *out[1:])
+        return type(out)(sample=result)
 
 
 def _slice(value, layout: str, frames: int, start: int, stop: int):
@@ -76,59 +115,22 @@ def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], wi
     """Run `denoiser` on overlapping windows of `window` latent frames whenever its input is longer.
 
     `frame_inputs` maps forward-argument names to their frame layout; the first one names the main input.
-    Patches the instance's `forward` (removable with `disable_context_windows`).
     """
     disable_context_windows(denoiser)
-    previous = denoiser.__dict__.get("forward")
-    inner = denoiser.forward
-    signature = inspect.signature(inner)
-    main = next(iter(frame_inputs))
-    state = _WindowState(window, overlap, previous, dict(frame_inputs))
-
-    def forward(*args, **kwargs):
-        bound = signature.bind_partial(*args, **kwargs)
-        sample = bound.arguments[main]
-        frames = sample.shape[2]
-        if frames <= window:
-            return inner(*args, **kwargs)
-        starts = window_starts(frames, window, overlap)
-        weights = window_weights(frames, window, starts).to(sample.device)
-        total = None
-        out = None
-        for i, start in enumerate(starts):
-            stop = start + window
-            call = {name: _slice(value, frame_inputs.get(name, ""), frames, start, stop)
-                    for name, value in bound.arguments.items()}
-            out = inner(**call)
-            piece = out[0] if isinstance(out, tuple) else out.sample
-            if total is None:
-                total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32,
-                                    device=piece.device)
-            total[:, :, start:stop] += piece.float() * weights[i, start:stop].view(1, 1, -1, 1, 1)
-            state.calls += 1
-            del piece
-        result = total if sample.dtype == torch.float32 else total.to(sample.dtype)
-        if isinstance(out, tuple):
-            return (result, *out[1:])
-        return type(out)(sample=result)
-
-    denoiser.forward = forward
-    setattr(denoiser, _STATE_ATTR, state)
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(
+        ContextWindowHook(frame_inputs, window, overlap), HOOK_NAME)
 
 
 def disable_context_windows(denoiser: nn.Module) -> None:
-    state = denoiser.__dict__.pop(_STATE_ATTR, None)
-    if state is None:
-        return
-    if state.previous_forward is None:
-        denoiser.__dict__.pop("forward", None)
-    else:
-        denoiser.forward = state.previous_forward
+    registry = getattr(denoiser, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME, recurse=False)
 
 
 def window_calls(denoiser: nn.Module) -> int:
-    state = denoiser.__dict__.get(_STATE_ATTR)
-    return state.calls if state is not None else 0
+    registry = getattr(denoiser, "_diffusers_hook", None)
+    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    return hook.calls if hook is not None else 0
 
 
 def reschedule_noise(latents: torch.Tensor, window: int, overlap: int, generator: torch.Generator | None) -> torch.Tensor:
