@@ -26,6 +26,7 @@ from vidrt.config import RenderConfig
 from vidrt.errors import VidrtError
 from vidrt.models import get_adapter
 from vidrt.models.base import ModelAdapter, RenderRequest
+from vidrt.oom import disable_oom_fallback, enable_oom_fallback
 from vidrt.video import check_writable, load_image, sidecar_path, to_uint8_frames, write_json, write_video
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -338,6 +339,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
     memory = apply_memory(pipe, cfg, device)
+    oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
     long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None)
     policy = attach_policy(pipe, cfg)
     if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
@@ -353,6 +355,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
                                     f"CONFIG -o {out_path} --resume") from None
         finally:
             undo_long()
+            disable_oom_fallback(adapter.denoiser(pipe))
         with tracker.stage("vae_decode", params=[pipe.vae]):
             count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
                                 (req.height, req.width))
@@ -372,6 +375,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "peak_memory_bytes": int(tracker.peak_bytes),
         "stages": tracker.stages,
         "memory": memory,
+        "oom_retries": oom.retries,
         "long": long_applied,
         "policy": _policy_stats(pipe),
         "resumed_from_step": resume_from.step if resume_from is not None else None,

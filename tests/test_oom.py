@@ -1,0 +1,115 @@
+"""OOM fallback: an injected allocation limit makes the unsliced denoiser fail; the fallback slices, halves
+chunks until it fits, and the result equals the unconstrained run. Below the smallest chunk it gives up with
+a clear message."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidrt.errors import VidrtError
+from vidrt.models import get_adapter
+from vidrt.oom import AllocationLimit, disable_oom_fallback, enable_oom_fallback
+from vidrt.slicing import disable_slicing, enable_slicing, slicing_state
+
+
+def wan_case():
+    """A Wan twin whose FFN (1024 wide) dominates allocations, as in the real model."""
+    from diffusers import WanTransformer3DModel
+
+    pipe = get_adapter("wan").tiny(0)
+    torch.manual_seed(0)
+    pipe.transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=1024, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(2, 16, 3, 8, 8, generator=g), timestep=torch.tensor([500, 500]),
+                  encoder_hidden_states=torch.randn(2, 16, 32, generator=g), return_dict=False)
+    return pipe, pipe.transformer, inputs
+
+
+def largest_allocation(den, inputs) -> int:
+    sizes = []
+
+    class Spy(AllocationLimit):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage()._cdata for t in torch.utils._pytree.tree_flatten((args, kwargs))[0]
+                      if isinstance(t, torch.Tensor)}
+            for t in torch.utils._pytree.tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
+                    sizes.append(t.untyped_storage().nbytes())
+            return out
+
+    with torch.no_grad(), Spy(0):
+        den(**inputs)
+    return max(sizes)
+
+
+def test_oom_halves_chunks_and_recovers_exactly():
+    pipe, den, inputs = wan_case()
+    with torch.no_grad():
+        reference = den(**inputs)[0]
+    unsliced_max = largest_allocation(den, inputs)
+    enable_slicing(pipe, chunk_tokens=8)
+    sliced_max = largest_allocation(den, inputs)
+    disable_slicing(pipe)
+    assert sliced_max < unsliced_max
+    limit = (sliced_max + unsliced_max) // 2
+    with torch.no_grad(), AllocationLimit(limit):
+        with pytest.raises(torch.OutOfMemoryError):
+            den(**inputs)
+    enable_slicing(pipe, chunk_tokens=64)
+    messages = []
+    hook = enable_oom_fallback(pipe, den, messages.append)
+    with torch.no_grad(), AllocationLimit(limit) as lim:
+        out = den(**inputs)[0]
+    assert lim.refused >= 1 and hook.retries and messages
+    assert [r["chunk_tokens"] for r in hook.retries] == sorted({r["chunk_tokens"] for r in hook.retries}, reverse=True)
+    assert slicing_state(den)["chunk_tokens"] == hook.retries[-1]["chunk_tokens"] < 64
+    assert (out - reference).abs().max() <= 1e-5
+    disable_oom_fallback(den)
+    disable_slicing(pipe)
+
+
+def test_oom_below_smallest_chunk_gives_up_clearly():
+    pipe, den, inputs = wan_case()
+    enable_oom_fallback(pipe, den)
+    with torch.no_grad(), AllocationLimit(64):
+        with pytest.raises(VidrtError, match="out of memory even with one frame/token/position per chunk"):
+            den(**inputs)
+    disable_oom_fallback(den)
+    disable_slicing(pipe)
+
+
+def test_oom_turns_slicing_on_first():
+    pipe, den, inputs = wan_case()
+    unsliced_max = largest_allocation(den, inputs)
+    hook = enable_oom_fallback(pipe, den)
+    with torch.no_grad(), AllocationLimit(unsliced_max - 1):
+        den(**inputs)
+    assert slicing_state(den) is not None and hook.retries
+    disable_oom_fallback(den)
+    disable_slicing(pipe)
+
+
+def test_render_recovers_from_injected_oom(run_cli, tmp_path, monkeypatch):
+    """End to end: a render under an allocation limit the unsliced denoiser exceeds still writes the video,
+    and the sidecar records the retries."""
+    import json
+
+    import vidrt.runner as runner
+
+    original = runner.encode_and_denoise
+
+    def limited(*args, **kwargs):
+        with AllocationLimit(2048 * 4):
+            return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "encode_and_denoise", limited)
+    out = tmp_path / "x.mp4"
+    result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "steps=2", "--set",
+                     "memory.slicing=off", "--quiet")
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["oom_retries"], side
