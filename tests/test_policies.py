@@ -326,12 +326,16 @@ def test_unet_families(family):
     enable_policy(pipe, StepRehash(threshold=math.inf, max_reuse=1, warmup=1))
     run(pipe, **kw)
     st_r = policy_stats(pipe)
+    enable_policy(pipe, AdaptiveSkip(delta=1e9, max_skips=1))
+    run(pipe, **kw)
+    st_a = policy_stats(pipe)
     disable_policy(pipe)
     assert torch.equal(exact, full)
     assert st["skipped_steps"] == [2, 3, 4]
     assert st["blocks_evaluated"] == 3 * n_blocks + 3 * 2        # skipped steps run down_blocks[0] + up_blocks[-1]
     assert not torch.equal(skipped, full) and torch.isfinite(skipped).all()
     assert st_r["key_steps"] == [0, 2, 4, 5]
+    assert st_a["skipped_steps"] == [4] and st_a["blocks_evaluated"] == 5 * n_blocks   # batch of 2: one call/step
     assert snapshot(pipe) == before
     assert torch.equal(run(pipe, **kw), full)
 
