@@ -108,12 +108,12 @@ def hook_state_bytes(den) -> int:
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
-def load_pipe():
-    if (SAMPLE / "model_index.json").is_file():
+def load_pipe(folder: Path = SAMPLE):
+    if (folder / "model_index.json").is_file():
         from diffusers import WanPipeline
 
-        pipe = WanPipeline.from_pretrained(str(SAMPLE), torch_dtype=torch.float32)
-        meta = json.loads((SAMPLE / "vidrt.json").read_text()) if (SAMPLE / "vidrt.json").is_file() else {}
+        pipe = WanPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+        meta = json.loads((folder / "vidrt.json").read_text()) if (folder / "vidrt.json").is_file() else {}
         frames = int(meta.get("native_frames", 9))
         height, width = int(meta.get("height", 32)), int(meta.get("width", 32))
         trained = True
@@ -216,12 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="fewer sweep points (smoke run)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--model", type=Path, default=SAMPLE, help="a Wan pipeline folder (default samples/tiny-wan)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # a tiny model on a shared CPU: more threads only add contention
 
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
-    pipe, size, trained = load_pipe()
+    pipe, size, trained = load_pipe(args.model)
     n_blocks = len(pipe.transformer.blocks)
     steps, guidance = args.steps, args.guidance
     streams = 2 if guidance > 1 else 1
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
     probe = Probe(pipe)
     blocks_total = steps * streams * n_blocks
 
-    print(f"model: {'samples/tiny-wan (trained)' if trained else 'tiny random-init Wan (random weights!)'}; "
+    print(f"model: {str(args.model) + ' (trained)' if trained else 'tiny random-init Wan (random weights!)'}; "
           f"{n_blocks} blocks, {size['frames']}x{size['height']}x{size['width']}, {steps} steps, "
           f"guidance {guidance}, {len(cases)} cases", flush=True)
 
@@ -328,7 +329,8 @@ def main(argv=None) -> int:
     probe.close()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = dict(trained=trained, model="samples/tiny-wan" if trained else "tiny random Wan", blocks=n_blocks,
+    model_name = (str(args.model.relative_to(ROOT)) if args.model.is_relative_to(ROOT) else str(args.model))
+    meta = dict(trained=trained, model=model_name if trained else "tiny random Wan", blocks=n_blocks,
                 steps=steps, guidance=guidance, cases=[list(c) for c in cases], size=size,
                 full_wall_s=[w for _, w in full], torch=torch.__version__, threads=torch.get_num_threads())
     (args.out / "policies.json").write_text(json.dumps(dict(meta=meta, main=results, sweep=sweep), indent=1,
@@ -360,7 +362,7 @@ def plot(rows, path: Path, meta) -> None:
     ax.axvline(4.5, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("block evaluations saved (x)")
     ax.set_ylabel("PSNR vs full run (dB, pooled over cases; 99 = identical)")
-    src = "trained samples/tiny-wan" if meta["trained"] else "RANDOM-WEIGHT tiny Wan"
+    src = f"trained {meta['model']}" if meta["trained"] else "RANDOM-WEIGHT tiny Wan"
     ax.set_title(f"Step policies, {src}, {meta['steps']} steps, {meta['blocks']} blocks")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -377,7 +379,7 @@ def _fmt(r) -> str:
 def write_md(meta, results, sweep, path: Path) -> None:
     lines = ["# Step policies: block evaluations saved vs quality", ""]
     if meta["trained"]:
-        lines.append(f"Model: the trained sample model `samples/tiny-wan` ({meta['blocks']} blocks).")
+        lines.append(f"Model: the trained sample model `{meta['model']}` ({meta['blocks']} blocks).")
     else:
         lines.append("**Model: a tiny RANDOM-INIT Wan (samples/tiny-wan did not exist when this ran). Every quality "
                      "number here is from random weights and says nothing about a trained model.**")
