@@ -257,6 +257,18 @@ def test_pipeline_built_without_vidrt_and_exact_restore(wan):
         assert vidrt.policy_stats(den)["steps_total"] == 1        # timestep went up: a new generation
     finally:
         vidrt.disable_policy(den)
+    # the same cache_context twice in a step (one call per context window) keeps two histories
+    pol = TaylorGate(threshold=0.0, warmup=1)
+    vidrt.enable_policy(den, pol, num_steps=2)
+    try:
+        for t in (900.0, 500.0):
+            for window in (x, -x):
+                with den.cache_context("cond"):
+                    den(hidden_states=window, timestep=torch.tensor([t]), encoder_hidden_states=ctx, return_dict=False)
+        assert set(pol._streams) == {"cond", "cond#1"}
+        assert not torch.allclose(pol._streams["cond"].h.terms[0], pol._streams["cond#1"].h.terms[0])
+    finally:
+        vidrt.disable_policy(den)
     assert type(den) is cls
 
 

@@ -320,6 +320,7 @@ class Controller:
         self._cur_step: int | None = None
         self._cur_t: float | None = None
         self._calls_in_step = 0
+        self._name_counts = {}
         self._templates = {}
         self.gen = _GenStats()
         for p in self.policies:
@@ -348,7 +349,14 @@ class Controller:
                 step = self._cur_step + 1
         if step != self._cur_step:
             self._calls_in_step = 0
-        stream = name if name is not None else f"call{self._calls_in_step}"
+            self._name_counts: dict[str, int] = {}
+        if name is None:
+            stream = f"call{self._calls_in_step}"
+        else:
+            # the same context twice in one step (e.g. one call per context window): separate streams
+            k = self._name_counts.get(name, 0)
+            self._name_counts[name] = k + 1
+            stream = name if k == 0 else f"{name}#{k}"
         self._calls_in_step += 1
         self._cur_step, self._cur_t = step, tv
         return int(step), stream, (int(n) if n else None)
