@@ -91,10 +91,14 @@ def release_text_encoder(pipe, device: torch.device) -> None:
     release(pipe, device)
 
 
+def policy_requested(cfg: RenderConfig) -> bool:
+    return cfg.acceleration.as_dict().get("policy", "none") not in ("none", [], ["none"])
+
+
 def attach_policy(pipe, cfg: RenderConfig):
-    policy_cfg = cfg.acceleration.as_dict()
-    if policy_cfg.get("policy", "none") in ("none", [], ["none"]):
+    if not policy_requested(cfg):
         return None
+    policy_cfg = cfg.acceleration.as_dict()
     from vidrt.policies import enable_policy, policy_from_config
 
     policy = policy_from_config(policy_cfg)
@@ -120,7 +124,7 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
         raise VidrtError(f"long.overlap: {overlap_px} frames is not shorter than the window ({window_px} frames)")
     if total <= window:
         return {"windows": 1, "window_frames": window_px}, lambda: None
-    if cfg.acceleration.as_dict().get("policy", "none") not in ("none", [], ["none"]):
+    if policy_requested(cfg):
         raise VidrtError("acceleration.policy: step policies do not compose with context windows yet "
                          f"({req.frames} frames > window {window_px}); set acceleration.policy: none")
     denoiser = adapter.denoiser(pipe)
