@@ -1,0 +1,148 @@
+"""Slices across several GPUs (or CPU processes) with torch.distributed.
+
+    ctx = vidrt.distributed.setup_from_env()        # None unless launched by torchrun with WORLD_SIZE > 1
+    vidrt.distributed.apply(pipe, adapter, ctx, guidance=5.0)
+
+Every rank runs the same pipeline loop (same seed, same scheduler); hooks on the denoiser split each step's
+work and all-gather the results, so every rank holds identical noise predictions and latents:
+- CFG parallel (`cfg` ranks, 2 when guidance > 1): the guidance streams run on different ranks (vidrt.distributed.cfg);
+- sequence parallel (`sp` ranks): one Wan call's tokens split over ranks, self-attention K/V gathered per head
+  group (vidrt.distributed.wan_sp). UNet families use CFG parallel only (frame split: not yet).
+world = cfg x sp. Only rank 0 decodes and writes files (see vidrt/runner.py).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vidrt.distributed.comm import Context, DistributedError, agree, make_groups
+from vidrt.errors import VidrtError
+
+__all__ = ["Context", "DistributedError", "setup_from_env", "apply", "remove", "shutdown", "agree", "plan_layout"]
+
+_APPLIED = "_vidrt_distributed"
+
+
+def setup_from_env(timeout_s: float | None = None) -> Context | None:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    None for a plain single-process run (no WORLD_SIZE, or WORLD_SIZE=1). gloo on CPU, NCCL when CUDA is
+    available; each rank uses cuda:LOCAL_RANK. `VIDRT_DIST_TIMEOUT` (seconds, default 600) bounds how long
+    a rank waits in a collective for a peer before it fails with a DistributedError.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = torch.cuda.is_available() and os.environ.get("VIDRT_DIST_BACKEND", "") != "gloo"
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise VidrtError(f"devices: rank {rank} needs cuda:{local} but only {torch.cuda.device_count()} "
+                             "GPU(s) are visible")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("VIDRT_DIST_TIMEOUT", 600)))
+    owns = False
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world, "timeout": timeout}
+        if cuda:
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+        owns = True
+    return Context(rank=rank, world=world, device=device, backend=dist.get_backend(), owns_process_group=owns)
+
+
+def context_from_group() -> Context:
+    """A Context for an already initialised default process group (tests, library use)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    return Context(rank=rank, world=world, device=device, backend=backend)
+
+
+def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode: str = "auto") -> tuple[int, int]:
+    """(cfg, sp) ranks. auto: CFG parallel over 2 when guidance > 1 and world is even, the rest sequence
+    parallel (DiT only); 'cfg' / 'sequence' force one kind."""
+    cfg_ok = guidance is None or guidance > 1.0
+    if mode == "cfg":
+        cfg, sp = world, 1
+    elif mode == "sequence":
+        cfg, sp = 1, world
+    elif mode == "auto":
+        if cfg_ok and world % 2 == 0:
+            cfg, sp = 2, world // 2
+        else:
+            cfg, sp = 1, world
+    else:
+        raise VidrtError(f"distributed mode: {mode!r} is not one of auto, cfg, sequence")
+    if sp > 1 and not sequence_capable:
+        raise VidrtError(f"devices: {world} ranks need sequence parallel over {sp}, which this model family "
+                         "does not support yet (UNet families: 2 ranks with guidance > 1, i.e. CFG parallel)")
+    if cfg > 2:
+        raise VidrtError(f"devices: CFG parallel splits 2 guidance streams; {world} ranks in 'cfg' mode is too many")
+    if cfg == 2 and not cfg_ok:
+        raise VidrtError(f"guidance: {guidance} has no second CFG stream to run on another rank; "
+                         "use sequence parallel or one device")
+    return cfg, sp
+
+
+def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str = "auto",
+          head_groups: int | None = None) -> dict[str, Any] | None:
+    """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
+    was applied (for the sidecar), None for a single-process run."""
+    if ctx is None or ctx.world <= 1:
+        return None
+    from vidrt.distributed import cfg as cfg_mod
+    from vidrt.distributed import wan_sp
+
+    denoiser = adapter.denoiser(pipe)
+    remove(pipe, adapter)
+    sequence_capable = bool(adapter.roles(denoiser).token) and wan_sp.supports(denoiser)
+    n_cfg, n_sp = plan_layout(ctx.world, guidance, sequence_capable, mode)
+    make_groups(ctx, n_cfg, n_sp)
+    undo = []
+    hooks: dict[str, Any] = {}
+    # Registration order = nesting: the sequence hook first (innermost), the CFG hook around it.
+    if n_sp > 1:
+        hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups)
+        undo.append(lambda: wan_sp.disable(denoiser))
+    if n_cfg > 1:
+        hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
+        undo.append(lambda: cfg_mod.disable(denoiser))
+        undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
+    object.__setattr__(denoiser, _APPLIED, (undo, hooks))
+    return {**ctx.describe(), "head_groups": head_groups or "per head"}
+
+
+def hooks_of(pipe, adapter) -> dict[str, Any]:
+    state = adapter.denoiser(pipe).__dict__.get(_APPLIED)
+    return state[1] if state else {}
+
+
+def remove(pipe, adapter) -> None:
+    denoiser = adapter.denoiser(pipe)
+    state = denoiser.__dict__.pop(_APPLIED, None)
+    if state:
+        for u in reversed(state[0]):
+            u()
+
+
+def shutdown(ctx: Context | None, failed: bool = False) -> None:
+    """Leave the process group this module created. After a failure, abort it (closing the connections
+    makes peers blocked in a collective fail at once instead of waiting for the timeout)."""
+    if ctx is None or not ctx.owns_process_group or not dist.is_initialized():
+        return
+    try:
+        if failed and hasattr(dist, "abort") and False:
+            pass
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass

@@ -1,0 +1,266 @@
+"""Sequence parallel for Wan's DiT inside one denoiser call.
+
+Each rank of the sequence group owns a contiguous range of the token sequence (patch embedding, every
+block and the output projection run on its tokens only); only the final projected tokens are all-gathered.
+Self-attention needs every token's K/V: per block, per *head group*, each rank computes its tokens' K/V
+for those heads, the group's K/V are all-gathered (full sequence, a few heads), and the rank's queries
+attend to them for those heads. A head group's K/V is all that is ever full-length on a rank — never the
+residual stream, nor all heads' K/V at once. Everything else in a block is per token.
+
+Wan normalises q and k with an RMSNorm across all heads; the per-token statistic (mean of squares over
+the full row) is computed once per block in a first pass, so a head group's q/k are exactly the
+corresponding columns of the normalised full row. Inside the rank, work still runs in token chunks
+(the Feature Slicer's chunk size, `chunk_tokens`, or the same auto rule on the local length).
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from vidrt.distributed import comm
+from vidrt.slicing.wan import (ChunkedRope, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
+                               _rotate, auto_chunk_tokens, block_supported)
+
+HOOK_NAME = "vidrt_sequence_parallel"
+
+
+def _proj_cols(attn, x: torch.Tensor, which: str, c0: int, c1: int) -> torch.Tensor:
+    """Columns [c0, c1) of q/k/v (= a group of heads) without computing the others when not fused."""
+    if not getattr(attn, "fused_projections", False):
+        lin = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}[which]
+        b = None if lin.bias is None else lin.bias[c0:c1]
+        return F.linear(x, lin.weight[c0:c1], b)
+    return _proj(attn, x, which)[..., c0:c1]
+
+
+def _rms_stat(norm: nn.Module, y: torch.Tensor):
+    """Per-token 1/rms of the full row for an RMSNorm (None when the norm is not an RMSNorm)."""
+    if isinstance(norm, nn.RMSNorm):
+        eps = norm.eps if norm.eps is not None else torch.finfo(y.dtype).eps
+        return torch.rsqrt(y.float().pow(2).mean(-1, keepdim=True) + eps)
+    return None
+
+
+def _norm_cols(norm: nn.Module, y_cols: torch.Tensor, stat, c0: int, c1: int, full=None) -> torch.Tensor:
+    if isinstance(norm, nn.Identity):
+        return y_cols
+    if stat is not None:
+        w = norm.weight[c0:c1].float() if norm.weight is not None else 1.0
+        return (y_cols.float() * stat * w).type_as(y_cols)
+    return norm(full)[..., c0:c1]  # any other norm: normalise the full row, keep the columns
+
+
+def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedRope, g0: int, n_tokens: int,
+             sizes: list[int], group, chunk: int, head_groups: int) -> torch.Tensor:
+    """One WanTransformerBlock on this rank's tokens [g0, g0 + x.shape[1]) of `n_tokens`; written in place."""
+    B, n_local, dim = x.shape
+    mods, at = _modulation(block, temb, n_tokens)
+    shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
+    attn1, attn2 = block.attn1, block.attn2
+    heads = attn1.heads
+    dh = dim // heads
+    generic_q = not isinstance(attn1.norm_q, (nn.RMSNorm, nn.Identity))
+    generic_k = not isinstance(attn1.norm_k, (nn.RMSNorm, nn.Identity))
+
+    def modulated(s, e):
+        xs = x[:, s:e]
+        return (block.norm1(xs.float()) * (1 + at(scale_msa, g0 + s, g0 + e)) + at(shift_msa, g0 + s, g0 + e)
+                ).type_as(xs)
+
+    # Pass 1: per-token RMS statistics of q and k over all heads (B, n_local, 1) fp32.
+    stat_q = stat_k = None
+    if isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
+        stat_q = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_q, nn.RMSNorm) else None
+        stat_k = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_k, nn.RMSNorm) else None
+        for s, e in _ranges(n_local, chunk):
+            n = modulated(s, e)
+            if stat_q is not None:
+                stat_q[:, s:e] = _rms_stat(attn1.norm_q, _proj(attn1, n, "q"))
+            if stat_k is not None:
+                stat_k[:, s:e] = _rms_stat(attn1.norm_k, _proj(attn1, n, "k"))
+            del n
+
+    # Self-attention per head group: local K/V of the group -> all-gather -> local queries attend.
+    attn_out = x.new_empty((B, n_local, dim))
+    for h0, h1 in (comm.split_range(heads, head_groups, i) for i in range(head_groups)):
+        if h0 == h1:
+            continue
+        c0, c1 = h0 * dh, h1 * dh
+        kv = x.new_empty((2, B, n_local, h1 - h0, dh))
+        for s, e in _ranges(n_local, chunk):
+            n = modulated(s, e)
+            k = _proj_cols(attn1, n, "k", c0, c1)
+            k = _norm_cols(attn1.norm_k, k, None if stat_k is None else stat_k[:, s:e], c0, c1,
+                           full=_proj(attn1, n, "k") if generic_k else None)
+            k = k.unflatten(2, (h1 - h0, dh))
+            cos, sin = rope.chunk(g0 + s, g0 + e)
+            kv[0, :, s:e] = _rotate(k, cos, sin)
+            kv[1, :, s:e] = _proj_cols(attn1, n, "v", c0, c1).unflatten(2, (h1 - h0, dh))
+            del n, k
+        full = comm.all_gather_cat(kv, 2, group, sizes)   # (2, B, n_tokens, h, dh)
+        del kv
+        key, value = full[0], full[1]
+        for s, e in _ranges(n_local, chunk):
+            n = modulated(s, e)
+            q = _proj_cols(attn1, n, "q", c0, c1)
+            q = _norm_cols(attn1.norm_q, q, None if stat_q is None else stat_q[:, s:e], c0, c1,
+                           full=_proj(attn1, n, "q") if generic_q else None)
+            q = q.unflatten(2, (h1 - h0, dh))
+            cos, sin = rope.chunk(g0 + s, g0 + e)
+            q = _rotate(q, cos, sin)
+            attn_out[:, s:e, c0:c1] = _attend(attn1, q, key, value)
+            del n, q
+        del full, key, value
+
+    # Cross-attention K/V (text, and image for I2V), once per block — as in the single-process slicer.
+    ctx = encoder_hidden_states
+    ctx_img = None
+    if attn2.add_k_proj is not None:
+        split = ctx.shape[1] - 512
+        ctx_img, ctx = ctx[:, :split], ctx[:, split:]
+    ck = attn2.norm_k(_proj(attn2, ctx, "k")).unflatten(2, (heads, -1))
+    cv = _proj(attn2, ctx, "v").unflatten(2, (heads, -1))
+    ck_img = cv_img = None
+    if ctx_img is not None:
+        ck_img, cv_img = _added_kv(attn2, ctx_img)
+        ck_img = attn2.norm_added_k(ck_img).unflatten(2, (heads, -1))
+        cv_img = cv_img.unflatten(2, (heads, -1))
+
+    # Everything else per local token chunk, in place into the rank's residual stream.
+    for s, e in _ranges(n_local, chunk):
+        gs, ge = g0 + s, g0 + e
+        xs = x[:, s:e]
+        xf = xs.float()
+        a = attn1.to_out[1](attn1.to_out[0](attn_out[:, s:e]))
+        y = (xf + a * at(gate_msa, gs, ge)).type_as(xs)
+        del xf, a
+        n = block.norm2(y.float()).type_as(y)
+        q = attn2.norm_q(_proj(attn2, n, "q")).unflatten(2, (heads, -1))
+        del n
+        a = _attend(attn2, q, ck, cv)
+        if ck_img is not None:
+            a = a + _attend(attn2, q, ck_img, cv_img)
+        del q
+        y = y + attn2.to_out[1](attn2.to_out[0](a))
+        del a
+        n = (block.norm3(y.float()) * (1 + at(c_scale, gs, ge)) + at(c_shift, gs, ge)).type_as(y)
+        f = block.ffn(n)
+        del n
+        x[:, s:e] = (y.float() + f.float() * at(c_gate, gs, ge)).type_as(y)
+        del f, y
+    return x
+
+
+class SequenceParallelHook(ModelHook):
+    """Runs a WanTransformer3DModel call split over the sequence group (the inner forward is not called)."""
+
+    def __init__(self, ctx: comm.Context, head_groups: int | None = None):
+        super().__init__()
+        self.ctx = ctx
+        self.head_groups = head_groups
+        self.signature = None
+        self.calls = {"parallel": 0, "replicated": 0}
+
+    def initialize_hook(self, module):
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        bound.pop(next(iter(self.signature.parameters)))
+        extra = set(bound) - {"hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_image",
+                              "return_dict", "attention_kwargs"}
+        if (extra or torch.is_grad_enabled() or _blocks_hooked(module)
+                or not all(block_supported(b) for b in module.blocks)):
+            # Same decision on every rank (same module state): compute the whole call on each rank.
+            self.calls["replicated"] += 1
+            return self.fn_ref.original_forward(*args, **kwargs)
+        self.calls["parallel"] += 1
+        return sp_model(module, self.ctx, bound["hidden_states"], bound["timestep"], bound["encoder_hidden_states"],
+                        bound.get("encoder_hidden_states_image"), bound.get("return_dict", True), self.head_groups)
+
+
+def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
+             return_dict, head_groups: int | None):
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    from vidrt.slicing import slicing_state
+
+    group, n, r = ctx.groups["sp"], ctx.sp, ctx.sp_rank
+    batch_size, _, num_frames, height, width = hidden_states.shape
+    p_t, p_h, p_w = model.config.patch_size
+    ppf, pph, ppw = num_frames // p_t, height // p_h, width // p_w
+    per_frame = pph * ppw
+    n_tokens = ppf * per_frame
+    sizes = [e - s for s, e in (comm.split_range(n_tokens, n, i) for i in range(n))]
+    g0, g1 = comm.split_range(n_tokens, n, r)
+    dim = model.config.num_attention_heads * model.config.attention_head_dim
+    state = slicing_state(model) or {}
+    chunk = state.get("chunk_tokens") or auto_chunk_tokens(max(1, g1 - g0), dim, model.config.ffn_dim)
+    heads = model.config.num_attention_heads
+    groups = max(1, min(heads, head_groups or heads))
+
+    rope = ChunkedRope(model.rope, hidden_states, ppf, pph, ppw)
+
+    # Patch embedding of the frames that hold this rank's tokens only.
+    f0, f1 = g0 // per_frame, -(-g1 // per_frame)
+    emb = model.patch_embedding(hidden_states[:, :, f0 * p_t:f1 * p_t]).flatten(2).transpose(1, 2)
+    tokens = emb[:, g0 - f0 * per_frame:g1 - f0 * per_frame].contiguous()
+    del emb
+
+    if timestep.ndim == 2:
+        ts_seq_len = timestep.shape[1]
+        timestep = timestep.flatten()
+    else:
+        ts_seq_len = None
+    temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
+        timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len)
+    timestep_proj = timestep_proj.unflatten(2 if ts_seq_len is not None else 1, (6, -1))
+    if encoder_hidden_states_image is not None:
+        encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
+
+    for block in model.blocks:
+        tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes, group,
+                          chunk, groups)
+
+    if temb.ndim == 3:
+        shift, scale = (model.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
+        shift, scale = shift.squeeze(2)[:, g0:g1], scale.squeeze(2)[:, g0:g1]
+    else:
+        shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+    y = (model.norm_out(tokens.float()) * (1 + scale.to(tokens.device)) + shift.to(tokens.device)).type_as(tokens)
+    del tokens
+    local = model.proj_out(y)
+    del y
+    projected = comm.all_gather_cat(local, 1, group, sizes)
+    del local
+
+    out = projected.reshape(batch_size, ppf, pph, ppw, p_t, p_h, p_w, -1)
+    out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    output = out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    if not return_dict:
+        return (output,)
+    return Transformer2DModelOutput(sample=output)
+
+
+def supports(denoiser: nn.Module) -> bool:
+    """True for a DiT whose blocks this sequence-parallel forward knows (Wan's)."""
+    return hasattr(denoiser, "blocks") and hasattr(denoiser, "condition_embedder") and \
+        all(block_supported(b) for b in denoiser.blocks)
+
+
+def enable(denoiser: nn.Module, ctx: comm.Context, head_groups: int | None = None) -> SequenceParallelHook:
+    disable(denoiser)
+    hook = SequenceParallelHook(ctx, head_groups)
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, HOOK_NAME)
+    return hook
+
+
+def disable(denoiser: nn.Module) -> None:
+    registry = getattr(denoiser, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME, recurse=False)
