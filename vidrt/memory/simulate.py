@@ -252,31 +252,23 @@ def _accelerator(config) -> str:
 
 
 def _group_resident(mod: nn.Module) -> int:
-    """Resident bytes under block-level group offloading: what is outside the repeated blocks, plus two
-    blocks (the one running and the one being prefetched)."""
+    """Resident bytes under block-level group offloading: what is outside the repeated blocks (the
+    outermost ModuleList elements), plus two blocks (the one running and the one being prefetched)."""
     total = module_bytes([mod])
-    blocks = [b for ml in mod.modules() if isinstance(ml, nn.ModuleList) for b in ml
-              if sum(1 for _ in b.parameters()) > 0]
-    # keep only outermost ModuleList elements
-    ids = {id(b) for b in blocks}
-    outer = [b for b in blocks if not any(id(a) in ids and a is not b for a in _ancestors(mod, b))]
-    if not outer:
+    blocks: list[nn.Module] = []
+
+    def walk(m: nn.Module):
+        for child in m.children():
+            if isinstance(child, nn.ModuleList):
+                blocks.extend(child)
+            else:
+                walk(child)
+
+    walk(mod)
+    sizes = sorted((module_bytes([b]) for b in blocks), reverse=True)
+    if not sizes:
         return total
-    sizes = sorted((module_bytes([b]) for b in outer), reverse=True)
     return total - sum(sizes) + sum(sizes[:2])
-
-
-def _ancestors(root: nn.Module, target: nn.Module) -> list[nn.Module]:
-    path: list[nn.Module] = []
-
-    def walk(m, trail):
-        if m is target:
-            path.extend(trail)
-            return True
-        return any(walk(c, trail + [m]) for c in m.children())
-
-    walk(root, [])
-    return path
 
 
 def _frames(config, adapter) -> int:
@@ -285,19 +277,54 @@ def _frames(config, adapter) -> int:
 
 
 def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None, track_modules: bool = True,
-             top_n: int = 10, timeline: bool = False) -> SimReport:
+             top_n: int = 10, timeline: bool = False, exact_layers: bool = False) -> SimReport:
     """Simulate `config` at full size without allocating. `settings` overrides the config's memory keys;
-    `pipe` takes component configs from an existing pipeline (e.g. a tiny one) instead of `model.path`."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from vidrt.models import get_adapter
-
+    `pipe` takes component configs from an existing pipeline (e.g. a tiny one) instead of `model.path`.
+    Repeated identical layers run twice, not N times (same peak, see REPEATED) unless `exact_layers`."""
     started = time.perf_counter()
-    adapter = get_adapter(config.model.family)
     if settings is None:
         settings = settings_from_config(config)
     elif isinstance(settings, dict):
         settings = MemorySettings(**settings)
+    sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
+                       top_n=top_n, timeline=timeline, exact_layers=exact_layers)
+    stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings)
+    return SimReport(
+        model=str(config.model.path), family=sess.family, dtype=sess.dtype, frames=sess.frames,
+        height=sess.height, width=sess.width, settings=settings.to_dict(), peak_bytes=peak,
+        host_peak_bytes=host_peak, stages=stages, modules=sess.modules, params=sess.params, device=sess.device,
+        seconds=round(time.perf_counter() - started, 3), timeline=sess.timeline,
+    )
+
+
+@dataclass
+class Session:
+    """Raw results of one simulated session (tracker stages before parameter placement)."""
+
+    family: str
+    dtype: str
+    frames: int
+    height: int
+    width: int
+    device: str
+    stages: list[dict[str, Any]]
+    params: dict[str, int]
+    group: dict[str, int]
+    modules: list[dict[str, Any]]
+    timeline: list[list[Any]]
+
+
+def run_session(config, slicing_variants: list[MemorySettings], tiling_variants: list[bool], *, pipe=None,
+                track_modules: bool = True, top_n: int = 10, timeline: bool = False,
+                exact_layers: bool = False) -> Session:
+    """Build the fake pipeline once, run text/image encoding once, then the denoise stage once per slicing
+    variant (`denoise#i`) and the decode stage once per tiling variant (`vae_decode#j`); a single variant
+    keeps the plain stage names."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vidrt.models import get_adapter
+
+    adapter = get_adapter(config.model.family)
     dtype_name = str(getattr(config.model, "dtype", "float32"))
     if dtype_name not in DTYPES:
         raise VidrtError(f"model.dtype: {dtype_name!r} is not one of float32, float16, bfloat16")
@@ -305,23 +332,44 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
     comps = components_from_pipe(pipe) if pipe is not None else resolve_components(config)
     frames, height, width = _frames(config, adapter), int(config.height), int(config.width)
     guidance = float(getattr(config, "guidance", 5.0))
-    cfg_on = guidance > 1.0
     with_image = bool(getattr(config, "image", None)) or adapter.needs_image
     accel = _accelerator(config)
+    try:
+        from vidrt.slicing import disable_slicing, enable_slicing
+    except ImportError:  # the memory engine is optional here: profile what exists
+        enable_slicing = disable_slicing = None
 
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     with fake, torch.no_grad():
-        mods = _build(comps, adapter, dtype)
-        if settings.slicing:
-            try:
-                from vidrt.slicing import enable_slicing
-            except ImportError:
-                enable_slicing = None
-            if enable_slicing is not None:
-                enable_slicing(mods["denoiser"], chunk_frames=settings.chunk_frames,
-                               chunk_tokens=settings.chunk_tokens, chunk_positions=settings.chunk_positions)
-        if settings.vae_tiling and hasattr(mods["vae"], "enable_tiling"):
-            mods["vae"].enable_tiling()
+        mods = _build(comps, adapter, dtype, reduce=not exact_layers)
+        den, vae = mods["denoiser"], mods["vae"]
+
+        def slicer(st: MemorySettings):
+            def setup():
+                if enable_slicing is None:
+                    return
+                disable_slicing(den)
+                if st.slicing:
+                    enable_slicing(den, chunk_frames=st.chunk_frames, chunk_tokens=st.chunk_tokens,
+                                   chunk_positions=st.chunk_positions)
+            return setup
+
+        def tiler(on: bool):
+            def setup():
+                if on and hasattr(vae, "enable_tiling"):
+                    vae.enable_tiling()
+                elif hasattr(vae, "disable_tiling"):
+                    vae.disable_tiling()
+            return setup
+
+        den_variants = [slicer(v) for v in slicing_variants]
+        dec_variants = [tiler(v) for v in tiling_variants]
+        if len(den_variants) == 1:
+            den_variants[0]()
+            den_variants = None
+        if len(dec_variants) == 1:
+            dec_variants[0]()
+            dec_variants = None
         named = {(adapter.denoiser_attr if k == "denoiser" else k): v for k, v in mods.items()
                  if isinstance(v, nn.Module)}
         tracker = MemoryTracker(accel, count_device="cpu", track_modules=named if track_modules else False,
@@ -329,17 +377,14 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
         runner = _FAMILY_RUN[adapter.family]
         with tracker:
             runner(tracker, mods, adapter, SimpleNamespace(
-                frames=frames, height=height, width=width, cfg=cfg_on, guidance=guidance, dtype=dtype,
-                with_image=with_image, text_len=_text_len(comps, mods, pipe)))
-        params = {k: module_bytes([v]) for k, v in named.items()}
-        group = {k: _group_resident(v) for k, v in named.items()} if settings.offload == "group" else {}
-    stages, peak, host_peak = _account(tracker.stages, params, group, settings)
-    return SimReport(
-        model=str(config.model.path), family=adapter.family, dtype=dtype_name, frames=frames, height=height,
-        width=width, settings=settings.to_dict(), peak_bytes=peak, host_peak_bytes=host_peak, stages=stages,
-        modules=tracker.modules, params=params, device=accel, seconds=round(time.perf_counter() - started, 3),
-        timeline=[[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
-    )
+                frames=frames, height=height, width=width, cfg=guidance > 1.0, guidance=guidance, dtype=dtype,
+                with_image=with_image, text_len=_text_len(comps, mods, pipe), denoise_variants=den_variants,
+                decode_variants=dec_variants))
+        extra = mods["_extra_params"]
+        params = {k: module_bytes([v]) + extra.get(k, 0) for k, v in named.items()}
+        group = {k: _group_resident(v) for k, v in named.items()}
+    return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
+                   tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [])
 
 
 def _text_len(comps, mods, pipe) -> int:
@@ -354,25 +399,77 @@ def _text_len(comps, mods, pipe) -> int:
 
 def cast_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`module.to(dtype)` for fake tensors (whose `.to` path cannot swap tensors): replace floating
-    parameters and buffers in place."""
+    parameters and buffers in place, keeping shared (tied) tensors shared."""
+    memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(old) -> (old kept alive, new)
     for mod in module.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None and p.is_floating_point() and p.dtype != dtype:
-                mod._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
-        for name, b in list(mod._buffers.items()):
-            if b is not None and b.is_floating_point() and b.dtype != dtype:
-                mod._buffers[name] = b.to(dtype)
+        for table, make in ((mod._parameters, lambda t: nn.Parameter(t.detach().to(dtype), requires_grad=False)),
+                            (mod._buffers, lambda t: t.to(dtype))):
+            for name, t in list(table.items()):
+                if t is None or not t.is_floating_point() or t.dtype == dtype:
+                    continue
+                if id(t) not in memo:
+                    memo[id(t)] = (t, make(t))
+                table[name] = memo[id(t)][1]
     return module.eval().requires_grad_(False)
 
 
-def _build(comps: dict[str, Component], adapter, dtype) -> dict[str, Any]:
+# Repeated identical layers: (config key, attribute path of the layer list). A forward's activation peak is
+# reached inside one layer with the same tensors carried between layers, so two layers give the same peak
+# as forty; the other layers' parameters are added from one layer's size. Makes simulation ~15x faster.
+REPEATED = {
+    "WanTransformer3DModel": ("num_layers", "blocks"),
+    "UMT5EncoderModel": ("num_layers", "encoder.block"),
+    "T5EncoderModel": ("num_layers", "encoder.block"),
+}
+KEEP_LAYERS = 2
+
+
+def _reduced(comp: Component) -> tuple[Component, int]:
+    rule = REPEATED.get(comp.class_name)
+    if rule is None:
+        return comp, 0
+    key = rule[0]
+    cfg = comp.config
+    full = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+    if not isinstance(full, int) or full <= KEEP_LAYERS:
+        return comp, 0
+    if isinstance(cfg, dict):
+        cfg = dict(cfg, **{key: KEEP_LAYERS})
+    else:
+        cfg = type(cfg)(**dict(cfg.to_dict(), **{key: KEEP_LAYERS}))
+    return Component(comp.library, comp.class_name, cfg), full - KEEP_LAYERS
+
+
+def _layer_list(mod: nn.Module, path: str):
+    for part in path.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def _build_one(comp: Component, dtype, reduce: bool, extra: dict[str, int], name: str) -> nn.Module:
+    missing = 0
+    if reduce:
+        comp, missing = _reduced(comp)
+    mod = cast_(build_module(comp), dtype)
+    if missing:
+        layers = _layer_list(mod, REPEATED[comp.class_name][1])
+        extra[name] = missing * module_bytes([layers[-1]])
+    return mod
+
+
+def _build(comps: dict[str, Component], adapter, dtype, reduce: bool = True) -> dict[str, Any]:
     mods: dict[str, Any] = {}
+    extra: dict[str, int] = {}
+    mods["_extra_params"] = extra
     for name in ("text_encoder", "image_encoder", "vae"):
         if name in comps:
-            mods[name] = cast_(build_module(comps[name]), dtype)
+            mods[name] = _build_one(comps[name], dtype, reduce, extra, name)
     den_name = adapter.denoiser_attr
     if den_name not in comps:
         raise VidrtError(f"model.path: the pipeline has no {den_name} component")
+    if comps[den_name].class_name in REPEATED:
+        mods["denoiser"] = _build_one(comps[den_name], dtype, reduce, extra, den_name)
+        return mods
     den = build_module(comps[den_name])
     if "motion_adapter" in comps and type(den).__name__ == "UNet2DConditionModel":
         from diffusers import UNetMotionModel
@@ -447,8 +544,9 @@ def _run_wan(tracker, mods, adapter, p):
     den, vae = mods["denoiser"], mods["vae"]
     cfg = vae.config
     embeds = _encode_text(tracker, mods["text_encoder"], p)
-    tf = (p.frames - 1) // 4 + 1
-    sf = 8
+    tscale = int(getattr(cfg, "scale_factor_temporal", 4) or 4)
+    sf = int(getattr(cfg, "scale_factor_spatial", 8) or 8)
+    tf = (p.frames - 1) // tscale + 1
     h, w = p.height // sf, p.width // sf
     image_embeds = None
     condition = None
@@ -470,27 +568,35 @@ def _run_wan(tracker, mods, adapter, p):
             mask = torch.ones(1, 4, tf, h, w)
             condition = torch.cat([mask, lat], dim=1)
             del lat, mask
-    with tracker.stage("denoise", params={adapter.denoiser_attr: den}):
-        latents = torch.randn(1, den.config.out_channels, tf, h, w, dtype=torch.float32)
-        t = torch.full((1,), 999.0)
-        model_in = latents
-        if condition is not None:
-            model_in = torch.cat([latents, condition], dim=1)
-        model_in = model_in.to(p.dtype)
-        kw = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
-        pred = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[0], return_dict=False, **kw)[0]
-        if p.cfg:
-            uncond = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[1], return_dict=False,
-                         **kw)[0]
-            pred = uncond + p.guidance * (pred - uncond)
-            del uncond
-        del model_in
-        latents = latents + (-0.01) * pred.to(torch.float32)  # a flow-matching Euler step
-        del pred
+    latents = None
+    for name, setup in _variants(p.denoise_variants, "denoise"):
+        setup()
+        latents = None
+        with tracker.stage(name, params={adapter.denoiser_attr: den}):
+            latents = torch.randn(1, den.config.out_channels, tf, h, w, dtype=torch.float32)
+            t = torch.full((1,), 999.0)
+            model_in = latents
+            if condition is not None:
+                model_in = torch.cat([latents, condition], dim=1)
+            model_in = model_in.to(p.dtype)
+            kw = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
+            pred = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[0], return_dict=False,
+                       **kw)[0]
+            if p.cfg:
+                uncond = den(hidden_states=model_in, timestep=t, encoder_hidden_states=embeds[1],
+                             return_dict=False, **kw)[0]
+                pred = uncond + p.guidance * (pred - uncond)
+                del uncond
+            del model_in
+            latents = latents + (-0.01) * pred.to(torch.float32)  # a flow-matching Euler step
+            del pred
     del embeds, condition, image_embeds
-    with tracker.stage("vae_decode", params={"vae": vae}):
-        video = adapter.decode(SimpleNamespace(vae=vae), latents.to(p.dtype))
-        del video
+    latents = latents.to(p.dtype)
+    for name, setup in _variants(p.decode_variants, "vae_decode"):
+        setup()
+        with tracker.stage(name, params={"vae": vae}):
+            video = adapter.decode(SimpleNamespace(vae=vae), latents)
+            del video
 
 
 def _run_unet(tracker, mods, adapter, p):
@@ -500,7 +606,8 @@ def _run_unet(tracker, mods, adapter, p):
     del embeds
     if adapter.family == "animatediff":  # AnimateDiffPipeline repeats the embeddings per frame
         prompt = prompt.repeat_interleave(repeats=p.frames, dim=0)
-    h, w = p.height // 8, p.width // 8
+    sf = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = p.height // sf, p.width // sf
     batch = 2 if p.cfg else 1
     extra: dict[str, Any] = {}
     if adapter.family == "i2vgen-xl":
@@ -524,22 +631,40 @@ def _run_unet(tracker, mods, adapter, p):
                 lat = torch.cat([lat] * 2)
             extra = {"fps": torch.tensor([16] * batch), "image_latents": lat, "image_embeddings": emb}
             del lat, emb
-    with tracker.stage("denoise", params={adapter.denoiser_attr: den}):
-        latents = torch.randn(1, den.config.in_channels, p.frames, h, w, dtype=p.dtype)
-        model_in = torch.cat([latents] * 2) if p.cfg else latents
-        t = torch.tensor(999)
-        pred = den(model_in, t, encoder_hidden_states=prompt, return_dict=False, **extra)[0]
-        del model_in
-        if p.cfg:
-            uncond, cond = pred.chunk(2)
-            pred = uncond + p.guidance * (cond - uncond)
-            del uncond, cond
-        latents = latents - 0.01 * pred  # a DDIM-like step
-        del pred
+    latents = None
+    for name, setup in _variants(p.denoise_variants, "denoise"):
+        setup()
+        latents = None
+        with tracker.stage(name, params={adapter.denoiser_attr: den}):
+            latents = torch.randn(1, den.config.in_channels, p.frames, h, w, dtype=p.dtype)
+            model_in = torch.cat([latents] * 2) if p.cfg else latents
+            t = torch.tensor(999)
+            pred = den(model_in, t, encoder_hidden_states=prompt, return_dict=False, **extra)[0]
+            del model_in
+            if p.cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + p.guidance * (cond - uncond)
+                del uncond, cond
+            latents = latents - 0.01 * pred  # a DDIM-like step
+            del pred
     del extra, prompt
-    with tracker.stage("vae_decode", params={"vae": vae}):
-        video = adapter.decode(SimpleNamespace(vae=vae), latents)
-        del video
+    for name, setup in _variants(p.decode_variants, "vae_decode"):
+        setup()
+        with tracker.stage(name, params={"vae": vae}):
+            video = adapter.decode(SimpleNamespace(vae=vae), latents)
+            del video
+
+
+def _noop() -> None:
+    return None
+
+
+def _variants(variants, stage: str):
+    """Stage names and set-up callables: one plain stage, or `stage#i` per variant (the planner measures
+    several slicing / tiling settings in one simulated session)."""
+    if not variants:
+        return [(stage, _noop)]
+    return [(f"{stage}#{i}", fn) for i, fn in enumerate(variants)]
 
 
 _FAMILY_RUN = {"wan": _run_wan, "animatediff": _run_unet, "i2vgen-xl": _run_unet}
