@@ -67,7 +67,7 @@ def enable_slicing(obj, chunk_frames: int | None = None, chunk_tokens: int | Non
 
 def _enable_denoiser(den: nn.Module, chunk_frames, chunk_tokens, chunk_positions) -> dict[str, int]:
     from vidrt.models import adapter_for
-    from vidrt.slicing import unet, wan
+    from vidrt.slicing import groups, unet, wan
 
     roles = adapter_for(den).roles(den)
     modules = dict(den.named_modules())
@@ -85,6 +85,10 @@ def _enable_denoiser(den: nn.Module, chunk_frames, chunk_tokens, chunk_positions
     else:
         for name in roles.spatial:
             put(modules[name], unet.make_spatial_forward(chunk_frames), "spatial")
+        # Operator groups: cat -> resnet (-> attention) per frame chunk in the up blocks.
+        for name, module in modules.items():
+            if name and groups.is_groupable_up_block(module):
+                put(module, groups.make_up_block_forward(chunk_frames, unet.auto_chunk_samples), "up-block-group")
     for name in roles.temporal:
         module = modules[name]
         if unet.is_temporal_conv(module):

@@ -47,6 +47,41 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out.type_as(x)
 
 
+class ChunkedRope:
+    """Wan's rotary table for token ranges, built per chunk instead of as one (1, L, 1, D) tensor pair.
+
+    Token i sits at frame i // (H*W), row (i // W) % H, column i % W; its cos/sin row is the concatenation
+    of the frame/row/column tables at those indices — the same values diffusers' WanRotaryPosEmbed expands.
+    """
+
+    def __init__(self, rope, hidden_states, ppf: int, pph: int, ppw: int):
+        self.rope, self.hidden_states = rope, hidden_states
+        self.pph, self.ppw = pph, ppw
+        split = [rope.t_dim, rope.h_dim, rope.w_dim]
+        self.cos = rope.freqs_cos.split(split, dim=1)
+        self.sin = rope.freqs_sin.split(split, dim=1)
+
+    def chunk(self, s: int, e: int):
+        idx = torch.arange(s, e, device=self.rope.freqs_cos.device)
+        per_frame = self.pph * self.ppw
+        parts = (idx // per_frame, (idx // self.ppw) % self.pph, idx % self.ppw)
+        cos = torch.cat([t[i] for t, i in zip(self.cos, parts)], dim=-1)
+        sin = torch.cat([t[i] for t, i in zip(self.sin, parts)], dim=-1)
+        return cos.view(1, e - s, 1, -1), sin.view(1, e - s, 1, -1)
+
+    def full(self):
+        return self.rope(self.hidden_states)
+
+
+def _rope_chunk(rotary_emb, s: int, e: int):
+    if rotary_emb is None:
+        return None
+    if isinstance(rotary_emb, ChunkedRope):
+        return rotary_emb.chunk(s, e)
+    cos, sin = rotary_emb
+    return cos[:, s:e], sin[:, s:e]
+
+
 def _proj(attn, x: torch.Tensor, which: str) -> torch.Tensor:
     """One of q/k/v of a WanAttention, also when its projections are fused."""
     if getattr(attn, "fused_projections", False):
@@ -101,6 +136,8 @@ def _modulation(block, temb: torch.Tensor, n_tokens: int):
 def make_block_forward(chunk_tokens: int):
     def forward(block, hidden_states, encoder_hidden_states, temb, rotary_emb, *args, **kwargs):
         if (args or kwargs or torch.is_grad_enabled() or not block_supported(block)):
+            if isinstance(rotary_emb, ChunkedRope):
+                rotary_emb = rotary_emb.full()
             return call_original(block, hidden_states, encoder_hidden_states, temb, rotary_emb, *args, **kwargs)
         chunk = chunk_tokens or auto_chunk_tokens(hidden_states.shape[1], hidden_states.shape[-1], _ffn_dim(block))
         return sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk)
@@ -114,7 +151,6 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
     shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
     attn1, attn2 = block.attn1, block.attn2
     heads = attn1.heads
-    cos, sin = rotary_emb if rotary_emb is not None else (None, None)
 
     # Group A: K and V of every token (self-attention needs them all), computed chunk by chunk.
     key = value = None
@@ -124,8 +160,9 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
         k = attn1.norm_k(_proj(attn1, n, "k")).unflatten(2, (heads, -1))
         v = _proj(attn1, n, "v").unflatten(2, (heads, -1))
         del n
-        if cos is not None:
-            k = _rotate(k, cos[:, s:e], sin[:, s:e])
+        rope = _rope_chunk(rotary_emb, s, e)
+        if rope is not None:
+            k = _rotate(k, *rope)
         if key is None:
             # (B, H, L, D) storage: the (B, L, H, D) view handed to attention permutes back to contiguous.
             key = k.new_empty((B, heads, L, k.shape[-1])).transpose(1, 2)
@@ -158,8 +195,9 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
         n = (block.norm1(xf) * (1 + at(scale_msa, s, e)) + at(shift_msa, s, e)).type_as(x)
         q = attn1.norm_q(_proj(attn1, n, "q")).unflatten(2, (heads, -1))
         del n
-        if cos is not None:
-            q = _rotate(q, cos[:, s:e], sin[:, s:e])
+        rope = _rope_chunk(rotary_emb, s, e)
+        if rope is not None:
+            q = _rotate(q, *rope)
         a = _attend(attn1, q, key, value)
         del q
         a = attn1.to_out[1](attn1.to_out[0](a))
@@ -225,7 +263,7 @@ def sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_
     if chunk_frames is None:
         chunk_frames = max(1, chunk_tokens // max(1, per_frame))
 
-    rotary_emb = model.rope(hidden_states)
+    rotary_emb = ChunkedRope(model.rope, hidden_states, ppf, pph, ppw)
 
     # Patch embedding per frame chunk, straight into the token buffer.
     tokens = None
@@ -299,6 +337,8 @@ def _n_tokens(model, hidden_states) -> int:
 
 
 def auto_chunk_tokens(n_tokens: int, dim: int, ffn_dim: int) -> int:
-    """Token chunk for `chunk_tokens=None`: the per-chunk FFN hidden (the biggest intermediate, ~3 tensors
-    of chunk x ffn_dim) stays near 1/8 of the residual stream (n_tokens x dim), and at least 256 tokens."""
-    return int(min(n_tokens, max(256, math.ceil(n_tokens * dim / (24 * ffn_dim)))))
+    """Token chunk for `chunk_tokens=None`: the per-chunk intermediates (~3 tensors of chunk x ffn_dim in
+    the FFN, the largest) stay near 1/2 of one residual-stream tensor (n_tokens x dim), so a block's peak
+    is ~3.5 residual streams (stream, K, V, chunk work) instead of ~15; a multiple of 256, at least 256."""
+    chunk = math.ceil(n_tokens * dim / (6 * ffn_dim) / 256) * 256
+    return int(min(n_tokens, max(256, chunk)))
