@@ -1,0 +1,121 @@
+"""Where weights live: text-encoder placement and weight streaming of the denoiser.
+
+- `release_text_encoder(pipe, device)`: after the prompts are encoded the text encoder (UMT5-XXL is
+  10.6 GiB in bf16) is not needed on the accelerator; move it to the CPU (or delete it).
+- `enable_offload(pipe, "group", device)`: the denoiser streams its weights block by block through
+  diffusers' group offloading (block level, one block per group; a CUDA stream prefetches the next block
+  when the accelerator is CUDA); the text/image encoders stream leaf by leaf; the VAE sits on the device.
+- `enable_offload(pipe, "model", device)`: diffusers' model CPU offload (whole models move on use).
+- "none": everything on the device.
+
+Apply slicing first, offload second (vidrt.slicing.apply_memory_config does): slicing replaces the
+innermost computation and the offload hooks wrap it either way, but a fixed order keeps state simple.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+OFFLOAD_MODES = ("none", "model", "group")
+_ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    if hasattr(module, "_hf_hook"):
+        return True
+    for sub in module.modules():
+        reg = getattr(sub, "_diffusers_hook", None)
+        if reg is not None and reg.hooks:
+            return True
+    return False
+
+
+def release_text_encoder(pipe, device=None, *, delete: bool = False) -> dict[str, Any]:
+    """Move the pipeline's text encoder(s) off the accelerator after prompt encoding (or delete them).
+
+    Safe to call on any pipeline: on a CPU run, or when an offload mode already manages the encoder
+    (its hooks move it), nothing moves. Returns {"text_encoder": "cpu"|"deleted"|"unchanged", ...}."""
+    dev = _device(device)
+    info: dict[str, Any] = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if not isinstance(module, nn.Module):
+            continue
+        if delete:
+            setattr(pipe, name, None)
+            if hasattr(pipe, "register_to_config"):
+                pipe.register_to_config(**{name: (None, None)})
+            info[name] = "deleted"
+        elif dev.type == "cpu" or _has_hooks(module):
+            info[name] = "unchanged"
+        else:
+            module.to("cpu")
+            info[name] = "cpu"
+    if dev.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return info
+
+
+def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
+    """Apply an offload mode to a diffusers pipeline. Returns a JSON-able summary."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"memory.offload: expected one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    dev = _device(device)
+    info: dict[str, Any] = {"offload": mode}
+    if mode == "none":
+        return info
+    if mode == "model":
+        if dev.type == "cpu":
+            info["note"] = "model offload is a no-op on the CPU"
+            return info
+        pipe.enable_model_cpu_offload(device=dev)
+        return info
+
+    from diffusers.hooks import apply_group_offloading
+
+    from vidrt.slicing import denoisers_of
+
+    use_stream = dev.type == "cuda" and torch.cuda.is_available()
+    streamed = []
+    for den in denoisers_of(pipe):
+        apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1, use_stream=use_stream)
+        streamed.append(type(den).__name__)
+    for name in _ENCODERS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module) and not _has_hooks(module):
+            apply_group_offloading(module, onload_device=dev, offload_device=torch.device("cpu"),
+                                   offload_type="leaf_level", use_stream=use_stream)
+            streamed.append(name)
+    vae = getattr(pipe, "vae", None)
+    if isinstance(vae, nn.Module):
+        vae.to(dev)
+    info.update({"streamed": streamed, "use_stream": use_stream, "offload_type": "block_level",
+                 "num_blocks_per_group": 1})
+    return info
+
+
+def disable_offload(pipe) -> None:
+    """Remove group-offloading hooks vidrt added (model offload: diffusers' remove_all_hooks)."""
+    from diffusers.hooks import HookRegistry
+
+    for name, module in list(getattr(pipe, "components", {}).items()):
+        if not isinstance(module, nn.Module):
+            continue
+        for sub in module.modules():
+            reg = getattr(sub, "_diffusers_hook", None)
+            if isinstance(reg, HookRegistry):
+                for hook in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+                    if hook in reg.hooks:
+                        reg.remove_hook(hook, recurse=False)
+    if hasattr(pipe, "remove_all_hooks"):
+        try:
+            pipe.remove_all_hooks()
+        except Exception:  # noqa: BLE001 - nothing to remove
+            pass
