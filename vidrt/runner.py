@@ -331,6 +331,13 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     adapter = get_adapter(cfg.model.family)
     image = load_image(cfg.image) if cfg.image else None
     device = resolve_device(cfg.devices)
+    # --- vidrt.distributed (issue 8): under torchrun, join the process group; each rank gets its own device
+    from vidrt import distributed as vdist
+    dist_ctx = vdist.setup_from_env(device_type=device.type)
+    if dist_ctx is not None:
+        device = dist_ctx.device
+        show_progress = show_progress and dist_ctx.is_main
+    # --- end vidrt.distributed
     config_dict = cfg.model_dump(mode="json")
     checkpointer = StepCheckpointer(out_path, config_dict) if checkpoints or resume else None
     resume_from = checkpointer.load() if resume else None
@@ -344,14 +351,18 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
 
     memory = apply_memory(pipe, cfg, device)
     oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
+    # vidrt.distributed (issue 8): CFG / sequence-parallel hooks, outside the OOM fallback (its retries stay rank-local)
+    distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance)
     long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None)
     policy = attach_policy(pipe, cfg)
     if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
         log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
                   "the resume step, so frames may differ slightly from an uninterrupted run[/]")
     control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy)
+    if dist_ctx is not None and not dist_ctx.is_main:  # vidrt.distributed: only rank 0 writes checkpoints
+        control.checkpointer = None
     tracker = _tracker(device)
-    with tracker, interrupt_after_step(control):
+    with tracker, interrupt_after_step(control), vdist.guard(dist_ctx, pipe, adapter):  # guard: vidrt.distributed
         try:
             latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress, control)
         except RenderInterrupted as exc:
@@ -360,6 +371,13 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         finally:
             undo_long()
             disable_oom_fallback(adapter.denoiser(pipe))
+        if dist_ctx is not None:  # vidrt.distributed: every rank confirms the denoise; only rank 0 decodes/writes
+            vdist.agree(True, "denoise")
+            if not dist_ctx.is_main:
+                return RenderResult(out_path, sidecar_path(out_path), 0, {
+                    "rank": dist_ctx.rank, "distributed": distributed, "frames": 0, "height": req.height,
+                    "width": req.width, "peak_memory_bytes": int(tracker.peak_bytes),
+                    "seconds_total": round(time.perf_counter() - started, 3)})
         with tracker.stage("vae_decode", params=[pipe.vae]):
             count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
                                 (req.height, req.width))
@@ -382,6 +400,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "oom_retries": oom.retries,
         "long": long_applied,
         "policy": _policy_stats(pipe),
+        "distributed": distributed,  # vidrt.distributed (issue 8): None for one process
         "resumed_from_step": resume_from.step if resume_from is not None else None,
         "seconds_total": round(time.perf_counter() - started, 3),
     }

@@ -12,6 +12,7 @@ world = cfg x sp. Only rank 0 decodes and writes files (see vidrt/runner.py).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from typing import Any
@@ -22,24 +23,26 @@ import torch.distributed as dist
 from vidrt.distributed.comm import Context, DistributedError, agree, make_groups
 from vidrt.errors import VidrtError
 
-__all__ = ["Context", "DistributedError", "setup_from_env", "apply", "remove", "shutdown", "agree", "plan_layout"]
+__all__ = ["Context", "DistributedError", "setup_from_env", "apply", "remove", "shutdown", "agree", "plan_layout", "guard"]
 
 _APPLIED = "_vidrt_distributed"
 
 
-def setup_from_env(timeout_s: float | None = None) -> Context | None:
+def setup_from_env(timeout_s: float | None = None, device_type: str | None = None) -> Context | None:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
     None for a plain single-process run (no WORLD_SIZE, or WORLD_SIZE=1). gloo on CPU, NCCL when CUDA is
     available; each rank uses cuda:LOCAL_RANK. `VIDRT_DIST_TIMEOUT` (seconds, default 600) bounds how long
-    a rank waits in a collective for a peer before it fails with a DistributedError.
+    a rank waits in a collective for a peer before it fails with a DistributedError. `device_type="cpu"`
+    (a config asking for the CPU) or VIDRT_DIST_BACKEND=gloo forces gloo on CPU even where CUDA exists.
     """
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return None
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    cuda = torch.cuda.is_available() and os.environ.get("VIDRT_DIST_BACKEND", "") != "gloo"
+    cuda = (torch.cuda.is_available() and os.environ.get("VIDRT_DIST_BACKEND", "") != "gloo"
+            and device_type != "cpu")
     if cuda:
         if local >= torch.cuda.device_count():
             raise VidrtError(f"devices: rank {rank} needs cuda:{local} but only {torch.cuda.device_count()} "
@@ -94,12 +97,16 @@ def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode
     return cfg, sp
 
 
-def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str = "auto",
+def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str | None = None,
           head_groups: int | None = None) -> dict[str, Any] | None:
     """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
-    was applied (for the sidecar), None for a single-process run."""
+    was applied (for the sidecar), None for a single-process run. `mode` (default: env VIDRT_DIST_MODE,
+    else auto): auto | cfg | sequence; `head_groups` (default: env VIDRT_DIST_HEAD_GROUPS, else one per
+    head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel."""
     if ctx is None or ctx.world <= 1:
         return None
+    mode = mode or os.environ.get("VIDRT_DIST_MODE", "auto")
+    head_groups = head_groups or int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None
     from vidrt.distributed import cfg as cfg_mod
     from vidrt.distributed import wan_sp
 
@@ -141,8 +148,24 @@ def shutdown(ctx: Context | None, failed: bool = False) -> None:
     if ctx is None or not ctx.owns_process_group or not dist.is_initialized():
         return
     try:
-        if failed and hasattr(dist, "abort") and False:
-            pass
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort at exit
         pass
+
+
+@contextlib.contextmanager
+def guard(ctx: Context | None, pipe=None, adapter=None):
+    """Around a distributed render: on success or failure remove the hooks and leave the process group;
+    leaving it on failure closes this rank's connections, so peers blocked in a collective raise a
+    DistributedError at once (instead of hanging until the timeout)."""
+    if ctx is None:
+        yield
+        return
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if pipe is not None and adapter is not None:
+            remove(pipe, adapter)
+        shutdown(ctx, failed=failed)
