@@ -423,6 +423,7 @@ def write_md(meta, results, sweep, path: Path) -> None:
                      + (f"{d30['saved']:.2f}x ({d30['label']})" if d30 else "none")
                      + "; best at >= 25 dB " + (f"{d25['saved']:.2f}x ({d25['label']})" if d25 else "none"))
     if not meta["trained"]:
+        lines = [ln.replace("-> met", "-> met on random weights only (not evidence)") for ln in lines]
         lines.append("- (random weights: the targets are defined for the trained model; rerun "
                      "`python bench/policies.py` once samples/tiny-wan exists)")
     lines += ["", "Notes:",
