@@ -363,7 +363,7 @@ class Controller:
 
     # ---- the denoiser call ---------------------------------------------------------------------
     def denoiser_call(self, module, orig_cls, args, kwargs):
-        if self._current is not None:         # re-entrant call (should not happen): run plainly
+        if self._current is not None or module is not self.den:   # re-entrant call, or a deep copy: plain
             return orig_cls.__call__(module, *args, **kwargs)
         x = _first_tensor_arg(args, kwargs, ("hidden_states", "sample"))
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
@@ -405,9 +405,9 @@ class Controller:
     # ---- a block call --------------------------------------------------------------------------
     def block_call(self, module, orig_cls, args, kwargs):
         cs = self._current
-        if cs is None:
+        idx = self._index.get(id(module))
+        if cs is None or idx is None or self.structure.blocks[idx] is not module:
             return orig_cls.__call__(module, *args, **kwargs)
-        idx = self._index[id(module)]
         bp, lay = self.block_policy, self.layout
         if bp is None or lay is None or idx >= lay.deep_end:
             cs.evaluated += 1
