@@ -232,10 +232,18 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
         shift, scale = shift.squeeze(2)[:, g0:g1], scale.squeeze(2)[:, g0:g1]
     else:
         shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-    y = (model.norm_out(tokens.float()) * (1 + scale.to(tokens.device)) + shift.to(tokens.device)).type_as(tokens)
+    shift, scale = shift.to(tokens.device), scale.to(tokens.device)
+    per_token = shift.ndim == 3 and shift.shape[1] > 1
+    local = None
+    for s, e in _ranges(g1 - g0, chunk):   # output norm -> modulate -> projection per token chunk
+        x = tokens[:, s:e]
+        sh, sc = (shift[:, s:e], scale[:, s:e]) if per_token else (shift, scale)
+        y = model.proj_out((model.norm_out(x.float()) * (1 + sc) + sh).type_as(x))
+        if local is None:
+            local = y.new_empty((batch_size, g1 - g0, y.shape[-1]))
+        local[:, s:e] = y
+        del x, y
     del tokens
-    local = model.proj_out(y)
-    del y
     projected = comm.all_gather_cat(local, 1, group, sizes)
     del local
 
