@@ -75,19 +75,15 @@ def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> Rende
                          seed=cfg.seed, image=image, extra={"fps": cfg.output.fps})
 
 
-def apply_memory(pipe, cfg: RenderConfig, device: torch.device) -> dict[str, Any]:
-    try:
-        from vidrt.slicing import apply_memory_config
-    except ImportError:
-        return {"applied": False, "reason": "memory engine not installed"}
-    return apply_memory_config(pipe, cfg.memory.as_dict(), device)
+def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device) -> dict[str, Any]:
+    from vidrt.slicing import apply_memory_config
+
+    return apply_memory_config(pipe, {**cfg.memory.as_dict(), "height": req.height, "width": req.width}, device)
 
 
 def release_text_encoder(pipe, device: torch.device) -> None:
-    try:
-        from vidrt.offload import release_text_encoder as release
-    except ImportError:
-        return
+    from vidrt.offload import release_text_encoder as release
+
     release(pipe, device)
 
 
@@ -349,7 +345,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if resume_from is not None:
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
-    memory = apply_memory(pipe, cfg, device)
+    memory = apply_memory(pipe, cfg, req, device)
     oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
     # vidrt.distributed (issue 8): CFG / sequence-parallel hooks, outside the OOM fallback (its retries stay rank-local)
     distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance)
