@@ -36,8 +36,9 @@ def auto_chunk_samples(n: int) -> int:
 
 
 def auto_chunk_positions(p: int) -> int:
-    """Positions per temporal chunk when chunk_positions is None: 1/64 of H x W."""
-    return max(1, math.ceil(p / 64))
+    """Positions per temporal chunk when chunk_positions is None: 1/64 of H x W, at least 64 positions
+    (smaller chunks only add per-chunk overhead)."""
+    return min(p, max(64, math.ceil(p / 64)))
 
 
 # ---------------------------------------------------------------------------------------------- spatial
