@@ -166,3 +166,21 @@ def test_failure_mid_render_leaves_no_file(run_cli, tmp_path, monkeypatch):
     out = tmp_path / "out"
     result = run_cli("render", "samples/wan-random.yaml", "-o", out / "x.mp4", "--set", "steps=1", "--quiet")
     assert_clean_failure(result, out, "injected failure", progress_before=True)
+
+
+def test_render_with_budget_applies_the_plan(run_cli, tmp_path):
+    out = tmp_path / "x.mp4"
+    result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "steps=1",
+                     "--set", "memory.budget=1GiB", "--quiet")
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    plan = side["memory"]["plan"]
+    assert plan["budget_bytes"] == 2 ** 30 and plan["peak_bytes"] <= plan["budget_bytes"]
+    # the planner's prediction for the tiny model is close to the measured peak
+    assert abs(plan["peak_bytes"] - side["peak_memory_bytes"]) <= 0.05 * side["peak_memory_bytes"]
+
+
+def test_render_with_impossible_budget_refuses(run_cli, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("render", "samples/wan-random.yaml", "-o", out / "x.mp4", "--set", "memory.budget=1KiB")
+    assert_clean_failure(result, out, "cannot fit")

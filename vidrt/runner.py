@@ -75,10 +75,25 @@ def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> Rende
                          seed=cfg.seed, image=image, extra={"fps": cfg.output.fps})
 
 
-def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device) -> dict[str, Any]:
+def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device, log: Console) -> dict[str, Any]:
+    """The config's memory settings, or — with `memory.budget` — the planner's fastest plan that fits."""
     from vidrt.slicing import apply_memory_config
 
-    return apply_memory_config(pipe, {**cfg.memory.as_dict(), "height": req.height, "width": req.width}, device)
+    memory = cfg.memory.as_dict()
+    planned = None
+    if cfg.memory.budget is not None:
+        from vidrt.memory.planner import plan
+
+        chosen = plan(cfg, cfg.memory.budget, pipe=pipe)
+        planned = chosen.to_dict()
+        memory = {**chosen.memory_config()}
+        memory.pop("text_encoder", None)  # the runner always releases the text encoder after encoding
+        log.print(f"plan: {chosen}")
+    applied = apply_memory_config(pipe, {**memory, "height": req.height, "width": req.width}, device)
+    if planned is not None:
+        applied["plan"] = {"peak_bytes": planned["peak_bytes"], "budget_bytes": planned["budget_bytes"],
+                           "memory": planned["memory"]}
+    return applied
 
 
 def release_text_encoder(pipe, device: torch.device) -> None:
@@ -345,7 +360,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if resume_from is not None:
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
-    memory = apply_memory(pipe, cfg, req, device)
+    memory = apply_memory(pipe, cfg, req, device, log)
     oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
     # vidrt.distributed (issue 8): CFG / sequence-parallel hooks, outside the OOM fallback (its retries stay rank-local)
     distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance)
