@@ -5,9 +5,11 @@ import importlib
 
 from vidrt.memory.tracker import MemoryTracker, format_bytes, track_memory
 
+# Imported eagerly: the submodule vidrt.memory.simulate would otherwise shadow the function of that name
+# as soon as anything imports the submodule.
+from vidrt.memory.simulate import MemorySettings, SimReport, simulate  # noqa: E402
+
 _LAZY = {
-    "simulate": "vidrt.memory.simulate",
-    "SimReport": "vidrt.memory.simulate",
     "plan": "vidrt.memory.planner",
     "Plan": "vidrt.memory.planner",
     "parse_bytes": "vidrt.memory.planner",
@@ -15,7 +17,7 @@ _LAZY = {
     "plan_command": "vidrt.memory.commands",
 }
 
-__all__ = ["MemoryTracker", "format_bytes", "track_memory", *_LAZY]
+__all__ = ["MemorySettings", "MemoryTracker", "SimReport", "format_bytes", "simulate", "track_memory", *_LAZY]
 
 
 def __getattr__(name: str):

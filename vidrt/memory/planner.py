@@ -136,6 +136,9 @@ def _rename(stages: list[dict], denoise_i: int | None, decode_j: int | None) -> 
     return out
 
 
+_SESSIONS: dict[tuple, Any] = {}  # one simulated session serves every budget for the same run
+
+
 def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -> Plan:
     """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
     `config.memory.budget`)."""
@@ -151,7 +154,16 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
     frames = int(getattr(config, "frames", None) or adapter.native_frames)
     slicings = slicing_candidates(config, adapter.family, frames, int(config.height), int(config.width))
     tilings = [False, True]
-    sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True)
+    key = (id(pipe) if pipe is not None else str(config.model.path), adapter.family, str(config.model.dtype),
+           getattr(config.model, "motion_adapter", None), frames, int(config.height), int(config.width),
+           float(getattr(config, "guidance", 5.0)) > 1.0, bool(getattr(config, "image", None)),
+           tuple(getattr(config, "devices", None) or ["auto"]))
+    sess = _SESSIONS.get(key)
+    if sess is None:
+        sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True)
+        if len(_SESSIONS) >= 8:
+            _SESSIONS.pop(next(iter(_SESSIONS)))
+        _SESSIONS[key] = sess
 
     combos = []
     for i, sl in enumerate(slicings):

@@ -1,0 +1,53 @@
+"""The budget planner: size parsing, the cheapest plan that fits, and the 'cannot fit' error."""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from vidrt.errors import VidrtError
+from vidrt.memory import plan, simulate
+from vidrt.memory.planner import parse_bytes
+
+
+@pytest.mark.parametrize("text,value", [("8GiB", 8 * 2**30), ("12GB", 12 * 10**9), ("512MiB", 512 * 2**20),
+                                        ("1.5 GiB", int(1.5 * 2**30)), ("100", 100), (4096, 4096)])
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "8 parsecs", "0GiB", "-1GiB", "", None, True])
+def test_bad_budgets_name_the_value(bad):
+    with pytest.raises(VidrtError, match="budget"):
+        parse_bytes(bad) if bad is not None else plan(_cfg(), None, pipe=None)
+
+
+def _cfg():
+    return NS(model=NS(family="wan", path="tiny", dtype="float32", motion_adapter=None), frames=5, height=64,
+              width=64, guidance=5.0, image=None, devices=["cpu"], memory=NS(budget=None))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from vidrt.models import get_adapter
+
+    return get_adapter("wan").tiny(0)
+
+
+def test_plans_get_cheaper_with_more_budget_and_always_fit(tiny):
+    cfg = _cfg()
+    roomy = plan(cfg, "1GiB", pipe=tiny)
+    assert roomy.settings.offload == "none" and not roomy.settings.slicing and roomy.cost == 1.0
+    smallest = roomy.smallest_peak_bytes
+    assert smallest < roomy.peak_bytes
+    tight = plan(cfg, smallest, pipe=tiny)
+    assert tight.peak_bytes <= smallest and tight.cost > roomy.cost
+    mid_budget = (smallest + roomy.peak_bytes) // 2
+    mid = plan(cfg, mid_budget, pipe=tiny)
+    assert mid.peak_bytes <= mid_budget and roomy.cost <= mid.cost <= tight.cost
+    # the plan's prediction agrees with a full simulation of the chosen settings
+    check = simulate(cfg, mid.settings, pipe=tiny, track_modules=False)
+    assert abs(check.peak_bytes - mid.peak_bytes) <= 0.05 * mid.peak_bytes
+    assert mid.memory_config()["offload"] == mid.settings.offload
+    with pytest.raises(VidrtError, match=r"cannot fit: the smallest plan needs [0-9.]+ GiB"):
+        plan(cfg, smallest - 1, pipe=tiny)

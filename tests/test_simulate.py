@@ -1,0 +1,105 @@
+"""The full-size simulator: real classes under FakeTensorMode, checked against the real tracker on tiny
+models and against known parameter counts of the shipped configs."""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+
+from vidrt.errors import VidrtError
+from vidrt.memory import simulate
+from vidrt.memory.simulate import KNOWN_MODELS, MemorySettings, build_module, components_from_folder, known_dir
+
+
+def _config(family, path, frames, height, width, guidance=5.0, image=None, dtype="float32"):
+    return NS(model=NS(family=family, path=path, dtype=dtype, motion_adapter=None), frames=frames, height=height,
+              width=width, guidance=guidance, image=image, devices=["cpu"], memory=NS(budget=None))
+
+
+@pytest.mark.parametrize("family", ["wan", "animatediff"])
+def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
+    from rich.console import Console
+
+    from vidrt.memory import MemoryTracker
+    from vidrt.models import get_adapter
+    from vidrt.models.base import RenderRequest
+    from vidrt.runner import run_stages
+
+    adapter = get_adapter(family)
+    pipe = adapter.tiny(0)
+    frames = 5 if family == "wan" else 4
+    req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=64, width=64,
+                        steps=1, guidance=5.0, seed=0)
+    mem = MemoryTracker("cpu")
+    with mem:
+        run_stages(pipe, adapter, req, torch.device("cpu"), mem, Console(file=io.StringIO()), show_progress=False)
+    rep = simulate(_config(family, "tiny", frames, 64, 64), MemorySettings(), pipe=pipe)
+    assert rep.simulated and rep.device == "cpu"
+    assert [s["name"] for s in rep.stages] == [s["name"] for s in mem.stages]
+    assert abs(rep.peak_bytes - mem.peak_bytes) <= 0.05 * mem.peak_bytes, (rep.peak_bytes, mem.peak_bytes)
+    for real in mem.stages:
+        sim = rep.stage(real["name"])
+        if real["activation_bytes"] > 1_000_000:
+            assert abs(sim["activation_bytes"] - real["activation_bytes"]) <= 0.05 * real["activation_bytes"]
+        assert sim["peak_bytes"] >= sim["param_bytes"] + sim["activation_bytes"]
+    d = rep.to_dict()
+    assert d["simulated"] is True and {"peak_bytes", "host_peak_bytes", "stages", "modules"} <= set(d)
+
+
+def test_known_configs_ship_for_every_model():
+    for model in KNOWN_MODELS:
+        folder = known_dir(model)
+        assert folder is not None and folder.is_dir(), model
+        assert (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("model,component,params", [
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "transformer", 1.419e9),
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "vae", 0.127e9),
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "text_encoder", 5.68e9),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet", 0.860e9),
+    ("ali-vilab/i2vgen-xl", "unet", 1.42e9),
+])
+def test_full_size_parameter_counts(model, component, params):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    comps = components_from_folder(known_dir(model))
+    with FakeTensorMode():
+        mod = build_module(comps[component])
+        n = sum(p.numel() for p in mod.parameters())
+    assert abs(n - params) <= 0.01 * params, n
+
+
+def test_unknown_model_id_is_one_clear_error():
+    with pytest.raises(VidrtError, match="model.path"):
+        simulate(_config("wan", "nobody/no-such-model", 81, 480, 832))
+
+
+def test_text_encoder_on_cpu_and_offload_move_bytes_to_host():
+    from vidrt.models import get_adapter
+
+    pipe = get_adapter("wan").tiny(0)
+    cfg = _config("wan", "tiny", 5, 32, 32)
+    base = simulate(cfg, MemorySettings(), pipe=pipe, track_modules=False)
+    te_cpu = simulate(cfg, MemorySettings(text_encoder="cpu"), pipe=pipe, track_modules=False)
+    model = simulate(cfg, MemorySettings(offload="model", text_encoder="cpu"), pipe=pipe, track_modules=False)
+    te = base.params["text_encoder"]
+    assert base.host_peak_bytes == 0
+    assert te_cpu.stage("denoise")["peak_bytes"] == base.stage("denoise")["peak_bytes"] - te
+    assert te_cpu.host_peak_bytes >= te
+    assert model.stage("denoise")["param_bytes"] == base.params["transformer"]
+    assert model.host_peak_bytes >= sum(base.params.values())
+
+
+@pytest.mark.slow
+def test_wan_13b_480p_transformer_activations_match_the_measured_figure():
+    """METHODS.md §9: one Wan 1.3B forward at 81x480x832 bf16 (SDPA, no CFG) peaks at 1.50 GiB of activations."""
+    cfg = _config("wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 81, 480, 832, guidance=1.0, dtype="bfloat16")
+    cfg.devices = ["auto"]
+    rep = simulate(cfg, MemorySettings())
+    act = rep.stage("denoise")["activation_bytes"]
+    assert abs(act - 1.50 * 2**30) <= 0.10 * 1.50 * 2**30, act / 2**30
+    assert abs(rep.params["transformer"] / 2 - 1.419e9) < 0.01e9
+    assert rep.device == "cuda"
