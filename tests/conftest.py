@@ -1,9 +1,7 @@
 """Shared fixtures: tiny random-init pipelines of the real diffusers classes, and an in-process CLI."""
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,10 @@ SAMPLES = REPO / "samples"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-warnings.filterwarnings("ignore")
-for _name in ("diffusers", "transformers"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
-try:
-    from diffusers.utils import logging as _dlog
 
-    _dlog.set_verbosity_error()
-    _dlog.disable_progress_bar()
-except ImportError:  # pragma: no cover
-    pass
+from vidrt.cli import _quiet_libraries  # noqa: E402  (the CLI's own quieting: one line per stage)
+
+_quiet_libraries()
 
 
 @pytest.fixture(scope="session")
