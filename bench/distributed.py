@@ -213,7 +213,8 @@ def report(meas: dict, sim: dict) -> str:
         sp = n // 2
         a = s1 if sp == 1 else sim[f"sp{sp}"]
         layout = "CFG 2" + (f" x sequence {sp}" if sp > 1 else "")
-        pub = "29.9 GB/GPU (8x H100, FSDP + Ulysses, Wan README)" if n == 8 else ""
+        pub = ("29.9 GB/GPU total (8x H100; figure as quoted in issue 8 — weights sharded, not "
+               "re-measured here)") if n == 8 else ""
         lines.append(f"| {n} | {layout} | {a / GiB:.2f} GiB | {a / s1:.2f}x | {(a + sim['params_bytes']) / GiB:.1f} GiB | {pub} |")
     for n in (2, 4, 8):
         if f"sp{n}" in sim:
@@ -228,11 +229,21 @@ def report(meas: dict, sim: dict) -> str:
               "stream and one head group's full-length K/V), but at 14B the replicated weights dominate: "
               "per-GPU totals stay near the weights. The published 29.9 GB/GPU shards the weights with FSDP; "
               "vidrt's answer for the weights is group offloading (memory.offload: group) on each rank, "
-              "which composes with these hooks; weight sharding across ranks is not implemented."]
+              "which composes with these hooks; weight sharding across ranks is not implemented.",
+              "",
+              "Caveats: CPU wall times come from 2 shared cores, where 2 ranks also compete for the same cores "
+              "and gloo moves every per-head K/V gather through TCP; they say nothing about NCCL on GPUs (no GPU "
+              "was available to this run). Sequence parallel also computes each block's q/k projections twice "
+              "(once for the all-heads RMS statistic). Communication buffers inside gloo/NCCL are not counted. "
+              "'All heads at once' gathers into a list and concatenates (two full K/V copies), hence its higher peak."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    if "--report-only" in sys.argv:   # re-render the markdown from the saved JSON
+        data = json.loads((OUT / "distributed.json").read_text())
+        (OUT / "distributed.md").write_text(report(data["measured"], data["simulated"]))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.time()
     sim = simulated()
