@@ -227,7 +227,8 @@ def report(meas: dict, sim: dict) -> str:
         lines.append(f"| {n} | {sim[f'sp{n}'] / GiB:.2f} GiB | {sim[f'sp{n}_allheads'] / GiB:.2f} GiB |")
     lines += ["", "Reading: activations shrink with the sequence ranks (each rank holds its 1/N of the residual "
               "stream and one head group's full-length K/V), but at 14B the replicated weights dominate: "
-              "per-GPU totals stay near the weights. The published 29.9 GB/GPU shards the weights with FSDP; "
+              "per-GPU totals stay near the weights. Wan's own multi-GPU recipe shards weights with FSDP "
+              "(--dit_fsdp, --t5_fsdp) next to Ulysses, which is how the quoted 29.9 GB/GPU fits weights, T5 and VAE; "
               "vidrt's answer for the weights is group offloading (memory.offload: group) on each rank, "
               "which composes with these hooks; weight sharding across ranks is not implemented.",
               "",
