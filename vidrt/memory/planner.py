@@ -158,12 +158,12 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
            getattr(config.model, "motion_adapter", None), frames, int(config.height), int(config.width),
            float(getattr(config, "guidance", 5.0)) > 1.0, bool(getattr(config, "image", None)),
            tuple(getattr(config, "devices", None) or ["auto"]))
-    sess = _SESSIONS.get(key)
+    sess = _SESSIONS.get(key, (None, None))[1]
     if sess is None:
         sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True)
         if len(_SESSIONS) >= 8:
             _SESSIONS.pop(next(iter(_SESSIONS)))
-        _SESSIONS[key] = sess
+        _SESSIONS[key] = (pipe, sess)  # holding the pipe keeps its id from being reused
 
     combos = []
     for i, sl in enumerate(slicings):

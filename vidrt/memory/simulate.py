@@ -603,7 +603,7 @@ def _run_wan(tracker, mods, adapter, p):
     latents = latents.to(p.dtype)
     for name, setup in _variants(p.decode_variants, "vae_decode"):
         setup()
-        if p.fast_cfg and getattr(vae, "use_tiling", False) and latents.shape[2] > 2:
+        if p.fast_cfg and getattr(vae, "use_tiling", False) and latents.shape[2] > 4:
             _extrapolated_decode(tracker, adapter, vae, latents, name)
             continue
         with tracker.stage(name, params={"vae": vae}):
@@ -613,11 +613,12 @@ def _run_wan(tracker, mods, adapter, p):
 
 def _extrapolated_decode(tracker, adapter, vae, latents, name):
     """Wan's tiled decode runs every tile frame by frame (minutes under fake tensors at 480p). Its working
-    set per frame is constant and what grows is the decoded output, so decode 1 and 2 latent frames and
-    extrapolate the stage's activation peak linearly in latent frames (planner only)."""
+    set per frame is constant after the first latent frame (which decodes to one video frame, the others to
+    four) and what grows is the decoded output, so decode 2 and 3 latent frames and extrapolate the stage's
+    activation peak linearly in latent frames (planner only)."""
     acts = []
     seconds = 0.0
-    for n in (1, 2):
+    for n in (2, 3):
         part = latents[:, :, :n].clone()
         with tracker.stage(f"{name}~{n}", params={"vae": vae}):
             video = adapter.decode(SimpleNamespace(vae=vae), part)
@@ -628,8 +629,8 @@ def _extrapolated_decode(tracker, adapter, vae, latents, name):
         seconds += st["seconds"]
         last = st
     n_full = latents.shape[2]
-    act = acts[0] + (acts[1] - acts[0]) * (n_full - 1)
-    inputs = last["input_bytes"] - latents[:, :, :2].numel() * latents.element_size() \
+    act = acts[0] + (acts[1] - acts[0]) * (n_full - 2)
+    inputs = last["input_bytes"] - latents[:, :, :3].numel() * latents.element_size() \
         + latents.numel() * latents.element_size()
     tracker.stages.append({"name": name, "seconds": seconds, "peak_bytes": int(last["peak_bytes"]),
                            "param_bytes": last["param_bytes"], "input_bytes": int(max(0, inputs)),
