@@ -68,7 +68,6 @@ def _measure(fn, repeats: int = 3):
 def workload(ctx, mode: str):
     """Runs on every rank (or in-process with ctx=None): returns (activation bytes, seconds) per case."""
     import vidrt.distributed as vd
-    from vidrt.distributed.cfg import capture_negative
     from vidrt.models import get_adapter
     from vidrt.slicing import enable_slicing
 
