@@ -117,16 +117,18 @@ def load_pipe(folder: Path = SAMPLE):
         frames = int(meta.get("native_frames", 9))
         height, width = int(meta.get("height", 32)), int(meta.get("width", 32))
         trained = True
+        size_meta = {k: meta.get(k) for k in ("train_steps", "final_loss", "vae_recon_mse", "quick")}
     else:
         from vidrt.models import get_adapter
 
         pipe = get_adapter("wan").tiny(0, num_layers=6)
         frames, height, width = 9, 32, 32
         trained = False
+        size_meta = {}
     for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
         m.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, dict(frames=frames, height=height, width=width), trained
+    return pipe, dict(frames=frames, height=height, width=width, sample=size_meta), trained
 
 
 class Probe:
@@ -271,11 +273,16 @@ def main(argv=None) -> int:
         return r
 
     main_methods = [
-        ("vidrt TaylorGate (defaults: tau=0.2, warmup=6)", "vidrt-taylor-w6", 0.2, *vidrt_method(lambda: TaylorGate())),
+        ("vidrt TaylorGate (defaults: tau=0.2, warmup=6, min_gap=5)", "vidrt-taylor-w6", 0.2,
+         *vidrt_method(lambda: TaylorGate())),
+        ("vidrt TaylorGate (tau=0.3, warmup=3, max_skips=6)", "vidrt-taylor-ms", 6,
+         *vidrt_method(lambda: TaylorGate(threshold=0.3, warmup=3, max_skips=6))),
         ("vidrt StepRehash (defaults)", "vidrt-rehash", 0.15, *vidrt_method(lambda: StepRehash())),
         ("vidrt AdaptiveSkip (defaults: delta=0.01, C_max=4)", "vidrt-adaptive", 0.01, *vidrt_method(lambda: AdaptiveSkip())),
         ("vidrt AdaptiveSkip + TaylorGate (defaults)", "vidrt-compose", None,
          *vidrt_method(lambda: [AdaptiveSkip(), TaylorGate()])),
+        ("vidrt AdaptiveSkip(delta=0.1) + TaylorGate(tau=0.3, warmup=3, max_skips=6)", "vidrt-compose", "0.1/ms6",
+         *vidrt_method(lambda: [AdaptiveSkip(delta=0.1), TaylorGate(threshold=0.3, warmup=3, max_skips=6)])),
         ("diffusers FirstBlockCache (threshold=0.05)", "diffusers-fbc", 0.05,
          *diffusers_method(lambda: FirstBlockCacheConfig(threshold=0.05))),
         ("diffusers TaylorSeer lite (interval 5, order 1)", "diffusers-taylorseer", 5,
@@ -288,11 +295,12 @@ def main(argv=None) -> int:
     print("main comparison:")
     results = [measure(*m) for m in main_methods]
 
-    taus = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0, math.inf] if not args.quick else [0.1, 0.5]
+    taus = [0.05, 0.1, 0.2, 0.3, 0.5, math.inf] if not args.quick else [0.1, 0.5]
     warmups = [6, 3] if not args.quick else [3]
-    deltas = [0.005, 0.02, 0.05, 0.1, 0.2] if not args.quick else [0.05]
-    rehash = [0.05, 0.1, 0.3, 0.6, 1.0] if not args.quick else [0.3]
-    fbc = [0.02, 0.1, 0.2, 0.4] if not args.quick else [0.2]
+    max_skips = [4, 8] if not args.quick else [4]
+    deltas = [0.005, 0.02, 0.05, 0.1] if not args.quick else [0.05]
+    rehash = [0.05, 0.1, 0.3] if not args.quick else [0.3]
+    fbc = [0.1, 0.2, 0.4] if not args.quick else [0.2]
     mag = [0.03, 0.12, 0.25] if not args.quick else [0.12]
     ts_int = [2, 3, 8] if not args.quick else [3]
     print("sweeps:")
@@ -303,16 +311,21 @@ def main(argv=None) -> int:
                 continue  # the default, measured above
             sweep.append(measure(f"TaylorGate tau={tau} warmup={w}", f"vidrt-taylor-w{w}", tau,
                                  *vidrt_method(lambda tau=tau, w=w: TaylorGate(threshold=tau, warmup=w))))
+    for ms in max_skips:
+        sweep.append(measure(f"TaylorGate tau=0.3 warmup=3 max_skips={ms}", "vidrt-taylor-ms", ms,
+                             *vidrt_method(lambda ms=ms: TaylorGate(threshold=0.3, warmup=3, max_skips=ms))))
     for d in deltas:
         sweep.append(measure(f"AdaptiveSkip delta={d}", "vidrt-adaptive", d,
                              *vidrt_method(lambda d=d: AdaptiveSkip(delta=d))))
     for th in rehash:
         sweep.append(measure(f"StepRehash threshold={th}", "vidrt-rehash", th,
                              *vidrt_method(lambda th=th: StepRehash(threshold=th))))
-    for d, tau in ([(0.05, 0.3), (0.1, 0.5), (0.2, 0.5), (0.2, 1.0), (0.1, math.inf)] if not args.quick else [(0.1, 0.5)]):
-        sweep.append(measure(f"AdaptiveSkip delta={d} + TaylorGate tau={tau} warmup=3", "vidrt-compose", f"{d}/{tau}",
-                             *vidrt_method(lambda d=d, tau=tau: [AdaptiveSkip(delta=d),
-                                                                  TaylorGate(threshold=tau, warmup=3)])))
+    for d, tau, ms in ([(0.05, 0.3, 6), (0.2, 0.3, 6), (0.1, 0.2, None), (0.1, 0.3, 8)] if not args.quick
+                       else [(0.1, 0.3, 6)]):
+        sweep.append(measure(f"AdaptiveSkip delta={d} + TaylorGate tau={tau} warmup=3 max_skips={ms}",
+                             "vidrt-compose", f"{d}/{tau}/{ms}",
+                             *vidrt_method(lambda d=d, tau=tau, ms=ms: [
+                                 AdaptiveSkip(delta=d), TaylorGate(threshold=tau, warmup=3, max_skips=ms)])))
     for th in fbc:
         sweep.append(measure(f"FirstBlockCache threshold={th}", "diffusers-fbc", th,
                              *diffusers_method(lambda th=th: FirstBlockCacheConfig(threshold=th))))
@@ -379,7 +392,8 @@ def _fmt(r) -> str:
 def write_md(meta, results, sweep, path: Path) -> None:
     lines = ["# Step policies: block evaluations saved vs quality", ""]
     if meta["trained"]:
-        lines.append(f"Model: the trained sample model `{meta['model']}` ({meta['blocks']} blocks).")
+        lines.append(f"Model: the trained sample model `{meta['model']}` ({meta['blocks']} blocks; its vidrt.json: "
+                     f"{meta['size'].get('sample')}).")
     else:
         lines.append("**Model: a tiny RANDOM-INIT Wan (samples/tiny-wan did not exist when this ran). Every quality "
                      "number here is from random weights and says nothing about a trained model.**")

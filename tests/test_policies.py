@@ -109,7 +109,7 @@ def test_cfg_streams_keep_separate_histories(wan):
         hook.remove()
     seen: list[torch.Tensor] = []
     hook = den.norm_out.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().float().clone()))
-    enable_policy(wan, TaylorGate(threshold=math.inf, warmup=2, order=1))
+    enable_policy(wan, TaylorGate(threshold=math.inf, warmup=2, order=1, min_gap=1))
     try:
         run(wan, **wan_kwargs())
     finally:
@@ -121,6 +121,21 @@ def test_cfg_streams_keep_separate_histories(wan):
     assert torch.allclose(seen[4], own_c, atol=1e-5)       # step 2, cond call
     assert torch.allclose(seen[5], own_u, atol=1e-5)       # step 2, uncond call
     assert not torch.allclose(seen[4], own_u, atol=1e-4)
+
+
+def test_taylor_history_min_gap():
+    from vidrt.policies.base import TaylorHistory
+
+    h = TaylorHistory(max_order=1, min_gap=3)
+    for step in range(5):
+        h.update(torch.tensor([float(step) ** 2]), step)      # x = step^2
+    # base at step 3 (3 - 0 >= 3): slope (9 - 0) / 3 = 3; step 4 refreshes the value only
+    assert h.terms[0].item() == 16.0 and h.terms[1].item() == 3.0
+    assert h.forecast(6).item() == 16.0 + 2 * 3.0
+    plain = TaylorHistory(max_order=1, min_gap=1)
+    for step in range(5):
+        plain.update(torch.tensor([float(step) ** 2]), step)
+    assert plain.terms[1].item() == 7.0                        # adjacent secant (16 - 9) / 1
 
 
 def test_gate_error_is_per_batch_half():

@@ -8,6 +8,12 @@ the forecast f̂_t: e_t = mean|f̂_t - f_t| / mean|f_t| (per batch half, the wor
 blocks 2..N do not run and the last block's output is the forecast ĥ_t; else all blocks run and the
 histories are refreshed. Always full during `warmup` steps and on the last step.
 
+Refinements (both measured on the trained sample model, bench/results/policies.md):
+  min_gap (default 5) - differences are taken against a full step at least this many steps back (see
+      TaylorHistory): adjacent-step secants are noisy and extrapolate worse than holding the value.
+  max_skips (default None = the gate alone decides) - cap on consecutive forecast calls per stream; bounds
+      the extrapolation horizon where the first-block gate is not strict enough.
+
 UNet families (AnimateDiff, I2VGen-XL): "first block" = down_blocks[0] (its hidden output is the gate
 signal f), "last block" = up_blocks[-2] (the deepest branch's output, forecast as h); the skipped part is
 down_blocks[1:] + mid_block + up_blocks[:-1]; up_blocks[-1] and the conv in/out always run (see
@@ -24,9 +30,9 @@ from vidrt.policies.base import CallInfo, Layout, Policy, Structure, TaylorHisto
 
 
 class _Stream:
-    def __init__(self, order: int, gate_order: int):
-        self.h = TaylorHistory(order)
-        self.f = TaylorHistory(gate_order)
+    def __init__(self, order: int, gate_order: int, min_gap: int):
+        self.h = TaylorHistory(order, min_gap)
+        self.f = TaylorHistory(gate_order, min_gap)
         self.f_now: torch.Tensor | None = None
 
 
@@ -35,7 +41,7 @@ class TaylorGate(Policy):
     kind = "block"
 
     def __init__(self, threshold: float = 0.2, warmup: int = 6, order: int = 1, gate_order: int = 3,
-                 final_full: bool = True, max_skips: int | None = None):
+                 final_full: bool = True, max_skips: int | None = None, min_gap: int = 5):
         super().__init__()
         self.threshold = check_number("threshold", threshold, low=0.0)
         self.warmup = check_number("warmup", warmup, low=0, integer=True)
@@ -43,6 +49,7 @@ class TaylorGate(Policy):
         self.gate_order = check_number("gate_order", gate_order, low=0, integer=True, allow_inf=False)
         self.final_full = bool(final_full)
         self.max_skips = None if max_skips is None else check_number("max_skips", max_skips, low=0, integer=True)
+        self.min_gap = check_number("min_gap", min_gap, low=1, integer=True, allow_inf=False)
         self._streams: dict[str, _Stream] = {}
         self._errors: list[tuple[int, str, float]] = []
         self._run: dict[str, int] = {}
@@ -60,7 +67,7 @@ class TaylorGate(Policy):
     def _stream(self, info: CallInfo) -> _Stream:
         st = self._streams.get(info.stream)
         if st is None:
-            st = self._streams[info.stream] = _Stream(self.order, self.gate_order)
+            st = self._streams[info.stream] = _Stream(self.order, self.gate_order, self.min_gap)
         return st
 
     def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
