@@ -58,6 +58,8 @@ def render(
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT.ckpt/ (the last complete step)")] = False,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="e.g. cuda:0,cuda:1: one torchrun rank per "
+                                                   "device (see docs/DISTRIBUTED.md)")] = None,
 ):
     """Render a video from CONFIG; writes OUT.mp4 and OUT.json beside it.
 
@@ -66,9 +68,17 @@ def render(
     from vidrt.config import load_config
     from vidrt.runner import render as run
 
-    cfg = load_config(config, set_ or [])
+    overrides = list(set_ or []) + ([f"devices=[{devices}]"] if devices else [])
+    cfg = load_config(config, overrides)
+    from vidrt.distributed.launch import relaunch_if_needed
+
+    code = relaunch_if_needed(cfg.devices, sys.argv[1:])
+    if code is not None:  # the ranks rendered (rank 0 wrote the files)
+        raise typer.Exit(code)
     result = run(cfg, output, console=err, show_progress=not quiet, resume=resume)
     side = result.sidecar
+    if side.get("rank", 0) != 0:
+        return  # only rank 0 writes and reports
     err.print(f"wrote {result.video_path} ({side['frames']} frames {side['width']}x{side['height']}), "
               f"{result.sidecar_path}; peak {side['peak_memory_bytes'] / 2**20:.1f} MiB, "
               f"{side['seconds_total']:.1f} s", highlight=False)
