@@ -79,7 +79,7 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk):
     cak = a.get("cross_attention_kwargs")
     attn_kwargs = {k: a[k] for k in ("attention_mask", "encoder_attention_mask") if a.get(k) is not None}
     n = h.shape[0]
-    chunk = chunk_frames or auto_chunk(n)
+    chunk = chunk_frames or auto_chunk(n, h[:1].numel())
 
     for layer in _layers(block):
         skip = skips[-1]

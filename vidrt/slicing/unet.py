@@ -29,16 +29,22 @@ def _ranges(n: int, chunk: int):
         yield s, min(n, s + chunk)
 
 
-def auto_chunk_samples(n: int) -> int:
+MIN_CHUNK_ELEMENTS = 1 << 18  # below ~256k elements per chunk, per-op overhead outweighs the memory saved
+
+
+def auto_chunk_samples(n: int, per_sample: int = 0) -> int:
     """Samples (batch x frames) per spatial chunk when chunk_frames is None: 1/32 of the axis (one frame
-    for 16 frames with CFG). The un-sliceable skip connections then dominate the UNet's peak."""
-    return max(1, math.ceil(n / 32))
+    for 16 frames with CFG), but at least MIN_CHUNK_ELEMENTS input elements per chunk. The un-sliceable
+    skip connections then dominate the UNet's peak."""
+    floor = math.ceil(MIN_CHUNK_ELEMENTS / per_sample) if per_sample else 1
+    return min(n, max(1, math.ceil(n / 32), floor))
 
 
-def auto_chunk_positions(p: int) -> int:
-    """Positions per temporal chunk when chunk_positions is None: 1/64 of H x W, at least 64 positions
-    (smaller chunks only add per-chunk overhead)."""
-    return min(p, max(64, math.ceil(p / 64)))
+def auto_chunk_positions(p: int, per_position: int = 0) -> int:
+    """Positions per temporal chunk when chunk_positions is None: 1/64 of H x W, at least 64 positions and
+    MIN_CHUNK_ELEMENTS input elements per chunk."""
+    floor = math.ceil(MIN_CHUNK_ELEMENTS / per_position) if per_position else 1
+    return min(p, max(64, math.ceil(p / 64), floor))
 
 
 # ---------------------------------------------------------------------------------------------- spatial
@@ -95,7 +101,7 @@ def make_spatial_forward(chunk_frames: int | None):
         if x is None or x.ndim < 1 or torch.is_grad_enabled() or IN_GROUP.get():
             return call_original(module, *args, **kwargs)
         n = x.shape[0]
-        chunk = chunk_frames or auto_chunk_samples(n)
+        chunk = chunk_frames or auto_chunk_samples(n, x[:1].numel())
         if chunk >= n:
             return call_original(module, *args, **kwargs)
         gather = _Gather(n)
@@ -135,7 +141,7 @@ def make_temporal_conv_forward(chunk_positions: int | None):
             return call_original(module, hidden_states, num_frames, *args, **kwargs)
         bf, c, h, w = hidden_states.shape
         b, f, p = bf // num_frames, num_frames, h * w
-        chunk = chunk_positions or auto_chunk_positions(p)
+        chunk = chunk_positions or auto_chunk_positions(p, b * f * c)
         x = hidden_states.reshape(b, f, c, p).permute(0, 2, 1, 3)  # (b, C, F, P), the identity branch
         cur = x
         out = None
@@ -175,7 +181,7 @@ def make_temporal_transformer_forward(chunk_positions: int | None):
                                  cross_attention_kwargs, **extra, **kwargs)
         bf, c, h, w = hidden_states.shape
         b, f, p = bf // num_frames, num_frames, h * w
-        chunk = chunk_positions or auto_chunk_positions(p)
+        chunk = chunk_positions or auto_chunk_positions(p, b * f * c)
         residual = hidden_states.reshape(b, f, c, p)
         x = residual.permute(0, 2, 1, 3)  # (b, C, F, P)
         norm = module.norm

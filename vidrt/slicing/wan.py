@@ -339,6 +339,7 @@ def _n_tokens(model, hidden_states) -> int:
 def auto_chunk_tokens(n_tokens: int, dim: int, ffn_dim: int) -> int:
     """Token chunk for `chunk_tokens=None`: the per-chunk intermediates (~3 tensors of chunk x ffn_dim in
     the FFN, the largest) stay near 1/2 of one residual-stream tensor (n_tokens x dim), so a block's peak
-    is ~3.5 residual streams (stream, K, V, chunk work) instead of ~15; a multiple of 256, at least 256."""
+    is ~3.5 residual streams (stream, K, V, chunk work) instead of ~15; a multiple of 256, at least 1024
+    (smaller chunks mostly add per-chunk overhead)."""
     chunk = math.ceil(n_tokens * dim / (6 * ffn_dim) / 256) * 256
-    return int(min(n_tokens, max(256, chunk)))
+    return int(min(n_tokens, max(1024, chunk)))
