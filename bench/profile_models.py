@@ -92,7 +92,7 @@ def main() -> None:
                              f"{gib(acts['denoise'])} | {gib(acts['vae_decode'])} | {secs:.0f} |")
             for label, kw in PLACEMENTS:
                 st = MemorySettings(slicing=i == 1, **kw)
-                stages, peak, host = _account(raw, sess.params, sess.group, st)
+                stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device)
                 by = {s["name"]: s["peak_bytes"] for s in stages}
                 lines.append(
                     f"| {name} | {frames}x{h}x{w} | {dtype} | {sl} | {label} | {gib(by.get('text_encode', 0))} | "

@@ -165,16 +165,20 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
             _SESSIONS.pop(next(iter(_SESSIONS)))
         _SESSIONS[key] = (pipe, sess)  # holding the pipe keeps its id from being reused
 
+    # A text encoder kept on the CPU is only offered where the config can say so (memory.text_encoder);
+    # the runner otherwise encodes on the accelerator and releases the encoder afterwards.
+    te_options = ("accelerator", "cpu") if hasattr(getattr(config, "memory", None), "text_encoder") \
+        else ("accelerator",)
     combos = []
     for i, sl in enumerate(slicings):
         for j, tiled in enumerate(tilings):
             raw = _rename(sess.stages, i if len(slicings) > 1 else None, j)
             for offload in ("none", "model", "group"):
-                for te in ("accelerator", "cpu"):
+                for te in te_options:
                     st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames,
                                         chunk_tokens=sl.chunk_tokens, chunk_positions=sl.chunk_positions,
                                         offload=offload, text_encoder=te, vae_tiling=tiled)
-                    stages, peak, host = _account(raw, sess.params, sess.group, st)
+                    stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device)
                     cost = (1.0 + _slice_cost(i) + OFFLOAD_COST[offload] + TEXT_ENCODER_COST[te]
                             + (TILING_COST if tiled else 0.0))
                     combos.append((cost, peak, host, st, stages))

@@ -91,7 +91,15 @@ def settings_from_config(config) -> MemorySettings:
     s.offload = str(getattr(mem, "offload", "none") or "none")
     if s.offload not in ("none", "model", "group"):
         raise VidrtError(f"memory.offload: {s.offload!r} is not one of none, model, group")
-    s.vae_tiling = getattr(mem, "vae_tiling", "auto") == "on"
+    tiling = getattr(mem, "vae_tiling", "auto")
+    if tiling == "auto":  # the runner's rule (vidrt.slicing.vae): tile from 720x1280 up
+        try:
+            from vidrt.slicing.vae import AUTO_TILING_PIXELS
+        except ImportError:
+            AUTO_TILING_PIXELS = 720 * 1280
+        s.vae_tiling = int(config.height) * int(config.width) >= AUTO_TILING_PIXELS
+    else:
+        s.vae_tiling = tiling == "on"
     te = getattr(mem, "text_encoder", None)
     if te in ("cpu", "accelerator"):
         s.text_encoder = te
@@ -288,7 +296,7 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
         settings = MemorySettings(**settings)
     sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
                        top_n=top_n, timeline=timeline, exact_layers=exact_layers)
-    stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings)
+    stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings, sess.device)
     return SimReport(
         model=str(config.model.path), family=sess.family, dtype=sess.dtype, frames=sess.frames,
         height=sess.height, width=sess.width, settings=settings.to_dict(), peak_bytes=peak,
@@ -355,9 +363,16 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                                    chunk_positions=st.chunk_positions)
             return setup
 
+        try:  # the runner's VAE settings (tiling, VAE slicing, Wan's frame-buffer decode) when present
+            from vidrt.slicing.vae import apply_vae_settings
+        except ImportError:
+            apply_vae_settings = None
+
         def tiler(on: bool):
             def setup():
-                if on and hasattr(vae, "enable_tiling"):
+                if apply_vae_settings is not None:
+                    apply_vae_settings(vae, "on" if on else "off", height, width)
+                elif on and hasattr(vae, "enable_tiling"):
                     vae.enable_tiling()
                 elif hasattr(vae, "disable_tiling"):
                     vae.disable_tiling()
@@ -383,7 +398,8 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                 decode_variants=dec_variants, fast_cfg=fast))
         extra = mods["_extra_params"]
         params = {k: module_bytes([v]) + extra.get(k, 0) for k, v in named.items()}
-        group = {k: _group_resident(v) for k, v in named.items()}
+        group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else _group_resident(v))
+                 for k, v in named.items()}
     return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [])
 
@@ -486,44 +502,69 @@ def _build(comps: dict[str, Component], adapter, dtype, reduce: bool = True, kee
     return mods
 
 
-def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings):
-    """Place parameters and each stage's tensors on the accelerator or the host."""
-    total_params = sum(params.values())
+ENCODERS = ("text_encoder", "image_encoder")
+
+
+def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings,
+             device: str = "cuda"):
+    """Place parameters and each stage's tensors on the accelerator or the host, the way the runner does:
+
+    * offload none: every model on the accelerator; the text encoder leaves it after encoding (the runner's
+      release_text_encoder; not on a CPU-only run, where there is nowhere to move it);
+    * offload model: only the running stage's models are on the accelerator (diffusers model offload);
+    * offload group: the denoiser streams block by block and the encoders leaf by leaf (resident: what is
+      outside the blocks + two blocks / the two largest leaves); the VAE stays on the accelerator;
+    * text encoder on the CPU: it never touches the accelerator; its forward runs on the host.
+    Host bytes: weights kept in host memory (offloaded or released) plus a CPU text encoder's tensors."""
     stages = []
     peak = 0
     host_peak = 0
     te_host = s.text_encoder == "cpu"
+    release_te = device != "cpu"
+    den_names = [n for n in params if n not in ENCODERS + ("vae",)]
     for r in raw:
-        names = [n for n in STAGE_MODULES.get(r["name"], ()) if n in params]
-        if r["name"] == "denoise":
-            names = [n for n in params if n not in ("text_encoder", "image_encoder", "vae")]
-        on_host = r["name"] == "text_encode" and te_host
+        name = r["name"]
+        names = den_names if name == "denoise" else [n for n in STAGE_MODULES.get(name, ()) if n in params]
+        on_host = name == "text_encode" and te_host
+        on_accel: dict[str, int] = {}
         if s.offload == "none":
-            resident = total_params - (params.get("text_encoder", 0) if te_host else 0)
+            for n, b in params.items():
+                if n == "text_encoder" and (te_host or (release_te and name != "text_encode")):
+                    continue
+                on_accel[n] = b
         elif s.offload == "model":
-            resident = 0 if on_host else sum(params[n] for n in names)
+            on_accel = {n: params[n] for n in names if not (n == "text_encoder" and te_host)}
         else:  # group
-            resident = 0 if on_host else sum(group.get(n, params[n]) for n in names)
+            on_accel = {n: group.get(n, params[n]) for n in names if not (n == "text_encoder" and te_host)}
+            if "vae" in params:
+                on_accel["vae"] = params["vae"]
+        resident = sum(on_accel.values())
         tensors = r["input_bytes"] + r["activation_bytes"]
-        if on_host:
-            accel = resident
-            host = params.get("text_encoder", 0) + tensors
+        accel = resident + (0 if on_host else tensors)
+        if s.offload == "group":  # streamed weights live on the host; the accelerator holds copies
+            host = sum(b for n, b in params.items() if n != "vae")
         else:
-            accel = resident + tensors
+            host = sum(b for n, b in params.items() if n not in on_accel)
+        if device == "cpu":
             host = 0
-        if s.offload != "none":
-            host += total_params - (params.get("text_encoder", 0) if on_host else 0)
-        elif te_host and not on_host:
-            host += params.get("text_encoder", 0)
-        stage_params = sum(params[n] for n in names)
-        stages.append({"name": r["name"], "device": "cpu" if on_host else "accelerator",
+        if on_host:
+            host += tensors
+        stages.append({"name": name, "device": "cpu" if on_host else "accelerator",
                        "peak_bytes": int(accel), "param_bytes": int(resident),
-                       "stage_param_bytes": int(stage_params), "input_bytes": int(r["input_bytes"]),
-                       "activation_bytes": int(r["activation_bytes"]), "host_bytes": int(host),
-                       "seconds": round(r["seconds"], 4)})
+                       "stage_param_bytes": int(sum(params[n] for n in names)),
+                       "input_bytes": int(r["input_bytes"]), "activation_bytes": int(r["activation_bytes"]),
+                       "host_bytes": int(max(0, host)), "seconds": round(r["seconds"], 4),
+                       **({"extrapolated": True} if r.get("extrapolated") else {})})
         peak = max(peak, accel)
         host_peak = max(host_peak, host)
-    return stages, int(peak), int(host_peak)
+    return stages, int(peak), int(max(0, host_peak))
+
+
+def _leaf_resident(mod: nn.Module) -> int:
+    """Resident bytes under leaf-level group offloading: the two largest leaves (one running, one
+    prefetched)."""
+    sizes = sorted((module_bytes([m]) for m in mod.modules() if not list(m.children())), reverse=True)
+    return sum(sizes[:2]) if sizes else 0
 
 
 # ---- per-family stage scripts (mirror what the diffusers pipelines do) ------------------------------------
