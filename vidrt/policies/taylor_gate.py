@@ -11,8 +11,9 @@ histories are refreshed. Always full during `warmup` steps and on the last step.
 Refinements (both measured on the trained sample model, bench/results/policies.md):
   min_gap (default 5) - differences are taken against a full step at least this many steps back (see
       TaylorHistory): adjacent-step secants are noisy and extrapolate worse than holding the value.
-  max_skips (default None = the gate alone decides) - cap on consecutive forecast calls per stream; bounds
-      the extrapolation horizon where the first-block gate is not strict enough.
+  max_skips (default None = the gate alone decides) - the forecast horizon cap: at most this many steps since
+      the stream's last full call (so at most this many forecasts in a row; steps skipped by AdaptiveSkip in a
+      composition count too). Bounds extrapolation where the first-block gate is not strict enough.
 
 UNet families (AnimateDiff, I2VGen-XL): "first block" = down_blocks[0] (its hidden output is the gate
 signal f), "last block" = up_blocks[-2] (the deepest branch's output, forecast as h); the skipped part is
@@ -75,8 +76,8 @@ class TaylorGate(Policy):
         st.f_now = feature.detach().to(torch.float32, copy=True)
         if info.step < self.warmup or (self.final_full and info.is_last) or st.h.step is None:
             return False
-        if self.max_skips is not None and self._run.get(info.stream, 0) >= self.max_skips:
-            return False
+        if self.max_skips is not None and info.step - st.h.step > self.max_skips:
+            return False   # horizon cap in steps (also counts steps another policy skipped meanwhile)
         if st.h.step >= info.step:
             return False
         if math.isinf(self.threshold):
