@@ -66,7 +66,8 @@ def main() -> None:
              "guidance as each pipeline does it, allocator-level bytes (`max_memory_allocated`, no CUDA context, "
              "no caching-allocator slack). Peak = accelerator; host = text encoder kept on the CPU / offloaded "
              "weights. Sliced = `vidrt.enable_slicing` with automatic chunks. Produced by "
-             "`python bench/profile_models.py`.", ""]
+             "`python bench/profile_models.py` (timings: simulation seconds on the CPU of the machine that ran "
+             "it, 16 idle cores).", ""]
     lines += ["| model | size | dtype | slicing | placement | text enc. | image enc. | denoise | decode | "
               "**peak GiB** | host GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     params_lines = ["", "## Parameters (simulated modules)", "", "| model | component | parameters (B) | GiB |",
@@ -120,24 +121,26 @@ def main() -> None:
 COMPARISON = """
 ## Against published figures
 
-* **Wan2.1 T2V 1.3B, 480p, official repo: 8.19 GB** on an RTX 4090 with `--offload_model True --t5_cpu`.
-  Our closest row is *unsliced, model offload, TE on CPU*. The published number is higher for reasons the
-  simulation deliberately leaves out: (1) the official code decodes with the VAE in **float32** while this
-  table runs every component in bf16, and the VAE decode is the largest stage (about 4.1 GiB of
-  activations in bf16, so roughly twice that in fp32); (2) published figures are read from `nvidia-smi`
-  / `max_memory_reserved`, which include the CUDA context (~0.3–0.5 GiB) and the caching allocator's
-  unused reserved blocks; (3) GB vs GiB (8.19 GB = 7.63 GiB). With an fp32 VAE (~8.3 GiB decode) our
-  prediction lands in the same range as the published number; in bf16 with VAE tiling or slicing
-  vidrt's planner gets the run far lower (see the planner table).
-* **Wan2.1 T2V 14B, 720p, one H100: 69.1 GB** (official, no offload). Our *unsliced, no offload* row
-  counts the 14B transformer (26.6 GiB bf16), UMT5-XXL (10.6 GiB) and the VAE resident together, plus the
-  largest stage's activations. The official script keeps the T5 in bf16 on the GPU as well, but again
-  decodes in fp32 and reports reserved memory; 720p (75,600 tokens) makes the fp32 VAE decode the peak.
-  The gap between our number and 69.1 GB is of the size of the fp32-vs-bf16 VAE decode plus allocator
-  reserve.
-* The simulation's accuracy itself is checked elsewhere: on the tiny models the simulated peak equals the
-  tracker's measured peak within 5 % (tests/test_simulate.py), and `bench/gpu_profile.py` compares the
-  simulated and real CUDA peaks of two full-size forwards with random weights on a GPU.
+Published peaks come from the official Wan2.1 code, not diffusers, and from `nvidia-smi`-style readings;
+the explanations below are our reading of the differences, not measurements made here.
+
+* **Wan2.1 T2V 1.3B, 480p, official: 8.19 GB** (RTX 4090, `--offload_model True --t5_cpu`). Our closest
+  rows are *model offload, TE on CPU*: 4.15 GiB while denoising (2.64 GiB bf16 transformer + 1.50 GiB
+  activations + CFG prediction) and 4.36 GiB while decoding (bf16 VAE, 4.1 GiB activations), i.e. about
+  4.7 GB. The official script keeps the DiT weights in float32 and computes under bf16 autocast
+  (1.419 B x 4 bytes = 5.7 GB of weights instead of 2.8 GB) and runs its own VAE in float32; 5.7 GB + the
+  ~1.6 GB forward + the CUDA context and caching-allocator reserve (0.5-1 GB) is about 8 GB. In bf16 with
+  vidrt's group offload and slicing the same run needs under 4.4 GiB here (limited by the untiled VAE
+  decode; with tiling the planner goes lower).
+* **Wan2.1 T2V 14B, 720p, one H100, official: 69.1 GB**. Our *no offload* row peaks at 37.5 GiB
+  (40.3 GB): 26.6 GiB bf16 transformer + 10.6 GiB UMT5-XXL + VAE, with the text encoder released after
+  encoding. With float32 DiT weights (14.29 B x 4 = 57.2 GB) + the bf16 T5 (11.4 GB) + the VAE the official
+  resident set alone is about 69 GB, which matches the published figure; activations at 720p (8.0 GiB per
+  CFG forward here, 9.5 GiB for the bf16 VAE decode) come on top in our accounting.
+* The simulation's own accuracy is measured, not assumed: on the tiny models the simulated peak equals the
+  tracker's measured peak within 5 % (tests/test_simulate.py), and on an H100 (bench/results/gpu_profile.md)
+  full-size forwards agree within 0.2 % and the whole Wan 1.3B run (text encoding, two CFG transformer
+  calls, VAE decode) within 2.6 % (the rest is cuDNN / cuBLAS workspace that no tensor holds).
 """
 
 if __name__ == "__main__":

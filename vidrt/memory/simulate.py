@@ -563,8 +563,16 @@ def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: 
 def _leaf_resident(mod: nn.Module) -> int:
     """Resident bytes under leaf-level group offloading: the two largest leaves (one running, one
     prefetched)."""
-    sizes = sorted((module_bytes([m]) for m in mod.modules() if not list(m.children())), reverse=True)
-    return sum(sizes[:2]) if sizes else 0
+    leaves = sorted((m for m in mod.modules() if not list(m.children())), key=lambda m: -module_bytes([m]))
+    seen: set[int] = set()
+    picked: list[int] = []
+    for leaf in leaves:  # tied weights (UMT5's shared / embed_tokens) count once
+        b = module_bytes([leaf], seen=seen)
+        if b:
+            picked.append(b)
+        if len(picked) == 2:
+            break
+    return sum(picked)
 
 
 # ---- per-family stage scripts (mirror what the diffusers pipelines do) ------------------------------------

@@ -401,7 +401,8 @@ def stage_table(stages: list[dict], modules: list[dict] | None = None, *, peak_b
 
     table = Table(title=title)
     for col in ("stage", "peak", "params", "activations", "seconds"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=col == "stage",
+                         overflow="ellipsis")
     for s in stages:
         secs = s.get("seconds")
         table.add_row(str(s["name"]), format_bytes(s.get("peak_bytes")), format_bytes(s.get("param_bytes")),
@@ -410,8 +411,11 @@ def stage_table(stages: list[dict], modules: list[dict] | None = None, *, peak_b
         table.add_row("[bold]run peak[/bold]", f"[bold]{format_bytes(peak_bytes)}[/bold]", "", "", "")
     if host_peak_bytes:
         table.add_row("host peak", format_bytes(host_peak_bytes), "", "", "")
+    if modules:
+        table.add_section()
+        table.add_row("[italic]top modules[/italic]", "", "", "", "")
     for m in modules or []:
-        table.add_row(f"  module {m['name']}", "", "", format_bytes(m["activation_bytes"]), "")
+        table.add_row(f"  {m['name']}", "", "", format_bytes(m["activation_bytes"]), "")
     return table
 
 
