@@ -45,6 +45,15 @@ def test_bad_values_name_the_key(patch, message):
     assert message in text and "\n" not in text
 
 
+def test_yaml_on_off_words_survive_yaml_booleans(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {family: wan, path: x}\nprompt: p\nframes: 9\nheight: 32\nwidth: 32\n"
+                    "memory: {slicing: off, vae_tiling: on}\n")
+    cfg = load_config(path)
+    assert cfg.memory.slicing == "off" and cfg.memory.vae_tiling == "on"
+    assert parse_config(BASE, ["memory.slicing=off", "memory.vae_tiling=off"]).memory.vae_tiling == "off"
+
+
 def test_unet_families_accept_multiples_of_8():
     cfg = parse_config({**BASE, "model": {"family": "animatediff", "path": "x"}, "frames": 8, "height": 40})
     assert cfg.height == 40 and cfg.frames == 8

@@ -94,22 +94,34 @@ def test_oom_turns_slicing_on_first():
 
 
 def test_render_recovers_from_injected_oom(run_cli, tmp_path, monkeypatch):
-    """End to end: a render under an allocation limit the unsliced denoiser exceeds still writes the video,
-    and the sidecar records the retries."""
+    """End to end: the first denoiser call of a render (slicing off) runs out of memory; the fallback turns
+    slicing on, retries, the video is written and the sidecar records the retry."""
     import json
+
+    from diffusers.hooks import HookRegistry, ModelHook
 
     import vidrt.runner as runner
 
-    original = runner.encode_and_denoise
+    class FailOnce(ModelHook):
+        failed = False
 
-    def limited(*args, **kwargs):
-        with AllocationLimit(2048 * 4):
-            return original(*args, **kwargs)
+        def new_forward(self, module, *args, **kwargs):
+            if not FailOnce.failed:
+                FailOnce.failed = True
+                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+            return self.fn_ref.original_forward(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "encode_and_denoise", limited)
+    real_enable = runner.enable_oom_fallback
+
+    def enable_with_injection(pipe, denoiser, log):
+        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(FailOnce(), "fail_once")
+        return real_enable(pipe, denoiser, log)
+
+    monkeypatch.setattr(runner, "enable_oom_fallback", enable_with_injection)
     out = tmp_path / "x.mp4"
     result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "steps=2", "--set",
                      "memory.slicing=off", "--quiet")
     assert result.exit_code == 0, result.output
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["oom_retries"], side
+    assert FailOnce.failed and len(side["oom_retries"]) == 1, side["oom_retries"]
+    assert side["memory"]["slicing"] == "off" and "out of memory" in result.stderr

@@ -39,6 +39,14 @@ class MemoryConfig(_Strict):
     offload: Literal["none", "model", "group"] = "none"
     vae_tiling: Literal["auto", "on", "off"] = "auto"
 
+    @field_validator("slicing", "vae_tiling", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value, info):
+        """YAML reads a bare `off`/`on` as a boolean: map it back to the word the user wrote."""
+        if isinstance(value, bool):
+            return ("auto" if info.field_name == "slicing" else "on") if value else "off"
+        return value
+
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
