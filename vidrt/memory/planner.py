@@ -93,6 +93,11 @@ class Plan:
                 f"(host {format_bytes(self.host_peak_bytes)}) with {self.settings.describe()}")
 
 
+def _gib(n: int) -> str:
+    v = n / 2**30
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.3g}"
+
+
 def _ceil_div(a: int, b: int) -> int:
     return max(1, -(-a // b))
 
@@ -185,8 +190,8 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
     smallest = min(c[1] for c in combos)
     fitting = sorted((c for c in combos if c[1] <= budget_bytes), key=lambda c: (c[0], c[1]))
     if not fitting:
-        raise VidrtError(f"cannot fit: the smallest plan needs {smallest / 2**30:.2f} GiB "
-                         f"(budget {budget_bytes / 2**30:.2f} GiB) for {config.model.path} "
+        raise VidrtError(f"cannot fit: the smallest plan needs {_gib(smallest)} GiB "
+                         f"(budget {_gib(budget_bytes)} GiB) for {config.model.path} "
                          f"{frames}x{config.height}x{config.width}")
     cost, peak, host, st, stages = fitting[0]
     alternatives = [{"settings": c[3].to_dict(), "peak_bytes": c[1], "host_peak_bytes": c[2], "cost": round(c[0], 3)}

@@ -142,6 +142,11 @@ def components_from_folder(folder: Path) -> dict[str, Component]:
         out[name] = Component("diffusers" if lib == "diffusers" else "transformers", cfg.get("_class_name", cls)
                               if lib == "diffusers" else cls, cfg)
     out["_pipeline"] = Component("diffusers", index.get("_class_name", ""), {})
+    tok = folder / "tokenizer" / "tokenizer_config.json"
+    if tok.is_file():
+        max_len = _read_json(tok).get("model_max_length")
+        if isinstance(max_len, int) and 0 < max_len < 10**6:
+            out["_tokenizer"] = Component("transformers", "tokenizer", {"model_max_length": max_len})
     return out
 
 
@@ -411,6 +416,8 @@ def _text_len(comps, mods, pipe) -> int:
         return int(cfg.max_position_embeddings)
     if pipe is not None and getattr(pipe, "tokenizer", None) is not None:
         return int(min(512, pipe.tokenizer.model_max_length or 512))
+    if "_tokenizer" in comps:  # a local folder's tokenizer (the Wan pipeline pads to min(512, this))
+        return int(min(512, comps["_tokenizer"].config["model_max_length"]))
     return 512
 
 

@@ -401,8 +401,8 @@ def stage_table(stages: list[dict], modules: list[dict] | None = None, *, peak_b
 
     table = Table(title=title)
     for col in ("stage", "peak", "params", "activations", "seconds"):
-        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=col == "stage",
-                         overflow="ellipsis")
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True, overflow="ellipsis",
+                         max_width=32 if col == "stage" else None)
     for s in stages:
         secs = s.get("seconds")
         table.add_row(str(s["name"]), format_bytes(s.get("peak_bytes")), format_bytes(s.get("param_bytes")),
