@@ -14,8 +14,10 @@ from __future__ import annotations
 import inspect
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
+
+from vidrt.hooks import get_hook, remove_hook, replace_hook
 
 BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
 FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
@@ -116,20 +118,15 @@ def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], wi
 
     `frame_inputs` maps forward-argument names to their frame layout; the first one names the main input.
     """
-    disable_context_windows(denoiser)
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(
-        ContextWindowHook(frame_inputs, window, overlap), HOOK_NAME)
+    replace_hook(denoiser, ContextWindowHook(frame_inputs, window, overlap), HOOK_NAME)
 
 
 def disable_context_windows(denoiser: nn.Module) -> None:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    remove_hook(denoiser, HOOK_NAME)
 
 
 def window_calls(denoiser: nn.Module) -> int:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    hook = get_hook(denoiser, HOOK_NAME)
     return hook.calls if hook is not None else 0
 
 

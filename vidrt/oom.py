@@ -10,12 +10,13 @@ import gc
 from collections.abc import Callable
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vidrt.errors import VidrtError
+from vidrt.hooks import remove_hook, replace_hook
 
 HOOK_NAME = "vidrt_oom_fallback"
 
@@ -106,13 +107,8 @@ def current_chunks_after_enable(module, sample) -> dict[str, int]:
 
 
 def enable_oom_fallback(pipe, denoiser: nn.Module, log: Callable[[str], None] | None = None) -> OomFallbackHook:
-    disable_oom_fallback(denoiser)
-    hook = OomFallbackHook(pipe, log)
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, HOOK_NAME)
-    return hook
+    return replace_hook(denoiser, OomFallbackHook(pipe, log), HOOK_NAME)
 
 
 def disable_oom_fallback(denoiser: nn.Module) -> None:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    remove_hook(denoiser, HOOK_NAME)

@@ -19,11 +19,12 @@ import inspect
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 from torch import nn
 
 from vidrt.distributed import comm
+from vidrt.hooks import remove_hook, replace_hook
 
 HOOK_NAME = "vidrt_cfg_parallel"
 
@@ -146,13 +147,8 @@ def capture_negative(pipe, hook: CfgParallelHook):
 
 
 def enable(denoiser: nn.Module, ctx: comm.Context, main_input: str) -> CfgParallelHook:
-    disable(denoiser)
-    hook = CfgParallelHook(ctx, main_input)
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, HOOK_NAME)
-    return hook
+    return replace_hook(denoiser, CfgParallelHook(ctx, main_input), HOOK_NAME)
 
 
 def disable(denoiser: nn.Module) -> None:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    remove_hook(denoiser, HOOK_NAME)

@@ -18,10 +18,11 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from vidrt.distributed import comm
+from vidrt.hooks import remove_hook, replace_hook
 from vidrt.slicing.wan import (ChunkedRope, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
                                _rotate, auto_chunk_tokens, block_supported)
 
@@ -262,13 +263,8 @@ def supports(denoiser: nn.Module) -> bool:
 
 
 def enable(denoiser: nn.Module, ctx: comm.Context, head_groups: int | None = None) -> SequenceParallelHook:
-    disable(denoiser)
-    hook = SequenceParallelHook(ctx, head_groups)
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, HOOK_NAME)
-    return hook
+    return replace_hook(denoiser, SequenceParallelHook(ctx, head_groups), HOOK_NAME)
 
 
 def disable(denoiser: nn.Module) -> None:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    remove_hook(denoiser, HOOK_NAME)
