@@ -23,7 +23,7 @@ from torch import nn
 
 from vidrt.distributed import comm
 from vidrt.hooks import remove_hook, replace_hook
-from vidrt.slicing.wan import (ChunkedRope, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
+from vidrt.slicing.wan import (ChunkedRope, wan_conditioning, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
                                _rotate, auto_chunk_tokens, block_supported)
 
 HOOK_NAME = "vidrt_sequence_parallel"
@@ -213,16 +213,8 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     tokens = emb[:, g0 - f0 * per_frame:g1 - f0 * per_frame].contiguous()
     del emb
 
-    if timestep.ndim == 2:
-        ts_seq_len = timestep.shape[1]
-        timestep = timestep.flatten()
-    else:
-        ts_seq_len = None
-    temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
-        timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len)
-    timestep_proj = timestep_proj.unflatten(2 if ts_seq_len is not None else 1, (6, -1))
-    if encoder_hidden_states_image is not None:
-        encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
+    temb, timestep_proj, encoder_hidden_states = wan_conditioning(
+        model, timestep, encoder_hidden_states, encoder_hidden_states_image)
 
     for block in model.blocks:
         tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes, group,

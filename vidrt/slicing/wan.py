@@ -275,16 +275,8 @@ def sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_
         tokens[:, f0 * per_frame:f1 * per_frame] = x
         del x
 
-    if timestep.ndim == 2:
-        ts_seq_len = timestep.shape[1]
-        timestep = timestep.flatten()
-    else:
-        ts_seq_len = None
-    temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
-        timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len)
-    timestep_proj = timestep_proj.unflatten(2 if ts_seq_len is not None else 1, (6, -1))
-    if encoder_hidden_states_image is not None:
-        encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
+    temb, timestep_proj, encoder_hidden_states = wan_conditioning(
+        model, timestep, encoder_hidden_states, encoder_hidden_states_image)
 
     inplace = not _blocks_hooked(model)
     for block in model.blocks:
@@ -334,6 +326,22 @@ def _n_tokens(model, hidden_states) -> int:
     p_t, p_h, p_w = model.config.patch_size
     _, _, f, h, w = hidden_states.shape
     return (f // p_t) * (h // p_h) * (w // p_w)
+
+
+def wan_conditioning(model, timestep, encoder_hidden_states, encoder_hidden_states_image):
+    """WanTransformer3DModel.forward's conditioning prelude (timestep embedding, 6-way modulation, text and
+    image context), shared by the sliced and the sequence-parallel forwards."""
+    if timestep.ndim == 2:
+        ts_seq_len = timestep.shape[1]
+        timestep = timestep.flatten()
+    else:
+        ts_seq_len = None
+    temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
+        timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len)
+    timestep_proj = timestep_proj.unflatten(2 if ts_seq_len is not None else 1, (6, -1))
+    if encoder_hidden_states_image is not None:
+        encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
+    return temb, timestep_proj, encoder_hidden_states
 
 
 def auto_chunk_tokens(n_tokens: int, dim: int, ffn_dim: int) -> int:
