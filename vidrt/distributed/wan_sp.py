@@ -23,7 +23,7 @@ from torch import nn
 
 from vidrt.distributed import comm
 from vidrt.hooks import remove_hook, replace_hook
-from vidrt.slicing.wan import (ChunkedRope, wan_conditioning, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
+from vidrt.slicing.wan import (ChunkedRope, cross_attention_out, wan_conditioning, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
                                _rotate, auto_chunk_tokens, block_supported)
 
 HOOK_NAME = "vidrt_sequence_parallel"
@@ -139,15 +139,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
         a = attn1.to_out[1](attn1.to_out[0](attn_out[:, s:e]))
         y = (xf + a * at(gate_msa, gs, ge)).type_as(xs)
         del xf, a
-        n = block.norm2(y.float()).type_as(y)
-        q = attn2.norm_q(_proj(attn2, n, "q")).unflatten(2, (heads, -1))
-        del n
-        a = _attend(attn2, q, ck, cv)
-        if ck_img is not None:
-            a = a + _attend(attn2, q, ck_img, cv_img)
-        del q
-        y = y + attn2.to_out[1](attn2.to_out[0](a))
-        del a
+        y = y + cross_attention_out(block, y, heads, ck, cv, ck_img, cv_img)
         n = (block.norm3(y.float()) * (1 + at(c_scale, gs, ge)) + at(c_shift, gs, ge)).type_as(y)
         f = block.ffn(n)
         del n

@@ -145,6 +145,20 @@ def make_block_forward(chunk_tokens: int):
     return forward
 
 
+def cross_attention_out(block, x: torch.Tensor, heads: int, ck, cv, ck_img=None, cv_img=None) -> torch.Tensor:
+    """norm2 -> query projection -> attention to the text (and image) context -> output projection, for one
+    chunk of tokens of a Wan block; the caller adds the result to its residual stream."""
+    attn2 = block.attn2
+    n = block.norm2(x.float()).type_as(x)
+    q = attn2.norm_q(_proj(attn2, n, "q")).unflatten(2, (heads, -1))
+    del n
+    a = _attend(attn2, q, ck, cv)
+    if ck_img is not None:
+        a = a + _attend(attn2, q, ck_img, cv_img)
+    del q
+    return attn2.to_out[1](attn2.to_out[0](a))
+
+
 def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk: int):
     B, L, _ = hidden_states.shape
     mods, at = _modulation(block, temb, L)
@@ -204,14 +218,7 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
         x = (xf + a * at(gate_msa, s, e)).type_as(x)
         del xf, a
         # cross-attention
-        n = block.norm2(x.float()).type_as(x)
-        q = attn2.norm_q(_proj(attn2, n, "q")).unflatten(2, (heads, -1))
-        del n
-        a = _attend(attn2, q, ck, cv)
-        if ck_img is not None:
-            a = a + _attend(attn2, q, ck_img, cv_img)
-        del q
-        a = attn2.to_out[1](attn2.to_out[0](a))
+        a = cross_attention_out(block, x, heads, ck, cv, ck_img, cv_img)
         x = x + a
         del a
         # feed-forward
