@@ -23,7 +23,7 @@ from torch import nn
 
 from vidrt.distributed import comm
 from vidrt.hooks import remove_hook, replace_hook
-from vidrt.slicing.wan import (ChunkedRope, cross_attention_out, wan_conditioning, _added_kv, _attend, _blocks_hooked, _modulation, _proj, _ranges,
+from vidrt.slicing.wan import (ChunkedRope, cross_attention_kv, cross_attention_out, wan_conditioning, _attend, _blocks_hooked, _modulation, _proj, _ranges,
                                _rotate, auto_chunk_tokens, block_supported)
 
 HOOK_NAME = "vidrt_sequence_parallel"
@@ -117,19 +117,8 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
             del n, q
         del full, key, value
 
-    # Cross-attention K/V (text, and image for I2V), once per block — as in the single-process slicer.
-    ctx = encoder_hidden_states
-    ctx_img = None
-    if attn2.add_k_proj is not None:
-        split = ctx.shape[1] - 512
-        ctx_img, ctx = ctx[:, :split], ctx[:, split:]
-    ck = attn2.norm_k(_proj(attn2, ctx, "k")).unflatten(2, (heads, -1))
-    cv = _proj(attn2, ctx, "v").unflatten(2, (heads, -1))
-    ck_img = cv_img = None
-    if ctx_img is not None:
-        ck_img, cv_img = _added_kv(attn2, ctx_img)
-        ck_img = attn2.norm_added_k(ck_img).unflatten(2, (heads, -1))
-        cv_img = cv_img.unflatten(2, (heads, -1))
+    # Cross-attention K/V (text, and image for I2V), once per block.
+    ck, cv, ck_img, cv_img = cross_attention_kv(attn2, encoder_hidden_states, heads)
 
     # Everything else per local token chunk, in place into the rank's residual stream.
     for s, e in _ranges(n_local, chunk):

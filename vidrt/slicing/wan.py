@@ -145,6 +145,24 @@ def make_block_forward(chunk_tokens: int):
     return forward
 
 
+def cross_attention_kv(attn2, encoder_hidden_states: torch.Tensor, heads: int):
+    """Cross-attention K/V of a Wan block (text, and image for I2V), computed once per block:
+    (ck, cv, ck_img, cv_img), the image pair None for text-only models."""
+    ctx = encoder_hidden_states
+    ctx_img = None
+    if attn2.add_k_proj is not None:
+        split = ctx.shape[1] - 512  # the text context is 512 tokens, as in diffusers' processor
+        ctx_img, ctx = ctx[:, :split], ctx[:, split:]
+    ck = attn2.norm_k(_proj(attn2, ctx, "k")).unflatten(2, (heads, -1))
+    cv = _proj(attn2, ctx, "v").unflatten(2, (heads, -1))
+    ck_img = cv_img = None
+    if ctx_img is not None:
+        ck_img, cv_img = _added_kv(attn2, ctx_img)
+        ck_img = attn2.norm_added_k(ck_img).unflatten(2, (heads, -1))
+        cv_img = cv_img.unflatten(2, (heads, -1))
+    return ck, cv, ck_img, cv_img
+
+
 def cross_attention_out(block, x: torch.Tensor, heads: int, ck, cv, ck_img=None, cv_img=None) -> torch.Tensor:
     """norm2 -> query projection -> attention to the text (and image) context -> output projection, for one
     chunk of tokens of a Wan block; the caller adds the result to its residual stream."""
@@ -186,18 +204,7 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
         del k, v
 
     # Cross-attention K/V (text, and image for I2V), once per block.
-    ctx = encoder_hidden_states
-    ctx_img = None
-    if attn2.add_k_proj is not None:
-        split = ctx.shape[1] - 512  # the text context is 512 tokens, as in diffusers' processor
-        ctx_img, ctx = ctx[:, :split], ctx[:, split:]
-    ck = attn2.norm_k(_proj(attn2, ctx, "k")).unflatten(2, (heads, -1))
-    cv = _proj(attn2, ctx, "v").unflatten(2, (heads, -1))
-    ck_img = cv_img = None
-    if ctx_img is not None:
-        ck_img, cv_img = _added_kv(attn2, ctx_img)
-        ck_img = attn2.norm_added_k(ck_img).unflatten(2, (heads, -1))
-        cv_img = cv_img.unflatten(2, (heads, -1))
+    ck, cv, ck_img, cv_img = cross_attention_kv(attn2, encoder_hidden_states, heads)
 
     owned = _OWNED.get()
     out = hidden_states if (owned is not None and owned == id(hidden_states)) else torch.empty_like(hidden_states)
