@@ -91,6 +91,15 @@ def to_video_tensor(videos: np.ndarray) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- stage 1
+def apply_gradients(loss: torch.Tensor, opt, sched, params) -> None:
+    """One optimiser step with gradient clipping at 1.0 and a scheduler step (every stage trains this way)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, seed: int, log_every: int):
     # Deterministic autoencoder on the posterior mean (text-to-video never samples the encoder posterior; with
     # sampling the untrained latents drown in noise and the decoder learns to ignore them). A tiny L2 on the
@@ -110,11 +119,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, seed
         mse = F.mse_loss(rec, x)
         reg = z.pow(2).mean()
         loss = mse + 1e-4 * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        apply_gradients(loss, opt, sched, vae.parameters())
         losses.append(mse.item())
         if step % log_every == 0 or step == 1 or step == steps:
             log(f"vae step {step:5d}  mse {np.mean(losses[-log_every:]):.5f}  z^2 {reg.item():.3f}  "
@@ -141,11 +146,7 @@ def finetune_decoder(vae, z: torch.Tensor, videos: torch.Tensor, steps: int, bat
         idx = torch.randint(len(z), (batch,), generator=g)
         rec = vae.decode(z[idx]).sample
         loss = F.mse_loss(rec, videos[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        apply_gradients(loss, opt, sched, params)
         losses.append(loss.item())
         if step % log_every == 0 or step == 1 or step == steps:
             log(f"dec step {step:5d}  mse {np.mean(losses[-log_every:]):.5f}  {(time.time() - t0) / step:.2f}s/step")
@@ -235,11 +236,7 @@ def train_transformer(transformer, text_encoder, tokenizer, latents: torch.Tenso
         pred = transformer(hidden_states=xt, timestep=s.flatten() * 1000, encoder_hidden_states=emb,
                            return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        apply_gradients(loss, opt, sched, params)
         losses.append(loss.item())
         if step % log_every == 0 or step == 1 or step == steps:
             log(f"dit step {step:5d}  loss {np.mean(losses[-log_every:]):.4f}  lr {sched.get_last_lr()[0]:.2e}  "
