@@ -325,3 +325,53 @@ def test_release_text_encoder_and_wan_vae_buffer():
         reset_vae(pipe.vae)
     assert torch.equal(out, ref)
     assert "_decode" not in pipe.vae.__dict__
+
+
+@pytest.mark.parametrize("family", ["animatediff", "i2vgen-xl"])
+def test_up_block_upsampler_is_deferred_into_the_next_group(pipes, family):
+    """A grouped up block hands its output on before upsampling (the next block upsamples per frame chunk),
+    and the result stays exact when the next block falls back to the stock forward (FreeU here) or when a
+    hook replaces the block output with a new tensor (as a step policy's forecast does)."""
+    pipe = pipes[family]
+    den = get_adapter(family).denoiser(pipe)
+    ups = den.up_blocks
+    kw = _inputs(family, den, 2, 3)
+    shapes = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: shapes.__setitem__(i, tuple(o.shape[-2:])))
+               for i, b in enumerate(ups)]
+    try:
+        with torch.no_grad():
+            ref = den(**kw)[0]
+            ref_shapes = dict(shapes)
+            enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
+            try:
+                out = den(**kw)[0]
+            finally:
+                disable_slicing(pipe)
+    finally:
+        for h in handles:
+            h.remove()
+    deferred = [i for i in range(len(ups) - 1) if ups[i].upsamplers is not None]
+    assert deferred, "the tiny UNet needs an up block with an upsampler before another up block"
+    for i in deferred:
+        assert shapes[i] == tuple(s // 2 for s in ref_shapes[i])
+    assert (out - ref).abs().max().item() <= 1e-5
+
+    # the next block falls back to the stock forward: the pending upsample is applied before it
+    last = ups[deferred[-1] + 1]
+    clone = ups[deferred[-1]].register_forward_hook(lambda m, a, o: o.clone())
+    try:
+        last.s1, last.s2, last.b1, last.b2 = 0.9, 0.2, 1.1, 1.2
+        with torch.no_grad():
+            ref2 = den(**kw)[0]
+            enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
+            try:
+                out2 = den(**kw)[0]
+            finally:
+                disable_slicing(pipe)
+    finally:
+        clone.remove()
+        for k in ("s1", "s2", "b1", "b2"):
+            setattr(last, k, None)
+    assert not torch.equal(ref2, ref)
+    assert (out2 - ref2).abs().max().item() <= 1e-5

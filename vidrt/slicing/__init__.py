@@ -85,10 +85,16 @@ def _enable_denoiser(den: nn.Module, chunk_frames, chunk_tokens, chunk_positions
     else:
         for name in roles.spatial:
             put(modules[name], unet.make_spatial_forward(chunk_frames), "spatial")
-        # Operator groups: cat -> resnet (-> attention) per frame chunk in the up blocks.
-        for name, module in modules.items():
-            if name and groups.is_groupable_up_block(module):
-                put(module, groups.make_up_block_forward(chunk_frames, unet.auto_chunk_samples), "up-block-group")
+        # Operator groups: [upsample ->] cat -> resnet (-> attention) per frame chunk in the up blocks.
+        up_blocks = [m for name, m in modules.items() if name and groups.is_groupable_up_block(m)]
+        for i, block in enumerate(up_blocks):
+            nxt = up_blocks[i + 1] if i + 1 < len(up_blocks) else None
+            prev = up_blocks[i - 1] if i > 0 else None
+            defer = nxt is not None and block.upsamplers is not None and _follows(den, block, nxt)
+            previous = prev.upsamplers if prev is not None and prev.upsamplers is not None and \
+                _follows(den, prev, block) else None
+            put(block, groups.make_up_block_forward(chunk_frames, unet.auto_chunk_samples, defer, previous),
+                "up-block-group")
     for name in roles.temporal:
         module = modules[name]
         if unet.is_temporal_conv(module):
@@ -98,6 +104,16 @@ def _enable_denoiser(den: nn.Module, chunk_frames, chunk_tokens, chunk_positions
     object.__setattr__(den, _STATE_ATTR, {"chunk_frames": chunk_frames, "chunk_tokens": chunk_tokens,
                                           "chunk_positions": chunk_positions, "patched": counts})
     return counts
+
+
+def _follows(den: nn.Module, block: nn.Module, nxt: nn.Module) -> bool:
+    """True when `nxt` directly follows `block` in the denoiser's `up_blocks` (the UNet forward feeds one
+    block's output straight into the next)."""
+    ups = list(getattr(den, "up_blocks", None) or ())
+    for a, b in zip(ups, ups[1:]):
+        if a is block and b is nxt:
+            return True
+    return False
 
 
 def _disable_denoiser(den: nn.Module) -> int:

@@ -9,7 +9,14 @@ preallocated output; the group ends where the axis changes (the temporal module 
 Per layer, in the order the diffusers blocks run them:
   *UpBlockMotion:  [cat -> resnet -> attention]  | motion module (positions)
   *UpBlock3D:      [cat -> resnet]  | temporal conv (positions) | [attention] | temporal attention (positions)
-then the upsampler (its own spatial slicing).
+
+Deferred upsampling: a block's upsampler (nearest x2 -> conv, per frame) would write a full-length tensor
+at 4x the block's resolution (640 x 64 x 64 per frame in SD1.5 before the last up block: as large as
+the three skip connections that block holds). When the next block is grouped too, the upsampler moves into
+that block's first group instead: `[upsample -> cat -> resnet (-> attention)]` per frame chunk, so only the
+low-resolution input exists at full length. The next block recognises a deferred input by its size (smaller
+than its skip connection), so a step policy that caches or forecasts the block output (TaylorGate,
+StepRehash forecast `up_blocks[-2]`) keeps working, on a 4x smaller tensor.
 """
 from __future__ import annotations
 
@@ -53,24 +60,69 @@ def _cut(value, n: int, s: int, e: int):
     return value
 
 
-def make_up_block_forward(chunk_frames: int | None, auto_chunk):
+def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: bool = False,
+                          previous_upsamplers=None):
+    """`defer_upsample`: this block's upsampler runs inside the next block's first group (the next block is
+    grouped too). `previous_upsamplers`: the upsamplers of the block before, applied here when its output
+    arrives not yet upsampled."""
+
     def forward(block, *args, **kwargs):
         try:
             bound = inspect.signature(type(block).forward).bind(block, *args, **kwargs)
         except TypeError:
-            return call_original(block, *args, **kwargs)
-        a = dict(bound.arguments)
-        a.pop("self", None)
-        extra_args, extra_kwargs = a.pop("args", ()), a.pop("kwargs", {})
-        freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
-        if extra_args or extra_kwargs or freeu or torch.is_grad_enabled():
-            return call_original(block, *args, **kwargs)
-        return grouped_up_block(block, a, chunk_frames, auto_chunk)
+            bound = None
+        if bound is not None:
+            a = dict(bound.arguments)
+            a.pop("self", None)
+            extra_args, extra_kwargs = a.pop("args", ()), a.pop("kwargs", {})
+            freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
+            if not (extra_args or extra_kwargs or freeu or torch.is_grad_enabled()):
+                return grouped_up_block(block, a, chunk_frames, auto_chunk, defer_upsample, previous_upsamplers)
+        pending = _pending_upsample(block, args, kwargs, previous_upsamplers)
+        if pending is not None:  # the block before deferred its upsampler: apply it before the stock forward
+            args, kwargs = _with_hidden_states(block, args, kwargs, _upsample(previous_upsamplers, *pending))
+        return call_original(block, *args, **kwargs)
 
     return forward
 
 
-def grouped_up_block(block, a: dict, chunk_frames, auto_chunk):
+def _pending_upsample(block, args, kwargs, previous_upsamplers):
+    """(hidden_states, size) when the input still needs the previous block's upsampler, else None."""
+    if previous_upsamplers is None:
+        return None
+    try:
+        a = inspect.signature(type(block).forward).bind_partial(block, *args, **kwargs).arguments
+    except TypeError:
+        return None
+    h, skips = a.get("hidden_states"), a.get("res_hidden_states_tuple")
+    if h is None or not skips:
+        return None
+    return _deferred_size(h, skips[-1])
+
+
+def _deferred_size(h: torch.Tensor, skip: torch.Tensor):
+    """(h, target size) when `h` is smaller than the skip it will be concatenated with, else None."""
+    if tuple(h.shape[-2:]) == tuple(skip.shape[-2:]):
+        return None
+    size = tuple(skip.shape[-2:])
+    # diffusers passes upsample_size only when the size is not exactly 2x (odd latent sizes)
+    return h, (None if size == (2 * h.shape[-2], 2 * h.shape[-1]) else size)
+
+
+def _upsample(upsamplers, h: torch.Tensor, size):
+    for up in upsamplers:
+        h = up(h, size)
+    return h
+
+
+def _with_hidden_states(block, args, kwargs, h):
+    if "hidden_states" in kwargs or not args:
+        return args, {**kwargs, "hidden_states": h}
+    return (h, *args[1:]), kwargs
+
+
+def grouped_up_block(block, a: dict, chunk_frames, auto_chunk, defer_upsample: bool = False,
+                     previous_upsamplers=None):
     h = a["hidden_states"]
     skips = tuple(a["res_hidden_states_tuple"])
     temb = a.get("temb")
@@ -79,7 +131,13 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk):
     cak = a.get("cross_attention_kwargs")
     attn_kwargs = {k: a[k] for k in ("attention_mask", "encoder_attention_mask") if a.get(k) is not None}
     n = h.shape[0]
-    chunk = chunk_frames or auto_chunk(n, h[:1].numel())
+    pending = _deferred_size(h, skips[-1]) if previous_upsamplers is not None and skips else None
+    upsample = None
+    if pending is not None:
+        size = pending[1]
+        upsample = lambda x: _upsample(previous_upsamplers, x, size)  # noqa: E731
+    per_sample = h[:1].numel() * (4 if upsample is not None else 1)
+    chunk = chunk_frames or auto_chunk(n, per_sample)
 
     for layer in _layers(block):
         skip = skips[-1]
@@ -94,7 +152,8 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk):
                     i += 1
                     group.append(ops[i])
                 h = _run_spatial_group(group, h, skip if kind == "resnet" else None, temb, ehs, cak, attn_kwargs,
-                                       n, chunk)
+                                       n, chunk, upsample)
+                upsample = None
                 if kind == "resnet":
                     skip = None
             elif kind == "motion":
@@ -106,18 +165,19 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk):
             i += 1
         del skip
 
-    if block.upsamplers is not None:
-        for up in block.upsamplers:
-            h = up(h, a.get("upsample_size"))
+    if upsample is not None:  # a block without spatial ops: cannot happen in diffusers' UNets, stay correct
+        h = upsample(h)
+    if block.upsamplers is not None and not defer_upsample:
+        h = _upsample(block.upsamplers, h, a.get("upsample_size"))
     return h
 
 
-def _run_spatial_group(group, h, skip, temb, ehs, cak, attn_kwargs, n: int, chunk: int):
+def _run_spatial_group(group, h, skip, temb, ehs, cak, attn_kwargs, n: int, chunk: int, upsample=None):
     out = None
     token = IN_GROUP.set(True)
     try:
         for s, e in _ranges(n, chunk):
-            x = h[s:e]
+            x = h[s:e] if upsample is None else upsample(h[s:e])
             for kind, mod in group:
                 if kind == "resnet":
                     if skip is not None:
