@@ -375,3 +375,32 @@ def test_up_block_upsampler_is_deferred_into_the_next_group(pipes, family):
             setattr(last, k, None)
     assert not torch.equal(ref2, ref)
     assert (out2 - ref2).abs().max().item() <= 1e-5
+
+
+def test_up_block_keeps_its_upsampler_under_block_level_group_offloading():
+    """Block-level group offloading moves a block's weights off the accelerator when it returns, so a
+    deferred upsampler would run on offloaded weights (seen on CUDA): such blocks upsample themselves."""
+    from diffusers.hooks import apply_group_offloading
+
+    pipe = get_adapter("animatediff").tiny(0)
+    den = pipe.unet
+    _randomize_zeros(den)
+    kw = _inputs("animatediff", den, 2, 3)
+    ups = den.up_blocks
+    shapes = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: shapes.__setitem__(i, tuple(o.shape[-2:])))
+               for i, b in enumerate(ups)]
+    try:
+        with torch.no_grad():
+            ref = den(**kw)[0]
+            stock = dict(shapes)
+            enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
+            apply_group_offloading(den, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1)
+            out = den(**kw)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    assert any(b.upsamplers is not None for b in ups[:-1])
+    assert shapes == stock  # every block upsampled itself
+    assert (out - ref).abs().max().item() <= 1e-5

@@ -2,9 +2,11 @@
 
 - `release_text_encoder(pipe, device)`: after the prompts are encoded the text encoder (UMT5-XXL is
   10.6 GiB in bf16) is not needed on the accelerator; move it to the CPU (or delete it).
-- `enable_offload(pipe, "group", device)`: the denoiser streams its weights block by block through
-  diffusers' group offloading (block level, one block per group; a CUDA stream prefetches the next block
-  when the accelerator is CUDA); the text/image encoders stream leaf by leaf; the VAE sits on the device.
+- `enable_offload(pipe, "group", device)`: the denoiser streams its weights through diffusers' group
+  offloading (a CUDA stream prefetches the next group when the accelerator is CUDA): block by block when it
+  is a stack of many small blocks (a DiT), layer by layer otherwise (a UNet, where one up block holds a
+  quarter of the weights; see `offload_granularity`); the text/image encoders stream leaf by leaf; the VAE
+  sits on the device.
 - `enable_offload(pipe, "model", device)`: diffusers' model CPU offload (whole models move on use).
 - "none": everything on the device.
 
@@ -20,6 +22,33 @@ from torch import nn
 
 OFFLOAD_MODES = ("none", "model", "group")
 _ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
+
+
+BLOCK_SHARE_MAX = 1 / 8  # block-level streaming keeps two blocks resident: fine while each is a small share
+
+
+def outermost_blocks(module: nn.Module) -> list[nn.Module]:
+    """The blocks diffusers' block-level group offloading streams: elements of the module's direct
+    ModuleList / Sequential children (everything else stays resident)."""
+    return [b for child in module.children() if isinstance(child, (nn.ModuleList, nn.Sequential)) for b in child]
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def offload_granularity(module: nn.Module, total_bytes: int | None = None) -> str:
+    """"block_level" when every outermost block is at most 1/8 of the weights (Wan: 30-40 blocks of 1/31),
+    else "leaf_level". Block level keeps the running and the prefetched block on the accelerator; SD1.5's
+    UNet has an up block of 0.6 GiB (fp16) and its mid block is no block at all, so two blocks in flight
+    cost more than the sliced activations; there each layer streams alone. `total_bytes`: the full model's
+    weight bytes when `module` is a reduced copy (the simulator drops repeated layers)."""
+    blocks = outermost_blocks(module)
+    if not blocks:
+        return "leaf_level"
+    total = total_bytes if total_bytes is not None else _param_bytes(module)
+    largest = max(_param_bytes(b) for b in blocks)
+    return "block_level" if total and largest <= BLOCK_SHARE_MAX * total else "leaf_level"
 
 
 def _device(device) -> torch.device:
@@ -82,11 +111,13 @@ def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
     from vidrt.slicing import denoisers_of
 
     use_stream = dev.type == "cuda" and torch.cuda.is_available()
-    streamed = []
+    streamed, granularity = [], {}
     for den in denoisers_of(pipe):
-        apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"),
-                               offload_type="block_level", num_blocks_per_group=1, use_stream=use_stream)
+        kind = offload_granularity(den)
+        apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"), offload_type=kind,
+                               num_blocks_per_group=1 if kind == "block_level" else None, use_stream=use_stream)
         streamed.append(type(den).__name__)
+        granularity[type(den).__name__] = kind
     for name in _ENCODERS:
         module = getattr(pipe, name, None)
         if isinstance(module, nn.Module) and not _has_hooks(module):
@@ -96,8 +127,7 @@ def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, nn.Module):
         vae.to(dev)
-    info.update({"streamed": streamed, "use_stream": use_stream, "offload_type": "block_level",
-                 "num_blocks_per_group": 1})
+    info.update({"streamed": streamed, "use_stream": use_stream, "offload_type": granularity})
     return info
 
 

@@ -264,24 +264,16 @@ def _accelerator(config) -> str:
     return "cpu" if first == "cpu" else (first if first.startswith("cuda") else "cuda")
 
 
-def _group_resident(mod: nn.Module) -> int:
-    """Resident bytes under block-level group offloading: what is outside the repeated blocks (the
-    outermost ModuleList elements), plus two blocks (the one running and the one being prefetched)."""
-    total = module_bytes([mod])
-    blocks: list[nn.Module] = []
+def _group_resident(mod: nn.Module, total_bytes: int) -> int:
+    """Resident bytes of a denoiser under vidrt's group offloading (vidrt.offload): block level keeps what
+    is outside the outermost blocks plus two blocks (the one running and the one being prefetched); leaf
+    level keeps two leaves. `total_bytes` counts the layers a reduced simulation model dropped."""
+    from vidrt.offload import offload_granularity, outermost_blocks
 
-    def walk(m: nn.Module):
-        for child in m.children():
-            if isinstance(child, nn.ModuleList):
-                blocks.extend(child)
-            else:
-                walk(child)
-
-    walk(mod)
-    sizes = sorted((module_bytes([b]) for b in blocks), reverse=True)
-    if not sizes:
-        return total
-    return total - sum(sizes) + sum(sizes[:2])
+    if offload_granularity(mod, total_bytes) == "leaf_level":
+        return _leaf_resident(mod)
+    sizes = sorted((module_bytes([b]) for b in outermost_blocks(mod)), reverse=True)
+    return module_bytes([mod]) - sum(sizes) + sum(sizes[:2])
 
 
 def _frames(config, adapter) -> int:
@@ -403,7 +395,8 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                 decode_variants=dec_variants, fast_cfg=fast))
         extra = mods["_extra_params"]
         params = {k: module_bytes([v]) + extra.get(k, 0) for k, v in named.items()}
-        group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else _group_resident(v))
+        group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else
+                     _group_resident(v, params[k]))
                  for k, v in named.items()}
     return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [])

@@ -46,5 +46,9 @@ def normalize_chunk(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, rst
     y = (x.float().reshape(b, g, c // g, f, p) - mean.view(b, g, 1, 1, 1)) * rstd.view(b, g, 1, 1, 1)
     y = y.reshape(b, c, f, p)
     if norm.affine:
-        y = y * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
+        # the norm's own forward never runs, so a leaf-level offloading hook never onloads its parameters:
+        # fetch them to the chunk's device (a no-op when resident)
+        w = norm.weight.to(device=x.device, dtype=torch.float32)
+        bias = norm.bias.to(device=x.device, dtype=torch.float32)
+        y = y * w.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
     return y.to(x.dtype)

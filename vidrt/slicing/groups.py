@@ -16,7 +16,9 @@ the three skip connections that block holds). When the next block is grouped too
 that block's first group instead: `[upsample -> cat -> resnet (-> attention)]` per frame chunk, so only the
 low-resolution input exists at full length. The next block recognises a deferred input by its size (smaller
 than its skip connection), so a step policy that caches or forecasts the block output (TaylorGate,
-StepRehash forecast `up_blocks[-2]`) keeps working, on a 4x smaller tensor.
+StepRehash forecast `up_blocks[-2]`) keeps working, on a 4x smaller tensor. A block whose weights are
+streamed as one group (diffusers' block-level group offloading) keeps its upsampler: its weights leave the
+accelerator as soon as the block returns.
 """
 from __future__ import annotations
 
@@ -84,6 +86,14 @@ def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: 
         return call_original(block, *args, **kwargs)
 
     return forward
+
+
+def _streamed_as_a_block(block) -> bool:
+    """True when an offloading hook moves the block's weights as one unit (diffusers group offloading at
+    block level): they are offloaded when the block returns, so its upsampler cannot run later. Leaf-level
+    streaming hooks every conv itself, and model offload keeps the whole denoiser resident: both are fine."""
+    registry = getattr(block, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook("group_offloading") is not None
 
 
 def _pending_upsample(block, args, kwargs, previous_upsamplers):
@@ -167,7 +177,7 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk, defer_upsample: b
 
     if upsample is not None:  # a block without spatial ops: cannot happen in diffusers' UNets, stay correct
         h = upsample(h)
-    if block.upsamplers is not None and not defer_upsample:
+    if block.upsamplers is not None and not (defer_upsample and not _streamed_as_a_block(block)):
         h = _upsample(block.upsamplers, h, a.get("upsample_size"))
     return h
 

@@ -82,6 +82,12 @@ def _rope_chunk(rotary_emb, s: int, e: int):
     return cos[:, s:e], sin[:, s:e]
 
 
+def _linear_rows(x: torch.Tensor, w: torch.Tensor, b, s: int, e: int) -> torch.Tensor:
+    """Rows s:e of a fused projection. Its module's forward never runs, so a leaf-level offloading hook never
+    onloads it: the rows are fetched to the input's device (a no-op when resident)."""
+    return F.linear(x, w[s:e].to(x.device), None if b is None else b[s:e].to(x.device))
+
+
 def _proj(attn, x: torch.Tensor, which: str) -> torch.Tensor:
     """One of q/k/v of a WanAttention, also when its projections are fused."""
     if getattr(attn, "fused_projections", False):
@@ -89,13 +95,13 @@ def _proj(attn, x: torch.Tensor, which: str) -> torch.Tensor:
             w, b = attn.to_qkv.weight, attn.to_qkv.bias
             i = "qkv".index(which)
             n = w.shape[0] // 3
-            return F.linear(x, w[i * n:(i + 1) * n], None if b is None else b[i * n:(i + 1) * n])
+            return _linear_rows(x, w, b, i * n, (i + 1) * n)
         if which == "q":
             return attn.to_q(x)
         w, b = attn.to_kv.weight, attn.to_kv.bias
         i = "kv".index(which)
         n = w.shape[0] // 2
-        return F.linear(x, w[i * n:(i + 1) * n], None if b is None else b[i * n:(i + 1) * n])
+        return _linear_rows(x, w, b, i * n, (i + 1) * n)
     return {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}[which](x)
 
 
@@ -127,9 +133,10 @@ def block_supported(block) -> bool:
 def _modulation(block, temb: torch.Tensor, n_tokens: int):
     """The six (shift, scale, gate, c_shift, c_scale, c_gate) terms and a slicer for token chunks."""
     if temb.ndim == 4:  # (B, L, 6, D): per-token modulation (Wan 2.2 TI2V)
-        mods = [m.squeeze(2) for m in (block.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)]
+        table = block.scale_shift_table.to(temb.device).unsqueeze(0)
+        mods = [m.squeeze(2) for m in (table + temb.float()).chunk(6, dim=2)]
         return mods, (lambda m, s, e: m[:, s:e])
-    mods = list((block.scale_shift_table + temb.float()).chunk(6, dim=1))
+    mods = list((block.scale_shift_table.to(temb.device) + temb.float()).chunk(6, dim=1))
     return mods, (lambda m, s, e: m)
 
 
