@@ -72,23 +72,31 @@ def module_bytes(modules: Iterable[nn.Module], device: torch.device | None = Non
 
 
 class _LiveCounter(TorchDispatchMode):
-    """Counts bytes of storages that ops create on one device type while the mode is active."""
+    """Counts bytes of storages that ops create (on one device type, or on any when `device_type` is None)
+    while the mode is active; `peak_bytes` is their high-water mark. Storages that existed before (parameters,
+    inputs) are never counted. `owner` (a MemoryTracker) is told of every change."""
 
-    def __init__(self, owner: MemoryTracker, device_type: str):
+    def __init__(self, owner: MemoryTracker | None = None, device_type: str | None = None):
         super().__init__()
         self.owner = owner
         self.device_type = device_type
         self.live: dict[int, tuple[weakref.ref, int]] = {}
         self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def _changed(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        if self.owner is not None:
+            self.owner._on_change(self.live_bytes)
 
     def _freed(self, key: int) -> None:
         entry = self.live.pop(key, None)
         if entry is not None:
             self.live_bytes -= entry[1]
-            self.owner._on_change(self.live_bytes)
+            self._changed()
 
     def track(self, t: torch.Tensor, skip: set[int]) -> None:
-        if t.device.type != self.device_type:
+        if self.device_type is not None and t.device.type != self.device_type:
             return
         try:
             st = t.untyped_storage()
@@ -102,7 +110,7 @@ class _LiveCounter(TorchDispatchMode):
             return
         self.live[key] = (weakref.ref(st, lambda _ref, k=key: self._freed(k)), nbytes)
         self.live_bytes += nbytes
-        self.owner._on_change(self.live_bytes)
+        self._changed()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
