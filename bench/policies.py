@@ -32,6 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vidrt.models import get_adapter  # noqa: E402
 from vidrt.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats  # noqa: E402
 from vidrt.policies.base import attached_policies, tensors_nbytes  # noqa: E402
 
@@ -119,8 +120,6 @@ def load_pipe(folder: Path = SAMPLE):
         trained = True
         size_meta = {k: meta.get(k) for k in ("train_steps", "final_loss", "vae_recon_mse", "quick")}
     else:
-        from vidrt.models import get_adapter
-
         pipe = get_adapter("wan").tiny(0, num_layers=6)
         frames, height, width = 9, 32, 32
         trained = False
@@ -162,7 +161,8 @@ def generate(pipe, probe: Probe, prompt: str, seed: int, steps: int, size: dict,
     t0 = time.perf_counter()
     out = pipe(prompt=prompt, negative_prompt="", num_frames=size["frames"], height=size["height"],
                width=size["width"], num_inference_steps=steps, guidance_scale=guidance, output_type="np",
-               generator=torch.Generator().manual_seed(seed), callback_on_step_end=probe.callback).frames
+               generator=torch.Generator().manual_seed(seed), callback_on_step_end=probe.callback,
+               max_sequence_length=get_adapter("wan").max_sequence_length(pipe)).frames
     wall = time.perf_counter() - t0
     return np.asarray(out[0], dtype=np.float32), wall, probe.count, probe.max_state
 

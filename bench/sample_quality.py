@@ -70,9 +70,13 @@ def random_pipeline(path: str, seed: int = 0):
 
 def render(pipe, prompt: str, *, frames: int, height: int, width: int, steps: int, guidance: float,
            seed: int, negative_prompt: str = "") -> np.ndarray:
+    from vidrt.models import get_adapter
+
     g = torch.Generator("cpu").manual_seed(seed)
+    # the text length the model was trained with (its tokenizer's model_max_length), as vidrt passes it
     out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, height=height, width=width,
-               num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np")
+               num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np",
+               max_sequence_length=get_adapter("wan").max_sequence_length(pipe))
     return np.asarray(out.frames[0], np.float32)
 
 

@@ -14,11 +14,14 @@ Stages:
      (`latents_mean` / `latents_std`), exactly as WanPipeline un-normalises them before decoding.
   3. Transformer + text encoder: rectified-flow matching as WanPipeline's scheduler expects:
      x_t = (1 - s) x0 + s noise, target v = noise - x0, transformer timestep = s * 1000.
-     Text embeddings are zero-padded to 512 tokens like `WanPipeline._get_t5_prompt_embeds` does with its
-     default max_sequence_length. 10 % caption dropout to "" for classifier-free guidance.
+     Text embeddings are zero-padded to TEXT_TOKENS exactly as `WanPipeline._get_t5_prompt_embeds` pads them
+     to max_sequence_length at inference. 10 % caption dropout to "" for classifier-free guidance.
 
 Usage:
-  python samples/train_tiny.py                 # full run, writes samples/tiny-wan/
+  python samples/train_tiny.py                 # full run, writes samples/tiny-wan/ (~50 min on one idle core)
+  # the shipped model: stages 1-2 once, then 2b and 3 as parallel processes on 2 cores (~45 min wall):
+  #   python samples/train_tiny.py --cache C --stage dit &  (after stage12.pt exists)
+  #   python samples/train_tiny.py --cache C --stage decoder; wait; python samples/train_tiny.py --cache C
   python samples/train_tiny.py --quick --out /tmp/tiny   # seconds; a few steps on a tiny batch
 """
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,8 +45,11 @@ from vidrt.models.tokenizers import word_tokenizer  # noqa: E402
 from vidrt.sample_data import GRAMMAR, make_dataset  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 32, 8
-MAX_SEQ_LEN = 512  # WanPipeline.__call__ default max_sequence_length
-TEXT_TOKENS = 16  # captions are 9 words + </s>; positions beyond are zero-padded anyway
+# Captions are 9 words + </s>. The tokenizer's model_max_length is saved as TEXT_TOKENS, and vidrt's Wan adapter
+# passes min(512, model_max_length) as WanPipeline's max_sequence_length, so inference zero-pads the prompt
+# embeddings to exactly the length the model was trained with (a model trained at one padding length and run
+# at another sees a different softmax mass on the zero tokens in every cross-attention).
+TEXT_TOKENS = 16
 
 VAE_CONFIG = dict(
     base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
@@ -72,7 +77,7 @@ def build_components(seed: int = 0):
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    tokenizer = word_tokenizer(style="t5")
+    tokenizer = word_tokenizer(style="t5", model_max_length=TEXT_TOKENS)
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(**VAE_CONFIG)
     torch.manual_seed(seed + 1)
@@ -100,13 +105,33 @@ def apply_gradients(loss: torch.Tensor, opt, sched, params) -> None:
     sched.step()
 
 
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """`AutoencoderKLWan._decode` without its final clamp to [-1, 1].
+
+    The clamp has zero gradient wherever the decoder overshoots, so pixels that overshoot early in training
+    stay stuck there; training on the unclamped output lets every pixel be pulled back. Inference keeps
+    diffusers' clamped decode (targets lie inside [-0.9, 0.9], so the clamp is inactive on a trained model).
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(z.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=(i == 0)))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, seed: int, log_every: int):
     # Deterministic autoencoder on the posterior mean (text-to-video never samples the encoder posterior; with
     # sampling the untrained latents drown in noise and the decoder learns to ignore them). A tiny L2 on the
     # latents keeps their scale bounded; per-channel statistics are normalised afterwards anyway.
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    # constant lr (higher lr is unstable for this VAE), x0.3 for the last 20 % of the steps
+    # constant lr, x0.3 for the last 20 % of the steps. This VAE (RMS norms over 16-32 channels) needs a small lr:
+    # measured over the first 150 steps, 1e-4 reaches MSE 0.25 while 2e-4 oscillates at 0.53 and 5e-4 stalls
+    # near 0.44 (it cannot even overfit 8 images).
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 0.8 * steps else 0.3)
     vae.train()
     losses = []
@@ -115,7 +140,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, seed
         idx = torch.randint(len(videos), (batch,), generator=g)
         x = videos[idx]
         z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
+        rec = decode_unclamped(vae, z)
         mse = F.mse_loss(rec, x)
         reg = z.pow(2).mean()
         loss = mse + 1e-4 * reg
@@ -144,7 +169,7 @@ def finetune_decoder(vae, z: torch.Tensor, videos: torch.Tensor, steps: int, bat
     t0 = time.time()
     for step in range(1, steps + 1):
         idx = torch.randint(len(z), (batch,), generator=g)
-        rec = vae.decode(z[idx]).sample
+        rec = decode_unclamped(vae, z[idx])
         loss = F.mse_loss(rec, videos[idx])
         apply_gradients(loss, opt, sched, params)
         losses.append(loss.item())
@@ -164,44 +189,11 @@ def encode_latents(vae, videos: torch.Tensor, batch: int = 32) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- stage 3
 def encode_text(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
-    """Same as WanPipeline._get_t5_prompt_embeds, but truncated to TEXT_TOKENS (the rest is zeros)."""
+    """As WanPipeline._get_t5_prompt_embeds with max_sequence_length=TEXT_TOKENS: real tokens, then zeros."""
     enc = tokenizer(prompts, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
                     add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     h = text_encoder(enc.input_ids, enc.attention_mask).last_hidden_state
     return h * enc.attention_mask.unsqueeze(-1).to(h.dtype)
-
-
-def pad_embeds(h: torch.Tensor, length: int = MAX_SEQ_LEN) -> torch.Tensor:
-    return torch.cat([h, h.new_zeros(h.shape[0], length - h.shape[1], h.shape[2])], dim=1)
-
-
-class PaddedCrossAttnProcessor:
-    """Cross-attention over `k` text tokens plus ONE zero token standing for `copies` identical zero-padding tokens.
-
-    WanPipeline zero-pads prompt embeddings to max_sequence_length (512). All padding positions produce the same
-    key and value, so softmax attention over n real + m pad tokens equals attention over n real + 1 pad token whose
-    logit is raised by log(m). This makes training with 512-token padding exact but ~3x cheaper on CPU.
-    Only used during training; the saved model runs with the stock processor.
-    """
-
-    def __init__(self, copies: int):
-        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
-        self.inner = WanAttnProcessor()
-        self.log_copies = math.log(copies)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        L = encoder_hidden_states.shape[1]
-        bias = torch.zeros(1, 1, 1, L, dtype=hidden_states.dtype, device=hidden_states.device)
-        bias[..., -1] = self.log_copies
-        return self.inner(attn, hidden_states, encoder_hidden_states, bias, rotary_emb)
-
-
-def set_padded_cross_attention(transformer, copies: int | None) -> None:
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
-    for block in transformer.blocks:
-        block.attn2.set_processor(PaddedCrossAttnProcessor(copies) if copies else WanAttnProcessor())
 
 
 def sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
@@ -211,15 +203,13 @@ def sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def train_transformer(transformer, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], steps: int,
-                      batch: int, lr: float, seed: int, log_every: int, cfg_dropout: float = 0.1,
-                      seq_len: int = MAX_SEQ_LEN):
+                      batch: int, lr: float, seed: int, log_every: int, cfg_dropout: float = 0.1):
     g = torch.Generator().manual_seed(seed)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     warmup = max(1, min(100, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    set_padded_cross_attention(transformer, seq_len - TEXT_TOKENS)
     transformer.train()
     text_encoder.train()
     losses = []
@@ -229,7 +219,7 @@ def train_transformer(transformer, text_encoder, tokenizer, latents: torch.Tenso
         x0 = latents[idx]
         drop = torch.rand(batch, generator=g) < cfg_dropout
         prompts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        emb = pad_embeds(encode_text(text_encoder, tokenizer, prompts), TEXT_TOKENS + 1)
+        emb = encode_text(text_encoder, tokenizer, prompts)
         noise = torch.randn(x0.shape, generator=g)
         s = sample_sigmas(batch, g).view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
@@ -241,7 +231,6 @@ def train_transformer(transformer, text_encoder, tokenizer, latents: torch.Tenso
         if step % log_every == 0 or step == 1 or step == steps:
             log(f"dit step {step:5d}  loss {np.mean(losses[-log_every:]):.4f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{(time.time() - t0) / step:.2f}s/step")
-    set_padded_cross_attention(transformer, None)
     transformer.eval()
     text_encoder.eval()
     return losses
@@ -256,17 +245,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is far faster than 2 when the cores are shared (OpenMP spin-waits)")
     ap.add_argument("--vae-clips", type=int, default=512)
-    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--vae-steps", type=int, default=2500)
     ap.add_argument("--vae-batch", type=int, default=4)
     ap.add_argument("--vae-frames", type=int, default=5, help="clip length for VAE training (4k+1)")
     ap.add_argument("--clips", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=3500)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=6e-4)
-    ap.add_argument("--vae-lr", type=float, default=5e-4)
+    ap.add_argument("--vae-lr", type=float, default=1e-4)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--decoder-steps", type=int, default=300)
+    ap.add_argument("--decoder-steps", type=int, default=1500)
     ap.add_argument("--decoder-batch", type=int, default=4)
     ap.add_argument("--cache", default=None,
                     help="dir to save/reuse stage results: stage12.pt (VAE + latents), dit.pt, decoder.pt")
@@ -380,7 +369,7 @@ def save(comps, out: str, args, result) -> None:
         "fps": FPS,
         "trained_by": "samples/train_tiny.py",
         "grammar": GRAMMAR,
-        "max_sequence_length": MAX_SEQ_LEN,
+        "max_sequence_length": TEXT_TOKENS,
         "seed": args.seed,
         "quick": bool(args.quick),
         "train_steps": args.steps,
