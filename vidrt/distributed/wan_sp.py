@@ -23,8 +23,9 @@ from torch import nn
 
 from vidrt.distributed import comm
 from vidrt.hooks import remove_hook, replace_hook
-from vidrt.slicing.wan import (ChunkedRope, cross_attention_kv, cross_attention_out, wan_conditioning, _attend, _blocks_hooked, _modulation, _proj, _ranges,
-                               _rotate, auto_chunk_tokens, block_supported)
+from vidrt.slicing.wan import (ChunkedRope, _attend, _blocks_hooked, _modulation, _proj, _ranges, _rotate,
+                               auto_chunk_tokens, block_supported, cross_attention_kv, cross_attention_out,
+                               output_head, unpatchify, wan_conditioning)
 
 HOOK_NAME = "vidrt_sequence_parallel"
 
@@ -168,8 +169,6 @@ class SequenceParallelHook(ModelHook):
 
 def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
              return_dict, head_groups: int | None):
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
     from vidrt.slicing import slicing_state
 
     group, n, r = ctx.groups["sp"], ctx.sp, ctx.sp_rank
@@ -201,32 +200,11 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
         tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes, group,
                           chunk, groups)
 
-    if temb.ndim == 3:
-        shift, scale = (model.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
-        shift, scale = shift.squeeze(2)[:, g0:g1], scale.squeeze(2)[:, g0:g1]
-    else:
-        shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-    shift, scale = shift.to(tokens.device), scale.to(tokens.device)
-    per_token = shift.ndim == 3 and shift.shape[1] > 1
-    local = None
-    for s, e in _ranges(g1 - g0, chunk):   # output norm -> modulate -> projection per token chunk
-        x = tokens[:, s:e]
-        sh, sc = (shift[:, s:e], scale[:, s:e]) if per_token else (shift, scale)
-        y = model.proj_out((model.norm_out(x.float()) * (1 + sc) + sh).type_as(x))
-        if local is None:
-            local = y.new_empty((batch_size, g1 - g0, y.shape[-1]))
-        local[:, s:e] = y
-        del x, y
+    local = output_head(model, tokens, temb, chunk, offset=g0)   # output norm -> modulate -> projection
     del tokens
     projected = comm.all_gather_cat(local, 1, group, sizes)
     del local
-
-    out = projected.reshape(batch_size, ppf, pph, ppw, p_t, p_h, p_w, -1)
-    out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    output = out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-    if not return_dict:
-        return (output,)
-    return Transformer2DModelOutput(sample=output)
+    return unpatchify(projected, (batch_size, ppf, pph, ppw), model.config.patch_size, return_dict)
 
 
 def supports(denoiser: nn.Module) -> bool:

@@ -274,7 +274,6 @@ def make_model_forward(chunk_tokens: int, chunk_frames: int | None):
 
 def sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
                  return_dict, chunk_tokens: int, chunk_frames: int | None):
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     batch_size, _, num_frames, height, width = hidden_states.shape
     p_t, p_h, p_w = model.config.patch_size
@@ -309,10 +308,19 @@ def sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_
         inplace = inplace and out is tokens
         tokens = out
 
-    # Output norm -> modulate -> projection per token chunk.
+    projected = output_head(model, tokens, temb, chunk_tokens)
+    del tokens
+    return unpatchify(projected, (batch_size, ppf, pph, ppw), model.config.patch_size, return_dict)
+
+
+def output_head(model, tokens: torch.Tensor, temb: torch.Tensor, chunk: int, offset: int = 0) -> torch.Tensor:
+    """norm_out -> modulate -> proj_out per token chunk into one buffer. `tokens` are positions
+    offset..offset+L of the sequence (a sequence-parallel rank holds a slice); a per-token `temb`
+    (Wan 2.2 TI2V, ndim 3) is cut to them."""
+    n = tokens.shape[1]
     if temb.ndim == 3:
         shift, scale = (model.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
-        shift, scale = shift.squeeze(2), scale.squeeze(2)
+        shift, scale = shift.squeeze(2)[:, offset:offset + n], scale.squeeze(2)[:, offset:offset + n]
         at = lambda m, s, e: m[:, s:e]  # noqa: E731
     else:
         shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
@@ -320,16 +328,23 @@ def sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_
     shift = shift.to(tokens.device)
     scale = scale.to(tokens.device)
     projected = None
-    for s, e in _ranges(n_tokens, chunk_tokens):
+    for s, e in _ranges(n, chunk):
         x = tokens[:, s:e]
         y = (model.norm_out(x.float()) * (1 + at(scale, s, e)) + at(shift, s, e)).type_as(x)
         y = model.proj_out(y)
         if projected is None:
-            projected = y.new_empty((batch_size, n_tokens, y.shape[-1]))
+            projected = y.new_empty((tokens.shape[0], n, y.shape[-1]))
         projected[:, s:e] = y
         del x, y
-    del tokens
+    return projected
 
+
+def unpatchify(projected: torch.Tensor, grid: tuple[int, int, int, int], patch_size, return_dict: bool):
+    """(B, tokens, p_t*p_h*p_w*C) -> the transformer's output (B, C, F, H, W), as WanTransformer3DModel returns it."""
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    batch_size, ppf, pph, ppw = grid
+    p_t, p_h, p_w = patch_size
     out = projected.reshape(batch_size, ppf, pph, ppw, p_t, p_h, p_w, -1)
     out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
     output = out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
