@@ -72,15 +72,14 @@ def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: 
         try:
             bound = inspect.signature(type(block).forward).bind(block, *args, **kwargs)
         except TypeError:
-            bound = None
-        if bound is not None:
-            a = dict(bound.arguments)
-            a.pop("self", None)
-            extra_args, extra_kwargs = a.pop("args", ()), a.pop("kwargs", {})
-            freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
-            if not (extra_args or extra_kwargs or freeu or torch.is_grad_enabled()):
-                return grouped_up_block(block, a, chunk_frames, auto_chunk, defer_upsample, previous_upsamplers)
-        pending = _pending_upsample(block, args, kwargs, previous_upsamplers)
+            return call_original(block, *args, **kwargs)
+        a = dict(bound.arguments)
+        a.pop("self", None)
+        extra_args, extra_kwargs = a.pop("args", ()), a.pop("kwargs", {})
+        freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
+        if not (extra_args or extra_kwargs or freeu or torch.is_grad_enabled()):
+            return grouped_up_block(block, a, chunk_frames, auto_chunk, defer_upsample, previous_upsamplers)
+        pending = _pending_upsample(a, previous_upsamplers)
         if pending is not None:  # the block before deferred its upsampler: apply it before the stock forward
             args, kwargs = _with_hidden_states(block, args, kwargs, _upsample(previous_upsamplers, *pending))
         return call_original(block, *args, **kwargs)
@@ -96,25 +95,13 @@ def _streamed_as_a_block(block) -> bool:
     return registry is not None and registry.get_hook("group_offloading") is not None
 
 
-def _pending_upsample(block, args, kwargs, previous_upsamplers):
-    """(hidden_states, size) when the input still needs the previous block's upsampler, else None."""
-    if previous_upsamplers is None:
-        return None
-    try:
-        a = inspect.signature(type(block).forward).bind_partial(block, *args, **kwargs).arguments
-    except TypeError:
-        return None
+def _pending_upsample(a: dict, previous_upsamplers):
+    """(hidden_states, size) when the block's input (bound arguments `a`) still needs the previous block's
+    upsampler - it is smaller than the skip it will be concatenated with - else None."""
     h, skips = a.get("hidden_states"), a.get("res_hidden_states_tuple")
-    if h is None or not skips:
+    if previous_upsamplers is None or h is None or not skips or tuple(h.shape[-2:]) == tuple(skips[-1].shape[-2:]):
         return None
-    return _deferred_size(h, skips[-1])
-
-
-def _deferred_size(h: torch.Tensor, skip: torch.Tensor):
-    """(h, target size) when `h` is smaller than the skip it will be concatenated with, else None."""
-    if tuple(h.shape[-2:]) == tuple(skip.shape[-2:]):
-        return None
-    size = tuple(skip.shape[-2:])
+    size = tuple(skips[-1].shape[-2:])
     # diffusers passes upsample_size only when the size is not exactly 2x (odd latent sizes)
     return h, (None if size == (2 * h.shape[-2], 2 * h.shape[-1]) else size)
 
@@ -141,7 +128,7 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk, defer_upsample: b
     cak = a.get("cross_attention_kwargs")
     attn_kwargs = {k: a[k] for k in ("attention_mask", "encoder_attention_mask") if a.get(k) is not None}
     n = h.shape[0]
-    pending = _deferred_size(h, skips[-1]) if previous_upsamplers is not None and skips else None
+    pending = _pending_upsample(a, previous_upsamplers)
     upsample = None
     if pending is not None:
         size = pending[1]
