@@ -1,6 +1,7 @@
 """Feature slicer, operator groups, exact GroupNorm, memory config (vidrt.slicing, vidrt.offload)."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -327,6 +328,19 @@ def test_release_text_encoder_and_wan_vae_buffer():
     assert "_decode" not in pipe.vae.__dict__
 
 
+@contextlib.contextmanager
+def _output_sizes(blocks):
+    """{index: (H, W) of the block's last output} for each of `blocks` while the context is open."""
+    sizes: dict[int, tuple[int, int]] = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: sizes.__setitem__(i, tuple(o.shape[-2:])))
+               for i, b in enumerate(blocks)]
+    try:
+        yield sizes
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @pytest.mark.parametrize("family", ["animatediff", "i2vgen-xl"])
 def test_up_block_upsampler_is_deferred_into_the_next_group(pipes, family):
     """A grouped up block hands its output on before upsampling (the next block upsamples per frame chunk),
@@ -336,21 +350,14 @@ def test_up_block_upsampler_is_deferred_into_the_next_group(pipes, family):
     den = get_adapter(family).denoiser(pipe)
     ups = den.up_blocks
     kw = _inputs(family, den, 2, 3)
-    shapes = {}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: shapes.__setitem__(i, tuple(o.shape[-2:])))
-               for i, b in enumerate(ups)]
-    try:
-        with torch.no_grad():
-            ref = den(**kw)[0]
-            ref_shapes = dict(shapes)
-            enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
-            try:
-                out = den(**kw)[0]
-            finally:
-                disable_slicing(pipe)
-    finally:
-        for h in handles:
-            h.remove()
+    with _output_sizes(ups) as shapes, torch.no_grad():
+        ref = den(**kw)[0]
+        ref_shapes = dict(shapes)
+        enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
+        try:
+            out = den(**kw)[0]
+        finally:
+            disable_slicing(pipe)
     deferred = [i for i in range(len(ups) - 1) if ups[i].upsamplers is not None]
     assert deferred, "the tiny UNet needs an up block with an upsampler before another up block"
     for i in deferred:
@@ -387,20 +394,13 @@ def test_up_block_keeps_its_upsampler_under_block_level_group_offloading():
     _randomize_zeros(den)
     kw = _inputs("animatediff", den, 2, 3)
     ups = den.up_blocks
-    shapes = {}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: shapes.__setitem__(i, tuple(o.shape[-2:])))
-               for i, b in enumerate(ups)]
-    try:
-        with torch.no_grad():
-            ref = den(**kw)[0]
-            stock = dict(shapes)
-            enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
-            apply_group_offloading(den, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
-                                   offload_type="block_level", num_blocks_per_group=1)
-            out = den(**kw)[0]
-    finally:
-        for h in handles:
-            h.remove()
+    with _output_sizes(ups) as shapes, torch.no_grad():
+        ref = den(**kw)[0]
+        stock = dict(shapes)
+        enable_slicing(pipe, chunk_frames=2, chunk_positions=40)
+        apply_group_offloading(den, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1)
+        out = den(**kw)[0]
     assert any(b.upsamplers is not None for b in ups[:-1])
     assert shapes == stock  # every block upsampled itself
     assert (out - ref).abs().max().item() <= 1e-5
