@@ -44,7 +44,7 @@ def _params(cls: type[Policy]) -> list[str]:
 def policy_from_config(acceleration: dict[str, Any] | None) -> Policy | list[Policy] | None:
     """A policy (or a list to compose, or None) from the config's `acceleration` mapping.
 
-    {"policy": "taylor_gate", "threshold": 0.2, "warmup": 6}
+    {"policy": "taylor_gate", "threshold": 0.2, "warmup": 3}
     {"policy": ["adaptive", "taylor_gate"], "delta": 0.01, "threshold": 0.2}   # flat keys go to every policy
                                                                                 # that takes them
     {"policy": ["adaptive", "taylor_gate"], "taylor_gate": {"warmup": 4}}      # or per-policy sub-mappings
