@@ -129,3 +129,33 @@ def test_cli_renders_beyond_native_length(run_cli, tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["long"]["windows"] >= 3 and side["long"]["window_latent_frames"] == 3
     assert read_video(out).shape == (33, 32, 32, 3)
+
+
+
+def test_loop_on_host_gives_the_same_frames_and_restores_the_pipeline(tmp_path):
+    """`long.loop_on_host` (auto on accelerators) runs the pipeline's loop on the CPU and only the windows on
+    the render device; on the CPU both are the same device, so the frames must be identical, and the pipeline
+    must come back with its own class (the loop device is a class swap)."""
+    from vidrt import runner
+    from vidrt.config import load_config
+    from vidrt.video import read_video
+
+    frames = {}
+    for on_host in (False, True):
+        cfg = load_config("samples/wan-random.yaml", ["frames=33", "steps=2", "long.window=9", "long.overlap=4",
+                                                       f"long.loop_on_host={str(on_host).lower()}"])
+        pipe = runner.load_pipeline(cfg, torch.device("cpu"), with_image=False)
+        cls = type(pipe)
+        adapter = get_adapter(cfg.model.family)
+        req = runner.request_from(cfg, adapter, pipe, None)
+        applied, undo = runner.apply_long(pipe, adapter, cfg, req, resuming=False, device=torch.device("cpu"))
+        assert applied["loop_on_host"] is on_host
+        assert (type(pipe) is not cls) is on_host
+        assert pipe._execution_device == torch.device("cpu")
+        undo()
+        assert type(pipe) is cls
+        out = tmp_path / f"host-{on_host}.mp4"
+        result = runner.render(cfg, out, pipe=pipe, show_progress=False)
+        assert result.sidecar["long"]["loop_on_host"] is on_host and type(pipe) is cls
+        frames[on_host] = read_video(out)
+    assert np.array_equal(frames[True], frames[False])

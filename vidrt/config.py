@@ -64,6 +64,8 @@ class AccelerationConfig(BaseModel):
 class LongConfig(_Strict):
     window: int | None = Field(default=None, ge=1)
     overlap: int | None = Field(default=None, ge=0)
+    # None = auto: on an accelerator, text-to-video runs keep the pipeline's loop tensors on the host
+    loop_on_host: bool | None = None
 
 
 class OutputConfig(_Strict):

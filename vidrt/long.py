@@ -6,11 +6,18 @@ windows' outputs with weights that sum to 1 on every frame (linear ramps across 
 memory stays that of one window however long the video is. The window inputs are the frame slices of every
 argument the adapter declares as carrying a frame axis (`adapter.frame_inputs`).
 
+On an accelerator the windows can also keep the *loop* off it (`compute_device`): the pipeline's latents, both
+CFG predictions, the guided prediction and the scheduler's result are full-length tensors, and at 8x the native
+length six of them outweigh one window's activations (Wan 1.3B at 648 frames: 6 x 65 MB against ~0.33 GiB).
+With the loop on the host, each window's inputs are copied to `compute_device` and its blended output is
+accumulated on the host, so accelerator memory is that of one window whatever the length.
+
 For the first window's noise to be reused by later windows (FreeNoise-style noise rescheduling, which keeps
 windows consistent), `reschedule_noise` permutes the first window's noise frames into the later frames.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -60,9 +67,11 @@ class ContextWindowHook(ModelHook):
     """A diffusers hook (outermost on the denoiser): memory slicing and offload hooks installed below it keep
     working, and re-slicing (e.g. after an OOM) is picked up because the inner forward is looked up per call."""
 
-    def __init__(self, frame_inputs: dict[str, str], window: int, overlap: int):
+    def __init__(self, frame_inputs: dict[str, str], window: int, overlap: int,
+                 compute_device: torch.device | str | None = None):
         super().__init__()
         self.frame_inputs = dict(frame_inputs)
+        self.compute_device = torch.device(compute_device) if compute_device is not None else None
         self.main = next(iter(frame_inputs))
         self.window = window
         self.overlap = overlap
@@ -78,28 +87,44 @@ class ContextWindowHook(ModelHook):
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
         bound.pop(next(iter(self.signature.parameters)))  # self
         sample = bound[self.main]
+        host = sample.device
+        device = self.compute_device or host
         frames = sample.shape[2]
         if frames <= self.window:
-            return inner(*args, **kwargs)
+            if device == host:
+                return inner(*args, **kwargs)
+            return _to_device(inner(**{n: _to_device(v, device) for n, v in bound.items()}), host)
         starts = window_starts(frames, self.window, self.overlap)
-        weights = window_weights(frames, self.window, starts).to(sample.device)
+        weights = window_weights(frames, self.window, starts).to(host)
+        shared = {n: _to_device(v, device) for n, v in bound.items() if n not in self.frame_inputs}
         total = out = None
         for i, start in enumerate(starts):
             stop = start + self.window
-            call = {name: _slice(value, self.frame_inputs.get(name, ""), frames, start, stop)
-                    for name, value in bound.items()}
+            call = dict(shared)
+            call.update({n: _to_device(_slice(bound[n], layout, frames, start, stop), device)
+                         for n, layout in self.frame_inputs.items() if n in bound})
             out = inner(**call)
-            piece = out[0] if isinstance(out, tuple) else out.sample
+            piece = (out[0] if isinstance(out, tuple) else out.sample).to(host)
             if total is None:
-                total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32,
-                                    device=piece.device)
+                total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32, device=host)
             total[:, :, start:stop] += piece.float() * weights[i, start:stop].view(1, 1, -1, 1, 1)
             self.calls += 1
-            del piece
+            del piece, call
         result = total if sample.dtype == torch.float32 else total.to(sample.dtype)
         if isinstance(out, tuple):
             return (result, *out[1:])
         return type(out)(sample=result)
+
+
+def _to_device(value, device: torch.device):
+    """A tensor (or a tuple/list or model output of them) on `device`; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value if value.device == device else value.to(device, non_blocking=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if hasattr(value, "to_tuple"):   # diffusers BaseOutput
+        return type(value)(**{k: _to_device(v, device) for k, v in value.items()})
+    return value
 
 
 def _slice(value, layout: str, frames: int, start: int, stop: int):
@@ -113,12 +138,28 @@ def _slice(value, layout: str, frames: int, start: int, stop: int):
     return value
 
 
-def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], window: int, overlap: int) -> None:
+def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], window: int, overlap: int,
+                           compute_device: torch.device | str | None = None) -> None:
     """Run `denoiser` on overlapping windows of `window` latent frames whenever its input is longer.
 
     `frame_inputs` maps forward-argument names to their frame layout; the first one names the main input.
+    `compute_device`: where the windows run when the caller's tensors live elsewhere (the loop on the host).
     """
-    replace_hook(denoiser, ContextWindowHook(frame_inputs, window, overlap), HOOK_NAME)
+    replace_hook(denoiser, ContextWindowHook(frame_inputs, window, overlap, compute_device), HOOK_NAME)
+
+
+@contextlib.contextmanager
+def loop_on_host(pipe):
+    """The pipeline's own loop (latents, CFG, scheduler step) runs on the CPU for the duration: diffusers
+    pipelines put their loop tensors on `_execution_device`, overridden here by a class swap that is undone
+    on exit. Only the denoiser must run elsewhere (its context-window hook moves each window there)."""
+    cls = type(pipe)
+    pipe.__class__ = type(cls.__name__, (cls,), {"_execution_device": property(lambda self: torch.device("cpu")),
+                                                 "__module__": cls.__module__})
+    try:
+        yield
+    finally:
+        pipe.__class__ = cls
 
 
 def disable_context_windows(denoiser: nn.Module) -> None:

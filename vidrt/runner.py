@@ -118,10 +118,11 @@ def attach_policy(pipe, cfg: RenderConfig):
     return policy
 
 
-def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderRequest, resuming: bool):
+def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderRequest, resuming: bool,
+               device: torch.device):
     """Context windows when the video is longer than the model's native length (or `long:` asks for them).
     Returns what was applied (for the sidecar) and an undo callable."""
-    from vidrt.long import enable_context_windows, disable_context_windows, reschedule_noise, window_starts
+    from vidrt.long import disable_context_windows, enable_context_windows, loop_on_host, reschedule_noise, window_starts
 
     native = adapter.native_frame_count(pipe)
     if cfg.long is None and req.frames <= native:
@@ -139,8 +140,19 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
         raise VidrtError("acceleration.policy: step policies do not compose with context windows yet "
                          f"({req.frames} frames > window {window_px}); set acceleration.policy: none")
     denoiser = adapter.denoiser(pipe)
-    enable_context_windows(denoiser, adapter.frame_inputs, window, overlap)
+    # the loop's full-length tensors stay on the host (auto on accelerators; `long.loop_on_host: true` forces
+    # it, also on the CPU where it changes nothing but the code path). Image-conditioned pipelines encode the
+    # image inside the loop's device context, so they keep the loop where it is.
+    wanted = cfg.long.loop_on_host if cfg.long is not None else None
+    if wanted and req.image is not None:
+        raise VidrtError("long.loop_on_host: image-conditioned runs keep the loop on the device; remove the key")
+    on_host = bool(wanted) or (wanted is None and device.type != "cpu" and req.image is None)
+    enable_context_windows(denoiser, adapter.frame_inputs, window, overlap, compute_device=device if on_host else None)
     undo = [lambda: disable_context_windows(denoiser)]
+    if on_host:
+        host_loop = contextlib.ExitStack()
+        host_loop.enter_context(loop_on_host(pipe))
+        undo.append(host_loop.close)
     if adapter.long_noise_reschedule and not resuming:
         original = pipe.prepare_latents
         shuffle = torch.Generator().manual_seed(req.seed + 1)
@@ -155,7 +167,7 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
         undo.append(lambda: pipe.__dict__.pop("prepare_latents", None))
     applied = {"window_frames": window_px, "window_latent_frames": window, "overlap_latent_frames": overlap,
                "windows": len(window_starts(total, window, overlap)),
-               "noise_rescheduled": adapter.long_noise_reschedule and not resuming}
+               "noise_rescheduled": adapter.long_noise_reschedule and not resuming, "loop_on_host": on_host}
     return applied, lambda: [u() for u in reversed(undo)]
 
 
@@ -179,6 +191,7 @@ class StepControl:
     policy: Any = None
     on_step: Any = None            # callable(done, total) for progress
     interrupted: bool = False      # set by the SIGINT handler
+    loop_device: torch.device | None = None  # where the pipeline's loop tensors live (None: the render device)
 
     @property
     def done_before(self) -> int:
@@ -289,11 +302,12 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
                         console=log, disable=not show_progress, transient=False)
     task = progress.add_task("denoise", total=req.steps, completed=control.done_before)
     control.on_step = lambda done, total: progress.update(task, completed=done)
-    generator = adapter.generator(req, device)
+    loop_device = control.loop_device or device
+    generator = adapter.generator(req, loop_device)
     kwargs = adapter.call_kwargs(pipe, req)
     if control.resume is not None:
         # pipelines that scale given latents by init_noise_sigma (UNet families) would scale them twice
-        kwargs["latents"] = control.resume.latents.to(device) / getattr(pipe.scheduler, "init_noise_sigma", 1.0)
+        kwargs["latents"] = control.resume.latents.to(loop_device) / getattr(pipe.scheduler, "init_noise_sigma", 1.0)
     try:
         with progress, step_hooks(pipe, adapter, denoiser, req, generator, control, device):
             result = pipe(**embeds, **kwargs, generator=generator, output_type="latent")
@@ -364,12 +378,14 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
     # vidrt.distributed (issue 8): CFG / sequence-parallel hooks, outside the OOM fallback (its retries stay rank-local)
     distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance)
-    long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None)
+    long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None,
+                                          device=device)
     policy = attach_policy(pipe, cfg)
     if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
         log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
                   "the resume step, so frames may differ slightly from an uninterrupted run[/]")
-    control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy)
+    control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy,
+                          loop_device=torch.device("cpu") if (long_applied or {}).get("loop_on_host") else None)
     if dist_ctx is not None and not dist_ctx.is_main:  # vidrt.distributed: only rank 0 writes checkpoints
         control.checkpointer = None
     tracker = _tracker(device)
@@ -390,6 +406,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
                     "width": req.width, "peak_memory_bytes": int(tracker.peak_bytes),
                     "seconds_total": round(time.perf_counter() - started, 3)})
         with tracker.stage("vae_decode", params=[pipe.vae]):
+            latents = latents.to(device)   # (from the host when the loop ran there)
             count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
                                 (req.height, req.width))
         _log_stage(log, tracker)
