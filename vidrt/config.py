@@ -38,6 +38,7 @@ class MemoryConfig(_Strict):
     slicing: Literal["auto", "off"] | SlicingChunks = "auto"
     offload: Literal["none", "model", "group"] = "none"
     vae_tiling: Literal["auto", "on", "off"] = "auto"
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"   # auto: xformers on CUDA when installed
 
     @field_validator("slicing", "vae_tiling", mode="before")
     @classmethod

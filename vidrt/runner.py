@@ -77,6 +77,7 @@ def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> Rende
 
 def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device, log: Console) -> dict[str, Any]:
     """The config's memory settings, or — with `memory.budget` — the planner's fastest plan that fits."""
+    from vidrt.attention import apply_attention
     from vidrt.slicing import apply_memory_config
 
     memory = cfg.memory.as_dict()
@@ -90,6 +91,8 @@ def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.devi
         memory.pop("text_encoder", None)  # the runner always releases the text encoder after encoding
         log.print(f"plan: {chosen}")
     applied = apply_memory_config(pipe, {**memory, "height": req.height, "width": req.width}, device)
+    adapter = get_adapter(cfg.model.family)
+    applied["attention"] = apply_attention(adapter.denoiser(pipe), cfg.memory.attention, device, adapter.attention_api)
     if planned is not None:
         applied["plan"] = {"peak_bytes": planned["peak_bytes"], "budget_bytes": planned["budget_bytes"],
                            "memory": planned["memory"]}

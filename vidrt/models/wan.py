@@ -27,6 +27,7 @@ class WanAdapter(ModelAdapter):
     image_encoder_attr = "image_encoder"
     pipeline_class_names = ("WanPipeline", "WanImageToVideoPipeline")
     frame_inputs = {"hidden_states": "bcfhw"}
+    attention_api = "backend"
     temporal_compression = 4
     stages = (
         Stage("text_encode", ("text_encoder",)),
