@@ -159,3 +159,20 @@ def test_loop_on_host_gives_the_same_frames_and_restores_the_pipeline(tmp_path):
         assert result.sidecar["long"]["loop_on_host"] is on_host and type(pipe) is cls
         frames[on_host] = read_video(out)
     assert np.array_equal(frames[True], frames[False])
+
+
+def test_loop_on_host_keeps_simulated_accelerator_memory_flat():
+    """The real WanPipeline loop on a stand-in accelerator (FakeTensorMode, meta device): with the loop on the
+    host the accelerator peak at 4x the native length stays within 1.2x of 1x; with the loop on the
+    accelerator it grows (the full-length loop tensors), so the test can tell the difference."""
+    from vidrt.memory.simulate_long import wan_long_loop_peak
+
+    def peak(frames, host):
+        r = wan_long_loop_peak("samples/tiny-wan", frames=frames, height=64, width=64, loop_on_host=host, steps=1)
+        assert r["loop_device"] == ("cpu" if host else "meta")
+        return r["accelerator_peak_bytes"]
+
+    host_1x, host_4x = peak(9, True), peak(45, True)
+    device_1x, device_4x = peak(9, False), peak(45, False)
+    assert host_4x <= 1.2 * host_1x, (host_1x, host_4x)
+    assert device_4x > 1.4 * device_1x, (device_1x, device_4x)
