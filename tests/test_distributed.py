@@ -33,17 +33,18 @@ def _exactness(ctx):
     with torch.no_grad():
         ref = den(**kw)[0]
     enable_slicing(pipe, chunk_tokens=16)
-    for groups in (None, 1):   # K/V gathered per head / all heads at once
-        vd.apply(pipe, adapter, ctx, guidance=1.0, mode="sequence", head_groups=groups)
+    for attention, groups in (("ulysses", None), ("gather", None), ("gather", 1)):
+        # all-to-all over heads; K/V gathered per head / all heads at once
+        vd.apply(pipe, adapter, ctx, guidance=1.0, mode="sequence", head_groups=groups, attention=attention)
         with torch.no_grad():
             got = den(**kw)[0]
-        out[f"wan_sp_call_groups{groups}"] = (got - ref).abs().max().item()
+        out[f"wan_sp_call_{attention}{groups}"] = (got - ref).abs().max().item()
     out["wan_sp_calls"] = vd.hooks_of(pipe, adapter)["sequence"].calls["parallel"]
     vd.remove(pipe, adapter)
     # Wan pipeline (2 steps, CFG 5): sequence parallel, CFG parallel.
     ref_lat = pipeline_latents(adapter.tiny(0), adapter, 5.0)
     for mode in ("sequence", "cfg"):
-        vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)
+        vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)   # (sequence: Ulysses, 2 heads over 2 ranks)
         lat = pipeline_latents(pipe, adapter, 5.0)
         out[f"wan_{mode}"] = (lat - ref_lat).abs().max().item()
         out[f"wan_{mode}_latents"] = lat
@@ -118,8 +119,9 @@ def exactness(ranks):
 def test_wan_sequence_parallel_call_exact(exactness):
     for rank in exactness:
         assert rank["wan_sp_calls"] > 0
-        assert rank["wan_sp_call_groupsNone"] <= TOL
-        assert rank["wan_sp_call_groups1"] <= TOL
+        assert rank["wan_sp_call_ulyssesNone"] <= TOL
+        assert rank["wan_sp_call_gatherNone"] <= TOL
+        assert rank["wan_sp_call_gather1"] <= TOL
 
 
 @pytest.mark.parametrize("mode", ["sequence", "cfg"])

@@ -98,15 +98,18 @@ def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode
 
 
 def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str | None = None,
-          head_groups: int | None = None) -> dict[str, Any] | None:
+          head_groups: int | None = None, attention: str | None = None) -> dict[str, Any] | None:
     """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
     was applied (for the sidecar), None for a single-process run. `mode` (default: env VIDRT_DIST_MODE,
     else auto): auto | cfg | sequence; `head_groups` (default: env VIDRT_DIST_HEAD_GROUPS, else one per
-    head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel."""
+    head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel;
+    `attention` (default: env VIDRT_DIST_ATTENTION, else auto): auto | ulysses | gather - sequence-parallel
+    self-attention by all-to-all over heads (auto: when the heads divide by the ranks) or by K/V all-gather."""
     if ctx is None or ctx.world <= 1:
         return None
     mode = mode or os.environ.get("VIDRT_DIST_MODE", "auto")
     head_groups = head_groups or int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None
+    attention = attention or os.environ.get("VIDRT_DIST_ATTENTION", "auto")
     from vidrt.distributed import cfg as cfg_mod
     from vidrt.distributed import wan_sp
 
@@ -119,14 +122,20 @@ def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, 
     hooks: dict[str, Any] = {}
     # Registration order = nesting: the sequence hook first (innermost), the CFG hook around it.
     if n_sp > 1:
-        hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups)
+        ulysses = wan_sp.uses_ulysses(denoiser.config.num_attention_heads, n_sp, attention)
+        hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups, "ulysses" if ulysses else "gather")
         undo.append(lambda: wan_sp.disable(denoiser))
     if n_cfg > 1:
         hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
         undo.append(lambda: cfg_mod.disable(denoiser))
         undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
     object.__setattr__(denoiser, _APPLIED, (undo, hooks))
-    return {**ctx.describe(), "head_groups": head_groups or "per head"}
+    described = {**ctx.describe()}
+    if n_sp > 1:
+        described["sequence_attention"] = "ulysses" if ulysses else "gather"
+        if not ulysses:
+            described["head_groups"] = head_groups or "per head"
+    return described
 
 
 def hooks_of(pipe, adapter) -> dict[str, Any]:

@@ -118,6 +118,24 @@ def all_to_all(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) -
         raise _fail("all_to_all", exc) from None
 
 
+def _pad_to(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    if t.shape[dim] == length:
+        return t.contiguous()
+    pad_shape = list(t.shape)
+    pad_shape[dim] = length - t.shape[dim]
+    return torch.cat([t, t.new_zeros(pad_shape)], dim=dim)
+
+
+def all_to_all_padded(inputs: list[torch.Tensor], dim: int, out_sizes: list[int], longest: int,
+                      group) -> list[torch.Tensor]:
+    """all_to_all of pieces whose lengths along `dim` differ (uneven token splits): gloo wants equal shapes,
+    so every piece travels padded to `longest` (the same on every rank) and arrives trimmed to `out_sizes`."""
+    sent = [_pad_to(t, dim, longest) for t in inputs]
+    received = [torch.empty_like(sent[0]) for _ in out_sizes]
+    all_to_all(received, sent, group)
+    return [r.narrow(dim, 0, size) for r, size in zip(received, out_sizes)]
+
+
 def agree(ok: bool, what: str) -> None:
     """Every rank learns whether every rank reached this point without error (a tiny all-reduce);
     raises on all ranks when any rank reports failure."""

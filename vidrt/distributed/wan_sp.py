@@ -7,6 +7,12 @@ for those heads, the group's K/V are all-gathered (full sequence, a few heads), 
 attend to them for those heads. A head group's K/V is all that is ever full-length on a rank — never the
 residual stream, nor all heads' K/V at once. Everything else in a block is per token.
 
+Ulysses (DeepSpeed-Ulysses; the default when the head count divides by the sequence ranks): each rank computes
+q/k/v of its own tokens for all heads, one all-to-all trades token ranges for head ranges so each rank holds
+the full sequence for heads/N heads, attention runs there, and a second all-to-all trades the outputs back.
+It moves 1/N of the bytes the K/V all-gather moves; the all-gather path (`attention="gather"`) is kept for
+head counts that do not divide and for the smallest peak (one head group's K/V at a time).
+
 Wan normalises q and k with an RMSNorm across all heads; the per-token statistic (mean of squares over
 the full row) is computed once per block in a first pass, so a head group's q/k are exactly the
 corresponding columns of the normalised full row. Inside the rank, work still runs in token chunks
@@ -22,6 +28,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from vidrt.distributed import comm
+from vidrt.errors import VidrtError
 from vidrt.hooks import remove_hook, replace_hook
 from vidrt.slicing.wan import (ChunkedRope, _attend, _blocks_hooked, _modulation, _proj, _ranges, _rotate,
                                auto_chunk_tokens, block_supported, cross_attention_kv, cross_attention_out,
@@ -56,8 +63,43 @@ def _norm_cols(norm: nn.Module, y_cols: torch.Tensor, stat, c0: int, c1: int, fu
     return norm(full)[..., c0:c1]  # any other norm: normalise the full row, keep the columns
 
 
+def ulysses_self_attention(attn1, modulated, rope: ChunkedRope, x: torch.Tensor, g0: int, sizes: list[int],
+                           group, chunk: int) -> torch.Tensor:
+    """Self-attention output (B, n_local, dim) of this rank's tokens via two all-to-alls over heads."""
+    B, n_local, dim = x.shape
+    n = len(sizes)
+    heads = attn1.heads
+    per_rank, dh = heads // n, dim // heads
+    qkv = x.new_empty((3, B, n_local, heads, dh))
+    for s, e in _ranges(n_local, chunk):
+        h = modulated(s, e)
+        cos, sin = rope.chunk(g0 + s, g0 + e)
+        qkv[0, :, s:e] = _rotate(attn1.norm_q(_proj(attn1, h, "q")).unflatten(2, (heads, dh)), cos, sin)
+        qkv[1, :, s:e] = _rotate(attn1.norm_k(_proj(attn1, h, "k")).unflatten(2, (heads, dh)), cos, sin)
+        qkv[2, :, s:e] = _proj(attn1, h, "v").unflatten(2, (heads, dh))
+        del h
+    # tokens of every rank, my heads: (3, B, n_tokens, per_rank, dh)
+    longest = max(sizes)
+    received = comm.all_to_all_padded([qkv[:, :, :, j * per_rank:(j + 1) * per_rank] for j in range(n)], 2, sizes,
+                                      longest, group)
+    del qkv
+    full = torch.cat(received, dim=2)
+    del received
+    n_tokens = full.shape[2]
+    out = x.new_empty((B, n_tokens, per_rank * dh))
+    for s, e in _ranges(n_tokens, chunk):
+        out[:, s:e] = _attend(attn1, full[0, :, s:e], full[1], full[2])
+    del full
+    # back: my tokens, every rank's heads (in head order)
+    starts = [sum(sizes[:i]) for i in range(n)]
+    pieces = comm.all_to_all_padded([out[:, a:a + size] for a, size in zip(starts, sizes)], 1, [n_local] * n,
+                                    longest, group)
+    del out
+    return torch.cat(pieces, dim=2)
+
+
 def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedRope, g0: int, n_tokens: int,
-             sizes: list[int], group, chunk: int, head_groups: int) -> torch.Tensor:
+             sizes: list[int], group, chunk: int, head_groups: int, ulysses: bool = False) -> torch.Tensor:
     """One WanTransformerBlock on this rank's tokens [g0, g0 + x.shape[1]) of `n_tokens`; written in place."""
     B, n_local, dim = x.shape
     mods, at = _modulation(block, temb, n_tokens)
@@ -75,7 +117,10 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
 
     # Pass 1: per-token RMS statistics of q and k over all heads (B, n_local, 1) fp32.
     stat_q = stat_k = None
-    if isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
+    if ulysses:
+        attn_out = ulysses_self_attention(attn1, modulated, rope, x, g0, sizes, group, chunk)
+        head_groups = 0   # (the head-group loop below has nothing to do)
+    elif isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
         stat_q = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_q, nn.RMSNorm) else None
         stat_k = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_k, nn.RMSNorm) else None
         for s, e in _ranges(n_local, chunk):
@@ -87,7 +132,8 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
             del n
 
     # Self-attention per head group: local K/V of the group -> all-gather -> local queries attend.
-    attn_out = x.new_empty((B, n_local, dim))
+    if not ulysses:
+        attn_out = x.new_empty((B, n_local, dim))
     for h0, h1 in (comm.split_range(heads, head_groups, i) for i in range(head_groups)):
         if h0 == h1:
             continue
@@ -141,10 +187,11 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
 class SequenceParallelHook(ModelHook):
     """Runs a WanTransformer3DModel call split over the sequence group (the inner forward is not called)."""
 
-    def __init__(self, ctx: comm.Context, head_groups: int | None = None):
+    def __init__(self, ctx: comm.Context, head_groups: int | None = None, attention: str = "auto"):
         super().__init__()
         self.ctx = ctx
         self.head_groups = head_groups
+        self.attention = attention
         self.signature = None
         self.calls = {"parallel": 0, "replicated": 0}
 
@@ -164,11 +211,22 @@ class SequenceParallelHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         self.calls["parallel"] += 1
         return sp_model(module, self.ctx, bound["hidden_states"], bound["timestep"], bound["encoder_hidden_states"],
-                        bound.get("encoder_hidden_states_image"), bound.get("return_dict", True), self.head_groups)
+                        bound.get("encoder_hidden_states_image"), bound.get("return_dict", True), self.head_groups,
+                        self.attention)
+
+
+def uses_ulysses(heads: int, ranks: int, attention: str) -> bool:
+    """auto: Ulysses when the heads divide by the ranks; "ulysses" insists (one clear error otherwise)."""
+    if attention not in ("auto", "ulysses", "gather"):
+        raise VidrtError(f"distributed: attention {attention!r} is not one of auto, ulysses, gather")
+    if attention == "ulysses" and heads % ranks:
+        raise VidrtError(f"distributed: Ulysses needs the {heads} attention heads to divide by the {ranks} "
+                         "sequence ranks; use attention=gather (VIDRT_DIST_ATTENTION)")
+    return attention != "gather" and heads % ranks == 0
 
 
 def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
-             return_dict, head_groups: int | None):
+             return_dict, head_groups: int | None, attention: str = "auto"):
     from vidrt.slicing import slicing_state
 
     group, n, r = ctx.groups["sp"], ctx.sp, ctx.sp_rank
@@ -184,6 +242,7 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     chunk = state.get("chunk_tokens") or auto_chunk_tokens(max(1, g1 - g0), dim, model.config.ffn_dim)
     heads = model.config.num_attention_heads
     groups = max(1, min(heads, head_groups or heads))
+    ulysses = uses_ulysses(heads, n, attention)
 
     rope = ChunkedRope(model.rope, hidden_states, ppf, pph, ppw)
 
@@ -198,7 +257,7 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
 
     for block in model.blocks:
         tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes, group,
-                          chunk, groups)
+                          chunk, groups, ulysses)
 
     local = output_head(model, tokens, temb, chunk, offset=g0)   # output norm -> modulate -> projection
     del tokens
@@ -213,8 +272,9 @@ def supports(denoiser: nn.Module) -> bool:
         all(block_supported(b) for b in denoiser.blocks)
 
 
-def enable(denoiser: nn.Module, ctx: comm.Context, head_groups: int | None = None) -> SequenceParallelHook:
-    return replace_hook(denoiser, SequenceParallelHook(ctx, head_groups), HOOK_NAME)
+def enable(denoiser: nn.Module, ctx: comm.Context, head_groups: int | None = None,
+           attention: str = "auto") -> SequenceParallelHook:
+    return replace_hook(denoiser, SequenceParallelHook(ctx, head_groups, attention), HOOK_NAME)
 
 
 def disable(denoiser: nn.Module) -> None:
