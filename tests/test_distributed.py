@@ -41,6 +41,22 @@ def _exactness(ctx):
         out[f"wan_sp_call_{attention}{groups}"] = (got - ref).abs().max().item()
     out["wan_sp_calls"] = vd.hooks_of(pipe, adapter)["sequence"].calls["parallel"]
     vd.remove(pipe, adapter)
+    # 4 heads over 2 ranks: Ulysses in 2 rounds of one head per rank (default) and in 1 round of two
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(3)
+    den4 = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=16,
+                                 out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=1,
+                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    holder = SimpleNamespace(transformer=den4)
+    with torch.no_grad():
+        ref4 = den4(**kw)[0]
+    enable_slicing(den4, chunk_tokens=16)
+    for groups in (None, 1):
+        vd.apply(holder, adapter, ctx, guidance=1.0, mode="sequence", head_groups=groups, attention="ulysses")
+        with torch.no_grad():
+            out[f"wan4_ulysses{groups}"] = (den4(**kw)[0] - ref4).abs().max().item()
+        vd.remove(holder, adapter)
     # Wan pipeline (2 steps, CFG 5): sequence parallel, CFG parallel.
     ref_lat = pipeline_latents(adapter.tiny(0), adapter, 5.0)
     for mode in ("sequence", "cfg"):
@@ -81,7 +97,31 @@ def _exactness(ctx):
     out["unet_cfg_latents"] = (lat - ref_lat).abs().max().item()
     out["unet_cfg_latents_vs_halves"] = (lat - ref_lat_halves).abs().max().item()
     out["unet_hooks"] = dict(vd.hooks_of(pipe, adapter)["cfg"].calls)
+
+    # AnimateDiff, frame parallel: 4 frames over 2 ranks, motion modules on positions after an all-to-all.
+    vd.remove(pipe, adapter)
+    vd.apply(pipe, adapter, ctx, guidance=5.0, mode="sequence")
+    with torch.no_grad():
+        got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
+    out["unet_fp_call"] = (got - ref).abs().max().item()
+    lat = pipeline_latents(pipe, adapter, 5.0, steps=1)
+    out["unet_fp_latents"] = (lat - ref_lat).abs().max().item()
+    out["unet_fp_hooks"] = dict(vd.hooks_of(pipe, adapter)["frames"].calls)
+    enable_slicing(pipe, chunk_frames=1, chunk_positions=3)   # the in-rank slicer inside each rank's share
+    with torch.no_grad():
+        got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
+    out["unet_fp_sliced_call"] = (got - ref).abs().max().item()
+    vd.remove(pipe, adapter)
     return out
+
+
+def test_unet_frame_parallel_exact(exactness):
+    """AnimateDiff split by frames over 2 ranks (temporal ops by positions) equals one process."""
+    for rank in exactness:
+        assert rank["unet_fp_call"] <= TOL, rank
+        assert rank["unet_fp_sliced_call"] <= TOL, rank
+        assert rank["unet_fp_latents"] <= 1e-4, rank
+        assert rank["unet_fp_hooks"] == {"parallel": 2, "replicated": 0}   # the call + 1 pipeline step
 
 
 def _exactness_then_failure(ctx, cfg_path, out):
@@ -122,6 +162,7 @@ def test_wan_sequence_parallel_call_exact(exactness):
         assert rank["wan_sp_call_ulyssesNone"] <= TOL
         assert rank["wan_sp_call_gatherNone"] <= TOL
         assert rank["wan_sp_call_gather1"] <= TOL
+        assert rank["wan4_ulyssesNone"] <= TOL and rank["wan4_ulysses1"] <= TOL
 
 
 @pytest.mark.parametrize("mode", ["sequence", "cfg"])

@@ -6,8 +6,9 @@
 Every rank runs the same pipeline loop (same seed, same scheduler); hooks on the denoiser split each step's
 work and all-gather the results, so every rank holds identical noise predictions and latents:
 - CFG parallel (`cfg` ranks, 2 when guidance > 1): the guidance streams run on different ranks (vidrt.distributed.cfg);
-- sequence parallel (`sp` ranks): one Wan call's tokens split over ranks, self-attention K/V gathered per head
-  group (vidrt.distributed.wan_sp). UNet families use CFG parallel only (frame split: not yet).
+- sequence parallel (`sp` ranks): one Wan call's tokens split over ranks, self-attention by Ulysses all-to-all
+  or K/V gathered per head group (vidrt.distributed.wan_sp); for AnimateDiff one call's frames split over
+  ranks, temporal ops on positions after an all-to-all (vidrt.distributed.unet_fp).
 world = cfg x sp. Only rank 0 decodes and writes files (see vidrt/runner.py).
 """
 from __future__ import annotations
@@ -87,8 +88,8 @@ def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode
     else:
         raise VidrtError(f"distributed mode: {mode!r} is not one of auto, cfg, sequence")
     if sp > 1 and not sequence_capable:
-        raise VidrtError(f"devices: {world} ranks need sequence parallel over {sp}, which this model family "
-                         "does not support yet (UNet families: 2 ranks with guidance > 1, i.e. CFG parallel)")
+        raise VidrtError(f"devices: {world} ranks need sequence/frame parallel over {sp}, which this model family "
+                         "does not support (I2VGen-XL: 2 ranks with guidance > 1, i.e. CFG parallel)")
     if cfg > 2:
         raise VidrtError(f"devices: CFG parallel splits 2 guidance streams; {world} ranks in 'cfg' mode is too many")
     if cfg == 2 and not cfg_ok:
@@ -111,30 +112,36 @@ def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, 
     head_groups = head_groups or int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None
     attention = attention or os.environ.get("VIDRT_DIST_ATTENTION", "auto")
     from vidrt.distributed import cfg as cfg_mod
-    from vidrt.distributed import wan_sp
+    from vidrt.distributed import unet_fp, wan_sp
 
     denoiser = adapter.denoiser(pipe)
     remove(pipe, adapter)
-    sequence_capable = bool(adapter.roles(denoiser).token) and wan_sp.supports(denoiser)
-    n_cfg, n_sp = plan_layout(ctx.world, guidance, sequence_capable, mode)
+    tokens = bool(adapter.roles(denoiser).token) and wan_sp.supports(denoiser)
+    frames = adapter.frame_parallel and unet_fp.supports(adapter, denoiser)
+    n_cfg, n_sp = plan_layout(ctx.world, guidance, tokens or frames, mode)
     make_groups(ctx, n_cfg, n_sp)
     undo = []
     hooks: dict[str, Any] = {}
     # Registration order = nesting: the sequence hook first (innermost), the CFG hook around it.
-    if n_sp > 1:
+    if n_sp > 1 and tokens:
         ulysses = wan_sp.uses_ulysses(denoiser.config.num_attention_heads, n_sp, attention)
         hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups, "ulysses" if ulysses else "gather")
         undo.append(lambda: wan_sp.disable(denoiser))
+    elif n_sp > 1:
+        hooks["frames"] = unet_fp.enable(denoiser, adapter, ctx)
+        undo.append(lambda: unet_fp.disable(denoiser, adapter))
     if n_cfg > 1:
         hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
         undo.append(lambda: cfg_mod.disable(denoiser))
         undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
     object.__setattr__(denoiser, _APPLIED, (undo, hooks))
     described = {**ctx.describe()}
-    if n_sp > 1:
+    if n_sp > 1 and tokens:
         described["sequence_attention"] = "ulysses" if ulysses else "gather"
         if not ulysses:
             described["head_groups"] = head_groups or "per head"
+    elif n_sp > 1:
+        described["frame_parallel"] = n_sp
     return described
 
 

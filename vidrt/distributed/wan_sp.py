@@ -63,39 +63,41 @@ def _norm_cols(norm: nn.Module, y_cols: torch.Tensor, stat, c0: int, c1: int, fu
     return norm(full)[..., c0:c1]  # any other norm: normalise the full row, keep the columns
 
 
-def ulysses_self_attention(attn1, modulated, rope: ChunkedRope, x: torch.Tensor, g0: int, sizes: list[int],
-                           group, chunk: int) -> torch.Tensor:
-    """Self-attention output (B, n_local, dim) of this rank's tokens via two all-to-alls over heads."""
-    B, n_local, dim = x.shape
+def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes: list[int], group, chunk: int,
+                       rounds: int, dh: int) -> None:
+    """Ulysses self-attention into `attn_out` (B, n_local, dim), in `rounds` rounds: in each, every rank owns
+    a few heads of its share (heads/N per rank in all), computes q/k/v of its tokens for the round's heads of
+    every rank, one all-to-all gives it the full sequence of its own round heads, it attends, and a second
+    all-to-all returns each rank its tokens' outputs. Per round a rank holds the full-length q/k/v of only its
+    round heads, so the peak stays near the K/V gather's while moving 1/N of its bytes."""
+    B, n_local, dim = attn_out.shape
     n = len(sizes)
-    heads = attn1.heads
-    per_rank, dh = heads // n, dim // heads
-    qkv = x.new_empty((3, B, n_local, heads, dh))
-    for s, e in _ranges(n_local, chunk):
-        h = modulated(s, e)
-        cos, sin = rope.chunk(g0 + s, g0 + e)
-        qkv[0, :, s:e] = _rotate(attn1.norm_q(_proj(attn1, h, "q")).unflatten(2, (heads, dh)), cos, sin)
-        qkv[1, :, s:e] = _rotate(attn1.norm_k(_proj(attn1, h, "k")).unflatten(2, (heads, dh)), cos, sin)
-        qkv[2, :, s:e] = _proj(attn1, h, "v").unflatten(2, (heads, dh))
-        del h
-    # tokens of every rank, my heads: (3, B, n_tokens, per_rank, dh)
+    per_rank = dim // dh // n
     longest = max(sizes)
-    received = comm.all_to_all_padded([qkv[:, :, :, j * per_rank:(j + 1) * per_rank] for j in range(n)], 2, sizes,
-                                      longest, group)
-    del qkv
-    full = torch.cat(received, dim=2)
-    del received
-    n_tokens = full.shape[2]
-    out = x.new_empty((B, n_tokens, per_rank * dh))
-    for s, e in _ranges(n_tokens, chunk):
-        out[:, s:e] = _attend(attn1, full[0, :, s:e], full[1], full[2])
-    del full
-    # back: my tokens, every rank's heads (in head order)
     starts = [sum(sizes[:i]) for i in range(n)]
-    pieces = comm.all_to_all_padded([out[:, a:a + size] for a, size in zip(starts, sizes)], 1, [n_local] * n,
-                                    longest, group)
-    del out
-    return torch.cat(pieces, dim=2)
+    for a, b in (comm.split_range(per_rank, rounds, i) for i in range(rounds)):
+        if a == b:
+            continue
+        k = b - a
+        owned = [(j * per_rank + a, j * per_rank + b) for j in range(n)]   # round heads of each rank
+        qkv = attn_out.new_empty((n, 3, B, n_local, k, dh))
+        for s, e in _ranges(n_local, chunk):
+            h = modulated(s, e)
+            for j, (h0, h1) in enumerate(owned):
+                for i, which in enumerate("qkv"):
+                    qkv[j, i, :, s:e] = heads_of(which, h, s, e, h0, h1)
+            del h
+        full = torch.cat(comm.all_to_all_padded(list(qkv.unbind(0)), 2, sizes, longest, group), dim=2)
+        del qkv                                                            # (3, B, n_tokens, k, dh)
+        out = attn_out.new_empty((B, full.shape[2], k * dh))
+        for s, e in _ranges(full.shape[2], chunk):
+            out[:, s:e] = _attend(attn1, full[0, :, s:e], full[1], full[2])
+        del full
+        back = comm.all_to_all_padded([out[:, st:st + size] for st, size in zip(starts, sizes)], 1, [n_local] * n,
+                                      longest, group)
+        del out
+        for (h0, h1), piece in zip(owned, back):
+            attn_out[:, :, h0 * dh:h1 * dh] = piece
 
 
 def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedRope, g0: int, n_tokens: int,
@@ -117,10 +119,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
 
     # Pass 1: per-token RMS statistics of q and k over all heads (B, n_local, 1) fp32.
     stat_q = stat_k = None
-    if ulysses:
-        attn_out = ulysses_self_attention(attn1, modulated, rope, x, g0, sizes, group, chunk)
-        head_groups = 0   # (the head-group loop below has nothing to do)
-    elif isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
+    if isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
         stat_q = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_q, nn.RMSNorm) else None
         stat_k = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_k, nn.RMSNorm) else None
         for s, e in _ranges(n_local, chunk):
@@ -131,38 +130,43 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
                 stat_k[:, s:e] = _rms_stat(attn1.norm_k, _proj(attn1, n, "k"))
             del n
 
-    # Self-attention per head group: local K/V of the group -> all-gather -> local queries attend.
-    if not ulysses:
-        attn_out = x.new_empty((B, n_local, dim))
-    for h0, h1 in (comm.split_range(heads, head_groups, i) for i in range(head_groups)):
-        if h0 == h1:
-            continue
+    def heads_of(which: str, n: torch.Tensor, s: int, e: int, h0: int, h1: int) -> torch.Tensor:
+        """q, k (normalised over the full row, rotated) or v of local tokens [s, e) for heads [h0, h1)."""
         c0, c1 = h0 * dh, h1 * dh
-        kv = x.new_empty((2, B, n_local, h1 - h0, dh))
-        for s, e in _ranges(n_local, chunk):
-            n = modulated(s, e)
-            k = _proj_cols(attn1, n, "k", c0, c1)
-            k = _norm_cols(attn1.norm_k, k, None if stat_k is None else stat_k[:, s:e], c0, c1,
-                           full=_proj(attn1, n, "k") if generic_k else None)
-            k = k.unflatten(2, (h1 - h0, dh))
-            cos, sin = rope.chunk(g0 + s, g0 + e)
-            kv[0, :, s:e] = _rotate(k, cos, sin)
-            kv[1, :, s:e] = _proj_cols(attn1, n, "v", c0, c1).unflatten(2, (h1 - h0, dh))
-            del n, k
-        full = comm.all_gather_cat(kv, 2, group, sizes)   # (2, B, n_tokens, h, dh)
-        del kv
-        key, value = full[0], full[1]
-        for s, e in _ranges(n_local, chunk):
-            n = modulated(s, e)
-            q = _proj_cols(attn1, n, "q", c0, c1)
-            q = _norm_cols(attn1.norm_q, q, None if stat_q is None else stat_q[:, s:e], c0, c1,
-                           full=_proj(attn1, n, "q") if generic_q else None)
-            q = q.unflatten(2, (h1 - h0, dh))
-            cos, sin = rope.chunk(g0 + s, g0 + e)
-            q = _rotate(q, cos, sin)
-            attn_out[:, s:e, c0:c1] = _attend(attn1, q, key, value)
-            del n, q
-        del full, key, value
+        y = _proj_cols(attn1, n, which, c0, c1)
+        if which != "v":
+            norm, stat = (attn1.norm_q, stat_q) if which == "q" else (attn1.norm_k, stat_k)
+            generic = generic_q if which == "q" else generic_k
+            y = _norm_cols(norm, y, None if stat is None else stat[:, s:e], c0, c1,
+                           full=_proj(attn1, n, which) if generic else None)
+        y = y.unflatten(2, (h1 - h0, dh))
+        if which == "v":
+            return y
+        cos, sin = rope.chunk(g0 + s, g0 + e)
+        return _rotate(y, cos, sin)
+
+    attn_out = x.new_empty((B, n_local, dim))
+    if ulysses:
+        _ulysses_attention(attn1, modulated, heads_of, attn_out, sizes, group, chunk, head_groups, dh)
+    else:
+        # Self-attention per head group: local K/V of the group -> all-gather -> local queries attend.
+        for h0, h1 in (comm.split_range(heads, head_groups, i) for i in range(head_groups)):
+            if h0 == h1:
+                continue
+            kv = x.new_empty((2, B, n_local, h1 - h0, dh))
+            for s, e in _ranges(n_local, chunk):
+                n = modulated(s, e)
+                kv[0, :, s:e] = heads_of("k", n, s, e, h0, h1)
+                kv[1, :, s:e] = heads_of("v", n, s, e, h0, h1)
+                del n
+            full = comm.all_gather_cat(kv, 2, group, sizes)   # (2, B, n_tokens, h, dh)
+            del kv
+            key, value = full[0], full[1]
+            for s, e in _ranges(n_local, chunk):
+                n = modulated(s, e)
+                attn_out[:, s:e, h0 * dh:h1 * dh] = _attend(attn1, heads_of("q", n, s, e, h0, h1), key, value)
+                del n
+            del full, key, value
 
     # Cross-attention K/V (text, and image for I2V), once per block.
     ck, cv, ck_img, cv_img = cross_attention_kv(attn2, encoder_hidden_states, heads)
@@ -241,8 +245,10 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     state = slicing_state(model) or {}
     chunk = state.get("chunk_tokens") or auto_chunk_tokens(max(1, g1 - g0), dim, model.config.ffn_dim)
     heads = model.config.num_attention_heads
-    groups = max(1, min(heads, head_groups or heads))
     ulysses = uses_ulysses(heads, n, attention)
+    # gather: K/V in `groups` head groups (default one per head); Ulysses: `groups` rounds (default one head per
+    # rank per round)
+    groups = max(1, min(heads // n if ulysses else heads, head_groups or heads))
 
     rope = ChunkedRope(model.rope, hidden_states, ppf, pph, ppw)
 

@@ -22,6 +22,7 @@ class AnimateDiffAdapter(ModelAdapter):
     pipeline_class_names = ("AnimateDiffPipeline", "StableDiffusionPipeline")
     frame_inputs = {"sample": "bcfhw", "encoder_hidden_states": "rows"}
     long_noise_reschedule = True
+    frame_parallel = True
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("denoise", ("unet",)),

@@ -76,6 +76,7 @@ class ModelAdapter:
     frame_inputs: ClassVar[dict[str, str]] = {}
     temporal_compression: ClassVar[int] = 1   # pixel frames per latent frame (Wan: 4, after the first)
     long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
+    frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.distributed.unet_fp)
     attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend (vidrt.attention)
     stages: ClassVar[tuple[Stage, ...]] = ()
 

@@ -9,8 +9,25 @@ Layout used here: a (B, C, F, P) view (channels, frames, flattened positions); c
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import nn
+
+# When set (vidrt.distributed's frame parallel: each rank holds a range of positions), partial sums are
+# summed over the ranks, so the statistics are those of the whole tensor.
+_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@contextlib.contextmanager
+def statistics_reduced_by(reduce: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    global _reduce
+    previous, _reduce = _reduce, reduce
+    try:
+        yield
+    finally:
+        _reduce = previous
 
 
 def _ranges(n: int, chunk: int):
@@ -27,6 +44,9 @@ def group_stats(x: torch.Tensor, num_groups: int, eps: float, chunk: int) -> tup
     for s, e in _ranges(p, chunk):
         part = x[..., s:e].float().reshape(b, g, -1).sum(-1)
         total = part if total is None else total + part
+    if _reduce is not None:
+        summed = _reduce(torch.cat([total, torch.full_like(total[:, :1], float(count))], dim=1))
+        total, count = summed[:, :g], summed[:, g:]
     mean = total / count
     sq = None
     m = mean.view(b, g, 1, 1, 1)
@@ -35,6 +55,8 @@ def group_stats(x: torch.Tensor, num_groups: int, eps: float, chunk: int) -> tup
         part = (d * d).reshape(b, g, -1).sum(-1)
         sq = part if sq is None else sq + part
         del d
+    if _reduce is not None:
+        sq = _reduce(sq)
     var = sq / count
     return mean, torch.rsqrt(var + eps)
 
@@ -52,3 +74,12 @@ def normalize_chunk(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, rst
         bias = norm.bias.to(device=x.device, dtype=torch.float32)
         y = y * w.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
     return y.to(x.dtype)
+
+
+def group_norm_forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` through group_stats (so a reduction set by `statistics_reduced_by` applies); any layout
+    (B, C, ...): the statistics span everything after the channels."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, 1, -1)
+    mean, rstd = group_stats(flat, norm.num_groups, norm.eps, flat.shape[-1])
+    return normalize_chunk(flat, norm, mean, rstd).reshape(x.shape)
