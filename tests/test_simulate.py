@@ -152,3 +152,27 @@ def test_offload_granularity_of_the_full_size_denoisers():
             MotionAdapter.from_config(cfg("guoyww--animatediff-motion-adapter-v1-5-2")))
     assert offload_granularity(wan) == "block_level"
     assert offload_granularity(unet) == "leaf_level"
+
+
+def test_per_rank_prediction_for_several_gpus():
+    """`ranks` runs the denoiser through the real distributed hooks on fake tensors: AnimateDiff split by
+    frames (or CFG batch) over 2 ranks holds about half the activations; 4 ranks (CFG 2 x frames 2) a quarter.
+    The same figures as the 2-process gloo measurement (bench/results/distributed.md: CFG 0.50x)."""
+    from vidrt.config import load_config
+
+    cfg = load_config("samples/animatediff-random.yaml", ["frames=16", "height=64", "width=64"])
+    act = {}
+    for ranks, mode in ((1, None), (2, "sequence"), (2, "cfg"), (4, None)):
+        rep = simulate(cfg, ranks=ranks, mode=mode, track_modules=False)
+        act[(ranks, mode)] = rep.stage("denoise")["activation_bytes"]
+        assert (rep.distributed is None) == (ranks == 1)
+    single = act[(1, None)]
+    assert 0.4 * single <= act[(2, "sequence")] <= 0.6 * single, act
+    assert 0.4 * single <= act[(2, "cfg")] <= 0.6 * single, act
+    assert act[(4, None)] <= 0.35 * single, act
+    assert rep.distributed["frame_parallel"] == 2 and rep.distributed["cfg_parallel"] == 2
+
+
+def test_profile_gpus_needs_dry_run(run_cli):
+    result = run_cli("profile", "samples/wan-random.yaml", "--gpus", "2")
+    assert result.exit_code != 0 and "--gpus: only with --dry-run" in result.output

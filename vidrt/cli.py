@@ -109,13 +109,16 @@ def profile(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="simulate full size without allocating")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="write a PNG timeline + top modules")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="with --dry-run: the per-GPU peak of a torchrun over "
+                                                            "this many GPUs (rank 0)")] = 1,
     set_: SetOption = None,
 ):
     """Peak memory per stage and per module (real run, or --dry-run simulation)."""
     from vidrt.config import load_config
     from vidrt.memory.commands import profile_command
 
-    profile_command(load_config(config, set_ or []), dry_run=dry_run, json_path=json_path, plot_path=plot)
+    profile_command(load_config(config, set_ or []), dry_run=dry_run, json_path=json_path, plot_path=plot,
+                    gpus=gpus)
 
 
 @app.command()

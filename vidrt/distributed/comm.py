@@ -48,12 +48,31 @@ class Context:
                 "sequence_parallel": self.sp}
 
 
+class _Simulated:
+    """The group of a simulated context (`simulated_context`): collectives allocate their results as the real
+    ones do and move nothing, so a fake-tensor run through the real hooks measures one rank's memory."""
+
+    def __repr__(self) -> str:
+        return "SIMULATED"
+
+
+SIMULATED = _Simulated()
+
+
+def simulated_context(world: int, rank: int = 0) -> Context:
+    """Rank `rank` of a `world`-rank run without a process group (vidrt.simulate's per-rank prediction)."""
+    return Context(rank=rank, world=world, device=torch.device("cpu"), backend="simulated")
+
+
 def make_groups(ctx: Context, cfg: int, sp: int) -> None:
     """Create the CFG and sequence groups (collective: every rank calls it with the same sizes)."""
     if cfg * sp != ctx.world:
         raise VidrtError(f"distributed: cfg {cfg} x sequence {sp} != world size {ctx.world}")
     ctx.cfg, ctx.sp = cfg, sp
     ctx.groups = {}
+    if ctx.backend == "simulated":
+        ctx.groups = {"cfg": SIMULATED if cfg > 1 else None, "sp": SIMULATED if sp > 1 else None}
+        return
     # new_group must be called by every rank for every group, in the same order.
     for s in range(sp):
         ranks = [c * sp + s for c in range(cfg)]
@@ -93,7 +112,8 @@ def all_gather_cat(t: torch.Tensor, dim: int, group, sizes: list[int]) -> torch.
         t = torch.cat([t, t.new_zeros(pad_shape)], dim=dim)
     pieces = [torch.empty_like(t) for _ in range(n)]
     try:
-        dist.all_gather(pieces, t, group=group)
+        if group is not SIMULATED:
+            dist.all_gather(pieces, t, group=group)
     except Exception as exc:  # noqa: BLE001 - every backend error means the same thing here
         raise _fail("all_gather", exc) from None
     if any(s < longest for s in sizes):
@@ -105,13 +125,16 @@ def all_gather_list(t: torch.Tensor, group, n: int) -> list[torch.Tensor]:
     t = t.contiguous()
     pieces = [torch.empty_like(t) for _ in range(n)]
     try:
-        dist.all_gather(pieces, t, group=group)
+        if group is not SIMULATED:
+            dist.all_gather(pieces, t, group=group)
     except Exception as exc:  # noqa: BLE001
         raise _fail("all_gather", exc) from None
     return pieces
 
 
 def all_to_all(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group) -> None:
+    if group is SIMULATED:
+        return
     try:
         dist.all_to_all(outputs, [i.contiguous() for i in inputs], group=group)
     except Exception as exc:  # noqa: BLE001
@@ -134,6 +157,17 @@ def all_to_all_padded(inputs: list[torch.Tensor], dim: int, out_sizes: list[int]
     received = [torch.empty_like(sent[0]) for _ in out_sizes]
     all_to_all(received, sent, group)
     return [r.narrow(dim, 0, size) for r, size in zip(received, out_sizes)]
+
+
+def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
+    t = t.contiguous()
+    if group is SIMULATED:
+        return t
+    try:
+        dist.all_reduce(t, group=group)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail("all_reduce", exc) from None
+    return t
 
 
 def agree(ok: bool, what: str) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import inspect
 
 import torch
-import torch.distributed as dist
 from diffusers.hooks import ModelHook
 from torch import nn
 
@@ -42,12 +41,7 @@ class _Active:
         self.frame_sizes = [e - s for s, e in (comm.split_range(frames, self.n, i) for i in range(self.n))]
 
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.contiguous()
-        try:
-            dist.all_reduce(t, group=self.group)
-        except Exception as exc:  # noqa: BLE001
-            raise comm._fail("all_reduce", exc) from None
-        return t
+        return comm.all_reduce_sum(t, self.group)
 
 
 def _exchange(pieces: list[torch.Tensor], out_shapes: list[tuple[int, ...]], group) -> list[torch.Tensor]:

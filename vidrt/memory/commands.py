@@ -69,15 +69,18 @@ def _budget_settings(config):
 
 
 def profile_command(config, dry_run: bool = False, json_path: Path | None = None,
-                    plot_path: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+                    plot_path: Path | None = None, console: Console | None = None, gpus: int = 1) -> dict[str, Any]:
     console = console or Console()
+    if gpus > 1 and not dry_run:
+        raise VidrtError("--gpus: only with --dry-run (a real multi-GPU profile runs under torchrun; each rank's "
+                         "sidecar has its peak)")
     json_path = _check_output(json_path, "--json")
     plot_path = _check_output(plot_path, "--plot")
     chosen, settings = _budget_settings(config)
     if dry_run:
         from vidrt.memory.simulate import simulate
 
-        rep = simulate(config, settings, timeline=plot_path is not None)
+        rep = simulate(config, settings, timeline=plot_path is not None, ranks=gpus)
         result = rep.to_dict(timeline=True)
         table = rep.table()
     else:

@@ -227,6 +227,7 @@ class SimReport:
     simulated: bool = True
     seconds: float = 0.0
     timeline: list[list[Any]] = field(default_factory=list)
+    distributed: dict[str, Any] | None = None   # the layout of a per-rank prediction (`ranks` > 1)
 
     def stage(self, name: str) -> dict[str, Any]:
         for s in self.stages:
@@ -249,6 +250,11 @@ class SimReport:
     def table(self):
         title = (f"simulated {self.model} {self.frames}x{self.height}x{self.width} {self.dtype} on {self.device} "
                  f"— {MemorySettings(**self.settings).describe()}")
+        if self.distributed:
+            d = self.distributed
+            title += (f" — rank 0 of {d['world']} GPUs (CFG {d['cfg_parallel']} x "
+                      f"{'frames' if d.get('frame_parallel') else 'sequence'} {d['sequence_parallel']}; "
+                      "weights replicated)")
         return stage_table(self.stages, self.modules, peak_bytes=self.peak_bytes,
                            host_peak_bytes=self.host_peak_bytes, title=title)
 
@@ -282,23 +288,27 @@ def _frames(config, adapter) -> int:
 
 
 def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None, track_modules: bool = True,
-             top_n: int = 10, timeline: bool = False, exact_layers: bool = False) -> SimReport:
+             top_n: int = 10, timeline: bool = False, exact_layers: bool = False, ranks: int = 1,
+             mode: str | None = None) -> SimReport:
     """Simulate `config` at full size without allocating. `settings` overrides the config's memory keys;
     `pipe` takes component configs from an existing pipeline (e.g. a tiny one) instead of `model.path`.
-    Repeated identical layers run twice, not N times (same peak, see REPEATED) unless `exact_layers`."""
+    Repeated identical layers run twice, not N times (same peak, see REPEATED) unless `exact_layers`.
+    `ranks` > 1: the peak of rank 0 of a torchrun over that many GPUs (the layout vidrt.distributed would
+    choose, or `mode`): the denoiser runs through the real distributed hooks with collectives that allocate
+    their results and move nothing; weights are replicated on every rank."""
     started = time.perf_counter()
     if settings is None:
         settings = settings_from_config(config)
     elif isinstance(settings, dict):
         settings = MemorySettings(**settings)
     sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
-                       top_n=top_n, timeline=timeline, exact_layers=exact_layers)
+                       top_n=top_n, timeline=timeline, exact_layers=exact_layers, ranks=ranks, mode=mode)
     stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings, sess.device)
     return SimReport(
         model=str(config.model.path), family=sess.family, dtype=sess.dtype, frames=sess.frames,
         height=sess.height, width=sess.width, settings=settings.to_dict(), peak_bytes=peak,
         host_peak_bytes=host_peak, stages=stages, modules=sess.modules, params=sess.params, device=sess.device,
-        seconds=round(time.perf_counter() - started, 3), timeline=sess.timeline,
+        seconds=round(time.perf_counter() - started, 3), timeline=sess.timeline, distributed=sess.distributed,
     )
 
 
@@ -317,11 +327,12 @@ class Session:
     group: dict[str, int]
     modules: list[dict[str, Any]]
     timeline: list[list[Any]]
+    distributed: dict[str, Any] | None = None
 
 
 def run_session(config, slicing_variants: list[MemorySettings], tiling_variants: list[bool], *, pipe=None,
                 track_modules: bool = True, top_n: int = 10, timeline: bool = False,
-                exact_layers: bool = False, fast: bool = False) -> Session:
+                exact_layers: bool = False, fast: bool = False, ranks: int = 1, mode: str | None = None) -> Session:
     """Build the fake pipeline once, run text/image encoding once, then the denoise stage once per slicing
     variant (`denoise#i`) and the decode stage once per tiling variant (`vae_decode#j`); a single variant
     keeps the plain stage names. `fast` (the planner) keeps one repeated layer instead of two and runs
@@ -388,18 +399,30 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         tracker = MemoryTracker(accel, count_device="cpu", track_modules=named if track_modules else False,
                                 top_n=top_n, timeline=timeline)
         runner = _FAMILY_RUN[adapter.family]
-        with tracker:
-            runner(tracker, mods, adapter, SimpleNamespace(
-                frames=frames, height=height, width=width, cfg=guidance > 1.0, guidance=guidance, dtype=dtype,
-                with_image=with_image, text_len=_text_len(comps, mods, pipe), denoise_variants=den_variants,
-                decode_variants=dec_variants, fast_cfg=fast))
+        layout = None
+        holder = SimpleNamespace(**{adapter.denoiser_attr: den}, encode_prompt=lambda *a, **k: None)
+        if ranks > 1:   # rank 0 of `ranks`: the real hooks, collectives that allocate and move nothing
+            import vidrt.distributed as vdist
+            from vidrt.distributed.comm import simulated_context
+
+            layout = vdist.apply(holder, adapter, simulated_context(ranks), guidance=guidance, mode=mode)
+        try:
+            with tracker:
+                runner(tracker, mods, adapter, SimpleNamespace(
+                    frames=frames, height=height, width=width, cfg=guidance > 1.0, guidance=guidance, dtype=dtype,
+                    with_image=with_image, text_len=_text_len(comps, mods, pipe), denoise_variants=den_variants,
+                    decode_variants=dec_variants, fast_cfg=fast))
+        finally:
+            if layout is not None:
+                vdist.remove(holder, adapter)
         extra = mods["_extra_params"]
         params = {k: module_bytes([v]) + extra.get(k, 0) for k, v in named.items()}
         group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else
                      _group_resident(v, params[k]))
                  for k, v in named.items()}
     return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
-                   tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [])
+                   tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
+                   layout)
 
 
 def _text_len(comps, mods, pipe) -> int:
