@@ -92,7 +92,7 @@ def workload(ctx, mode: str):
             results["wan"] = _measure(lambda: _wan_step(den, x, t, cond, uncond))
             out = _wan_step(den, x, t, cond, uncond)
         results["wan_check"] = float(out.double().sum())
-    if mode in ("single", "cfg"):
+    if mode in ("single", "cfg", "sequence"):   # sequence = frame parallel for the UNet
         adapter = get_adapter("animatediff")
         pipe = adapter.tiny(0)
         unet = adapter.denoiser(pipe)
@@ -101,7 +101,7 @@ def workload(ctx, mode: str):
         x = torch.randn(2, 4, 8, 16, 16, generator=g)
         ehs = torch.randn(16, 16, 32, generator=g)
         if ctx is not None:
-            vd.apply(pipe, adapter, ctx, guidance=5.0, mode="cfg")
+            vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)
         with torch.no_grad():
             results["animatediff"] = _measure(lambda: unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample)
     return results
@@ -127,7 +127,8 @@ def simulated(ranks=(2, 4, 8)) -> dict:
     from vidrt.config import RenderConfig
     from vidrt.distributed import comm, wan_sp
     from vidrt.memory.simulate import _reduced, build_module, cast_, resolve_components
-    from vidrt.memory.tracker import MemoryTracker
+    from vidrt.memory.tracker import MemoryTracker, module_bytes
+    from vidrt.offload import outermost_blocks
     from vidrt.slicing import enable_slicing
 
     cfg = RenderConfig.model_validate({"model": {"family": "wan", "path": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
@@ -136,12 +137,7 @@ def simulated(ranks=(2, 4, 8)) -> dict:
     comp, _ = _reduced(resolve_components(cfg)["transformer"], keep=2)
     bf16 = torch.bfloat16
 
-    def fake_gather(t, dim, group, sizes):   # same result size as the collective, no process group
-        t = t.narrow(dim, 0, min(t.shape[dim], max(sizes)))
-        return torch.cat([t.new_empty(t.shape[:dim] + (s,) + t.shape[dim + 1:]) for s in sizes], dim=dim)
-
     out = {}
-    real_gather = comm.all_gather_cat
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         den = cast_(build_module(comp), bf16)
         heads = den.config.num_attention_heads
@@ -157,17 +153,18 @@ def simulated(ranks=(2, 4, 8)) -> dict:
             return tr.stages[-1]["activation_bytes"]
 
         out["single"] = run(lambda: den(hidden_states=x, timestep=t, encoder_hidden_states=ehs, return_dict=False))
-        comm.all_gather_cat = fake_gather
-        try:
-            for n in sorted({*ranks, *(r // 2 for r in ranks if r // 2 > 1)}):
-                ctx = comm.Context(rank=0, world=n, device=torch.device("cpu"), backend="fake", cfg=1, sp=n,
-                                   groups={"sp": None})
-                out[f"sp{n}"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, None))
-                if n == 2:
-                    out[f"sp{n}_allheads"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, 1))
-        finally:
-            comm.all_gather_cat = real_gather
+        # rank 0 of a simulated context: collectives allocate their results and move nothing
+        for n in sorted({*ranks, *(r // 2 for r in ranks if r // 2 > 1)}):
+            ctx = comm.simulated_context(n)
+            comm.make_groups(ctx, 1, n)
+            # the default: Ulysses where the heads divide by the ranks (40 heads: 2, 4, 8 all do)
+            out[f"sp{n}"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, None, "auto"))
+            out[f"sp{n}_attention"] = "ulysses" if wan_sp.uses_ulysses(heads, n, "auto") else "gather"
+            out[f"sp{n}_gather"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, None, "gather"))
+            if n == 2:
+                out[f"sp{n}_allheads"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, 1, "gather"))
         out["heads"] = heads
+        out["largest_block_bytes"] = max(module_bytes([b]) for b in outermost_blocks(den))
     out["params_bytes"] = 14.29e9 * 2
     return out
 
@@ -187,7 +184,9 @@ def report(meas: dict, sim: dict) -> str:
                        ("animatediff", "AnimateDiff UNet, 8 frames 128x128, batch 2")):
         b0, s0 = single[key]
         lines.append(f"| {label} | 1 process | {b0 / MiB:.2f} MiB | 1.00x | {s0:.3f} s | 1.00x |")
-        for mode, name in (("sequence", "2 ranks, sequence parallel"), ("cfg", "2 ranks, CFG parallel")):
+        for mode, name in (("sequence", "2 ranks, " + ("sequence parallel (Ulysses)" if key == "wan" else
+                                                         "frame parallel (motion modules by positions)")),
+                           ("cfg", "2 ranks, CFG parallel")):
             ranks = meas.get(mode)
             if not ranks or key not in ranks[0]:
                 continue
@@ -205,34 +204,47 @@ def report(meas: dict, sim: dict) -> str:
               "peak is one call's). Weights are **replicated** on every rank (no FSDP here): 14.29 B params = "
               f"{sim['params_bytes'] / GiB:.1f} GiB bf16 per GPU; the text encoder (10.6 GiB) is not counted "
               "(offload it or drop it after encoding).", "",
-              "| GPUs | layout | per-rank activations | vs 1 GPU | + replicated weights | published xDiT/Wan figure |",
-              "|---|---|---|---|---|---|",
-              f"| 1 | sliced, one process | {s1 / GiB:.2f} GiB | 1.00x | {(s1 + sim['params_bytes']) / GiB:.1f} GiB | |"]
+              "Sharded weights (`memory.offload: shard`, FSDP2 over all N ranks): 1/N of the weights plus the "
+              "running and the prefetched block, all-gathered before they run.", "",
+              "| GPUs | layout | per-rank activations | vs 1 GPU | + replicated weights | + sharded weights | published xDiT/Wan figure |",
+              "|---|---|---|---|---|---|---|",
+              f"| 1 | sliced, one process | {s1 / GiB:.2f} GiB | 1.00x | {(s1 + sim['params_bytes']) / GiB:.1f} GiB | | |"]
+    blk = sim.get("largest_block_bytes", 0)
+
+    def sharded(a, n):
+        return f"{(a + sim['params_bytes'] / n + 2 * blk) / GiB:.1f} GiB" if blk else ""
     for n in (2, 4, 8):
         sp = n // 2
         a = s1 if sp == 1 else sim[f"sp{sp}"]
         layout = "CFG 2" + (f" x sequence {sp}" if sp > 1 else "")
         pub = ("29.9 GB/GPU total (8x H100; figure as quoted in issue 8 — weights sharded, not "
                "re-measured here)") if n == 8 else ""
-        lines.append(f"| {n} | {layout} | {a / GiB:.2f} GiB | {a / s1:.2f}x | {(a + sim['params_bytes']) / GiB:.1f} GiB | {pub} |")
+        lines.append(f"| {n} | {layout} | {a / GiB:.2f} GiB | {a / s1:.2f}x | {(a + sim['params_bytes']) / GiB:.1f} GiB | "
+                     f"{sharded(a, n)} | {pub} |")
     for n in (2, 4, 8):
         if f"sp{n}" in sim:
             a = sim[f"sp{n}"]
             lines.append(f"| {n} | sequence {n} (no CFG split) | {a / GiB:.2f} GiB | {a / s1:.2f}x | "
-                         f"{(a + sim['params_bytes']) / GiB:.1f} GiB | |")
-    lines += ["", "K/V all-gathered per head group: per head (default) vs all heads at once:", "",
-              "| sequence ranks | per head | all heads |", "|---|---|---|"]
-    for n in sorted(k for k in {2, 4, 8} if f"sp{k}_allheads" in sim):
-        lines.append(f"| {n} | {sim[f'sp{n}'] / GiB:.2f} GiB | {sim[f'sp{n}_allheads'] / GiB:.2f} GiB |")
+                         f"{(a + sim['params_bytes']) / GiB:.1f} GiB | {sharded(a, n)} | |")
+    lines += ["", "Sequence-parallel self-attention, per-rank activations: Ulysses (all-to-all over heads, the "
+              "default when the heads divide by the ranks; the rows above) vs the K/V all-gather per head group "
+              "(per head; all heads at once):", "",
+              "| sequence ranks | default (attention) | K/V gather per head | K/V gather all heads |", "|---|---|---|---|"]
+    for n in sorted(k for k in {2, 4, 8} if f"sp{k}" in sim):
+        allheads = f"{sim[f'sp{n}_allheads'] / GiB:.2f} GiB" if f"sp{n}_allheads" in sim else ""
+        gather = f"{sim[f'sp{n}_gather'] / GiB:.2f} GiB" if f"sp{n}_gather" in sim else ""
+        lines.append(f"| {n} | {sim[f'sp{n}'] / GiB:.2f} GiB ({sim.get(f'sp{n}_attention', 'gather')}) | {gather} | "
+                     f"{allheads} |")
     lines += ["", "Reading: activations shrink with the sequence ranks (each rank holds its 1/N of the residual "
-              "stream and one head group's full-length K/V), but at 14B the replicated weights dominate: "
-              "per-GPU totals stay near the weights. Wan's own multi-GPU recipe shards weights with FSDP "
-              "(--dit_fsdp, --t5_fsdp) next to Ulysses, which is how the quoted 29.9 GB/GPU fits weights, T5 and VAE; "
-              "vidrt's answer for the weights is group offloading (memory.offload: group) on each rank, "
-              "which composes with these hooks; weight sharding across ranks is not implemented.",
+              "stream; with Ulysses the full-length q/k/v of its round heads, with the gather one head group's "
+              "full-length K/V), but at 14B replicated weights dominate: per-GPU totals stay near the weights. "
+              "Sharding them with FSDP2 (as Wan's own recipe does with --dit_fsdp next to Ulysses, which is how "
+              "the quoted 29.9 GB/GPU fits weights, T5 and VAE) brings the transformer's share to 1/N; "
+              "`vidrt plan --gpus N` chooses between replicated, sharded and group-offloaded weights. "
+              "Sharded exactness is tested with 2 gloo ranks (tests/test_distributed.py).",
               "",
               "Caveats: CPU wall times come from 2 shared cores, where 2 ranks also compete for the same cores "
-              "and gloo moves every per-head K/V gather through TCP; they say nothing about NCCL on GPUs (no GPU "
+              "and gloo moves every all-to-all / K/V gather through TCP; they say nothing about NCCL on GPUs (no GPU "
               "was available to this run). Sequence parallel also computes each block's q/k projections twice "
               "(once for the all-heads RMS statistic). Communication buffers inside gloo/NCCL are not counted. "
               "'All heads at once' gathers into a list and concatenates (two full K/V copies), hence its higher peak."]

@@ -65,6 +65,13 @@ def _exactness(ctx):
         out[f"wan_{mode}"] = (lat - ref_lat).abs().max().item()
         out[f"wan_{mode}_latents"] = lat
         out[f"wan_{mode}_hooks"] = {k: dict(h.calls) for k, h in vd.hooks_of(pipe, adapter).items()}
+    # weights sharded with FSDP2 (half of every weight per rank), sequence parallel on top
+    total = sum(p.numel() for p in den.parameters())
+    vd.apply(pipe, adapter, ctx, guidance=1.0, mode="sequence", shard=True)
+    out["wan_shard_local_fraction"] = sum(p.to_local().numel() for p in den.parameters()) / total
+    with torch.no_grad():
+        out["wan_shard_call"] = (den(**kw)[0] - ref).abs().max().item()
+    vd.remove(pipe, adapter)
 
     # AnimateDiff (batch 2 = uncond+cond per call): CFG parallel splits the batch.
     adapter = get_adapter("animatediff")
@@ -112,7 +119,20 @@ def _exactness(ctx):
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_fp_sliced_call"] = (got - ref).abs().max().item()
     vd.remove(pipe, adapter)
+    vd.apply(pipe, adapter, ctx, guidance=5.0, mode="sequence", shard=True)   # + FSDP2-sharded weights
+    with torch.no_grad():
+        got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
+    out["unet_fp_shard_call"] = (got - ref).abs().max().item()
+    vd.remove(pipe, adapter)
     return out
+
+
+def test_sharded_weights_exact(exactness):
+    """FSDP2 leaves each of 2 ranks about half of the weights; outputs stay the single-process ones."""
+    for rank in exactness:
+        assert rank["wan_shard_local_fraction"] <= 0.55, rank["wan_shard_local_fraction"]
+        assert rank["wan_shard_call"] <= TOL, rank["wan_shard_call"]
+        assert rank["unet_fp_shard_call"] <= TOL, rank["unet_fp_shard_call"]
 
 
 def test_unet_frame_parallel_exact(exactness):
@@ -242,3 +262,11 @@ def test_torchrun_cli_matches_single_process(repo, tmp_path):
     a, b = read_video(single.video_path), read_video(out)
     assert a.shape == b.shape == (9, 32, 32, 3)
     assert (a.astype(int) - b.astype(int)).__abs__().max() == 0
+
+
+def test_shard_without_torchrun_is_one_clear_error(run_cli, tmp_path):
+    out = tmp_path / "s.mp4"
+    result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "steps=1",
+                     "--set", "memory.offload=shard", "--quiet")
+    assert result.exit_code != 0 and "memory.offload: shard splits the weights over several ranks" in result.output
+    assert not out.exists()

@@ -51,3 +51,26 @@ def test_plans_get_cheaper_with_more_budget_and_always_fit(tiny):
     assert mid.memory_config()["offload"] == mid.settings.offload
     with pytest.raises(VidrtError, match=r"cannot fit: the smallest plan needs [0-9.]+ GiB"):
         plan(cfg, smallest - 1, pipe=tiny)
+
+
+def test_planner_offers_sharded_weights_on_several_gpus():
+    """With gpus > 1 the planner also weighs FSDP2-sharded weights (offload "shard"): per GPU 1/N of the
+    denoiser plus the running and the prefetched block; on one GPU "shard" is refused with one clear line."""
+    from vidrt.config import load_config
+    from vidrt.errors import VidrtError
+    from vidrt.memory.planner import plan
+    from vidrt.memory.simulate import MemorySettings, _account, run_session
+
+    cfg = load_config("samples/wan-random.yaml", [])
+    assert plan(cfg, "100GiB", gpus=2).considered == plan(cfg, "100GiB").considered * 4 // 3
+    sess = run_session(cfg, [MemorySettings()], [False], ranks=2, track_modules=False)
+    den = "transformer"
+    assert sess.params[den] // 2 < sess.shard[den] < sess.params[den]
+    rows = {}
+    for mode in ("none", "shard"):
+        stages, _, _ = _account(sess.stages, sess.params, sess.group, MemorySettings(offload=mode), sess.device,
+                                sess.shard)
+        rows[mode] = next(s for s in stages if s["name"] == "denoise")
+    assert rows["none"]["param_bytes"] - rows["shard"]["param_bytes"] == sess.params[den] - sess.shard[den]
+    with pytest.raises(VidrtError, match="memory.offload: shard splits the weights over several GPUs"):
+        _account(sess.stages, sess.params, sess.group, MemorySettings(offload="shard"), sess.device, {})

@@ -126,13 +126,15 @@ def profile(
 def plan(
     config: ConfigArg,
     budget: Annotated[str, typer.Option("--budget", help="accelerator memory budget, e.g. 8GiB")],
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="plan per GPU for a torchrun over this many GPUs "
+                                                            "(weights replicated or sharded)")] = 1,
     set_: SetOption = None,
 ):
     """The fastest plan (chunk sizes, offload, text-encoder placement, VAE tiling) that fits BUDGET."""
     from vidrt.config import load_config
     from vidrt.memory.commands import plan_command
 
-    plan_command(load_config(config, set_ or []), budget)
+    plan_command(load_config(config, set_ or []), budget, gpus=gpus)
 
 
 def main() -> None:

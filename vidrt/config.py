@@ -36,7 +36,7 @@ class SlicingChunks(_Strict):
 class MemoryConfig(_Strict):
     budget: str | None = None
     slicing: Literal["auto", "off"] | SlicingChunks = "auto"
-    offload: Literal["none", "model", "group"] = "none"
+    offload: Literal["none", "model", "group", "shard"] = "none"   # shard: FSDP2 over torchrun ranks
     vae_tiling: Literal["auto", "on", "off"] = "auto"
     attention: Literal["auto", "sdpa", "xformers"] = "auto"   # auto: xformers on CUDA when installed
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-OFFLOAD_MODES = ("none", "model", "group")
+OFFLOAD_MODES = ("none", "model", "group", "shard")   # shard: FSDP2 over torchrun ranks (vidrt.distributed)
 _ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
 
 
@@ -98,6 +98,9 @@ def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
     dev = _device(device)
     info: dict[str, Any] = {"offload": mode}
     if mode == "none":
+        return info
+    if mode == "shard":
+        info["note"] = "weights sharded over the ranks by vidrt.distributed (FSDP2)"
         return info
     if mode == "model":
         if dev.type == "cpu":

@@ -75,8 +75,10 @@ def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> Rende
                          seed=cfg.seed, image=image, extra={"fps": cfg.output.fps})
 
 
-def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device, log: Console) -> dict[str, Any]:
-    """The config's memory settings, or — with `memory.budget` — the planner's fastest plan that fits."""
+def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.device, log: Console,
+                 gpus: int = 1) -> dict[str, Any]:
+    """The config's memory settings, or — with `memory.budget` — the planner's fastest plan that fits
+    (per GPU of `gpus` under torchrun, where it may shard the weights: offload "shard")."""
     from vidrt.attention import apply_attention
     from vidrt.slicing import apply_memory_config
 
@@ -85,7 +87,7 @@ def apply_memory(pipe, cfg: RenderConfig, req: RenderRequest, device: torch.devi
     if cfg.memory.budget is not None:
         from vidrt.memory.planner import plan
 
-        chosen = plan(cfg, cfg.memory.budget, pipe=pipe)
+        chosen = plan(cfg, cfg.memory.budget, pipe=pipe, gpus=gpus)
         planned = chosen.to_dict()
         memory = {**chosen.memory_config()}
         memory.pop("text_encoder", None)  # the runner always releases the text encoder after encoding
@@ -369,6 +371,9 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     config_dict = cfg.model_dump(mode="json")
     checkpointer = StepCheckpointer(out_path, config_dict) if checkpoints or resume else None
     resume_from = checkpointer.load() if resume else None
+    if cfg.memory.offload == "shard" and dist_ctx is None:
+        raise VidrtError("memory.offload: shard splits the weights over several ranks; run under torchrun "
+                         "(--nproc-per-node N) or choose none, model or group")
     if pipe is None:
         pipe = load_pipeline(cfg, device, with_image=image is not None)
     req = request_from(cfg, adapter, pipe, image)
@@ -377,10 +382,11 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if resume_from is not None:
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
-    memory = apply_memory(pipe, cfg, req, device, log)
+    memory = apply_memory(pipe, cfg, req, device, log, gpus=dist_ctx.world if dist_ctx is not None else 1)
     oom = enable_oom_fallback(pipe, adapter.denoiser(pipe), lambda msg: log.print(f"[yellow]{msg}[/]"))
     # vidrt.distributed (issue 8): CFG / sequence-parallel hooks, outside the OOM fallback (its retries stay rank-local)
-    distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance)
+    shard = (memory.get("offload") or {}).get("offload") == "shard"   # asked for, or chosen by the planner
+    distributed = vdist.apply(pipe, adapter, dist_ctx, guidance=cfg.guidance, shard=shard)
     long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None,
                                           device=device)
     policy = attach_policy(pipe, cfg)

@@ -99,13 +99,16 @@ def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode
 
 
 def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str | None = None,
-          head_groups: int | None = None, attention: str | None = None) -> dict[str, Any] | None:
+          head_groups: int | None = None, attention: str | None = None,
+          shard: bool = False) -> dict[str, Any] | None:
     """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
     was applied (for the sidecar), None for a single-process run. `mode` (default: env VIDRT_DIST_MODE,
     else auto): auto | cfg | sequence; `head_groups` (default: env VIDRT_DIST_HEAD_GROUPS, else one per
     head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel;
     `attention` (default: env VIDRT_DIST_ATTENTION, else auto): auto | ulysses | gather - sequence-parallel
-    self-attention by all-to-all over heads (auto: when the heads divide by the ranks) or by K/V all-gather."""
+    self-attention by all-to-all over heads (auto: when the heads divide by the ranks) or by K/V all-gather;
+    `shard`: the denoiser's weights sharded over all ranks with FSDP2 (vidrt.distributed.shard; permanent:
+    `remove` leaves them sharded)."""
     if ctx is None or ctx.world <= 1:
         return None
     mode = mode or os.environ.get("VIDRT_DIST_MODE", "auto")
@@ -134,8 +137,14 @@ def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, 
         hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
         undo.append(lambda: cfg_mod.disable(denoiser))
         undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
+    sharded = None
+    if shard:
+        from vidrt.distributed import shard as shard_mod
+
+        sharded = (shard_mod.shard_weights(denoiser, ctx) if not shard_mod.is_sharded(denoiser)
+                   else {"shards": ctx.world})
     object.__setattr__(denoiser, _APPLIED, (undo, hooks))
-    described = {**ctx.describe()}
+    described = {**ctx.describe(), "weights": {"sharded": sharded} if sharded else "replicated"}
     if n_sp > 1 and tokens:
         described["sequence_attention"] = "ulysses" if ulysses else "gather"
         if not ulysses:

@@ -170,6 +170,23 @@ def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     return t
 
 
+def all_to_all_tokens(local: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
+    """Ulysses' exchange: `local` (N, B, n_local, ...) holds, for every rank j, this rank's tokens of rank j's
+    heads; returns (B, n_tokens, ...) = every rank's tokens of this rank's heads, in rank order. Pieces travel
+    padded to the longest share (gloo wants equal shapes); with equal shares and B = 1 the received buffer is
+    the result, without a concatenating copy."""
+    n, b, n_local = local.shape[:3]
+    longest = max(sizes)
+    rest = tuple(local.shape[3:])
+    sent = list(local.unbind(0)) if n_local == longest else [_pad_to(p, 1, longest) for p in local.unbind(0)]
+    buf = local.new_empty((n, b, longest) + rest)
+    all_to_all(list(buf.unbind(0)), sent, group)
+    del sent
+    if b == 1 and all(sz == longest for sz in sizes):
+        return buf.view((1, n * longest) + rest)
+    return torch.cat([buf[i, :, :sz] for i, sz in enumerate(sizes)], dim=1)
+
+
 def agree(ok: bool, what: str) -> None:
     """Every rank learns whether every rank reached this point without error (a tiny all-reduce);
     raises on all ranks when any rank reports failure."""

@@ -16,7 +16,7 @@ head counts that do not divide and for the smallest peak (one head group's K/V a
 Wan normalises q and k with an RMSNorm across all heads; the per-token statistic (mean of squares over
 the full row) is computed once per block in a first pass, so a head group's q/k are exactly the
 corresponding columns of the normalised full row. Inside the rank, work still runs in token chunks
-(the Feature Slicer's chunk size, `chunk_tokens`, or the same auto rule on the local length).
+(the Feature Slicer's `chunk_tokens`, or 1/N of its auto chunk for the whole sequence).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from vidrt.distributed import comm
+from vidrt.distributed.shard import gathered
 from vidrt.errors import VidrtError
 from vidrt.hooks import remove_hook, replace_hook
 from vidrt.slicing.wan import (ChunkedRope, _attend, _blocks_hooked, _modulation, _proj, _ranges, _rotate,
@@ -66,10 +67,11 @@ def _norm_cols(norm: nn.Module, y_cols: torch.Tensor, stat, c0: int, c1: int, fu
 def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes: list[int], group, chunk: int,
                        rounds: int, dh: int) -> None:
     """Ulysses self-attention into `attn_out` (B, n_local, dim), in `rounds` rounds: in each, every rank owns
-    a few heads of its share (heads/N per rank in all), computes q/k/v of its tokens for the round's heads of
-    every rank, one all-to-all gives it the full sequence of its own round heads, it attends, and a second
-    all-to-all returns each rank its tokens' outputs. Per round a rank holds the full-length q/k/v of only its
-    round heads, so the peak stays near the K/V gather's while moving 1/N of its bytes."""
+    a few heads of its share (heads/N per rank in all); for k, v, then q in turn it computes its tokens' values
+    for the round heads of every rank and one all-to-all gives it the full sequence of its own round heads;
+    it attends, and a second all-to-all returns each rank its tokens' outputs. Per round a rank holds the
+    full-length q/k/v of only its round heads, one at a time in flight, so the peak stays near the K/V
+    gather's while moving 1/N of its bytes."""
     B, n_local, dim = attn_out.shape
     n = len(sizes)
     per_rank = dim // dh // n
@@ -80,24 +82,28 @@ def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes
             continue
         k = b - a
         owned = [(j * per_rank + a, j * per_rank + b) for j in range(n)]   # round heads of each rank
-        qkv = attn_out.new_empty((n, 3, B, n_local, k, dh))
-        for s, e in _ranges(n_local, chunk):
-            h = modulated(s, e)
-            for j, (h0, h1) in enumerate(owned):
-                for i, which in enumerate("qkv"):
-                    qkv[j, i, :, s:e] = heads_of(which, h, s, e, h0, h1)
-            del h
-        full = torch.cat(comm.all_to_all_padded(list(qkv.unbind(0)), 2, sizes, longest, group), dim=2)
-        del qkv                                                            # (3, B, n_tokens, k, dh)
-        out = attn_out.new_empty((B, full.shape[2], k * dh))
-        for s, e in _ranges(full.shape[2], chunk):
-            out[:, s:e] = _attend(attn1, full[0, :, s:e], full[1], full[2])
-        del full
+
+        def full_sequence(which: str) -> torch.Tensor:
+            local = attn_out.new_empty((n, B, n_local, k, dh))
+            for s, e in _ranges(n_local, chunk):
+                h = modulated(s, e)
+                for j, (h0, h1) in enumerate(owned):
+                    local[j, :, s:e] = heads_of(which, h, s, e, h0, h1)
+                del h
+            return comm.all_to_all_tokens(local, sizes, group)            # (B, n_tokens, k, dh)
+
+        key, value = full_sequence("k"), full_sequence("v")
+        query = full_sequence("q")
+        out = attn_out.new_empty((B, query.shape[1], k * dh))
+        for s, e in _ranges(query.shape[1], chunk):
+            out[:, s:e] = _attend(attn1, query[:, s:e], key, value)
+        del query, key, value
         back = comm.all_to_all_padded([out[:, st:st + size] for st, size in zip(starts, sizes)], 1, [n_local] * n,
                                       longest, group)
         del out
         for (h0, h1), piece in zip(owned, back):
             attn_out[:, :, h0 * dh:h1 * dh] = piece
+        del back
 
 
 def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedRope, g0: int, n_tokens: int,
@@ -243,7 +249,10 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     g0, g1 = comm.split_range(n_tokens, n, r)
     dim = model.config.num_attention_heads * model.config.attention_head_dim
     state = slicing_state(model) or {}
-    chunk = state.get("chunk_tokens") or auto_chunk_tokens(max(1, g1 - g0), dim, model.config.ffn_dim)
+    # auto: 1/N of the single-process chunk (whose floor of 1024 tokens would otherwise keep a rank's FFN
+    # chunk as large as one process's), at least 256 tokens
+    chunk = state.get("chunk_tokens") or min(max(1, g1 - g0), max(256, auto_chunk_tokens(
+        n_tokens, dim, model.config.ffn_dim) // n))
     heads = model.config.num_attention_heads
     ulysses = uses_ulysses(heads, n, attention)
     # gather: K/V in `groups` head groups (default one per head); Ulysses: `groups` rounds (default one head per
@@ -262,8 +271,9 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
         model, timestep, encoder_hidden_states, encoder_hidden_states_image)
 
     for block in model.blocks:
-        tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes, group,
-                          chunk, groups, ulysses)
+        with gathered(block):   # (FSDP-sharded weights: the block is not called, so gather them here)
+            tokens = sp_block(block, tokens, encoder_hidden_states, timestep_proj, rope, g0, n_tokens, sizes,
+                              group, chunk, groups, ulysses)
 
     local = output_head(model, tokens, temb, chunk, offset=g0)   # output norm -> modulate -> projection
     del tokens

@@ -197,11 +197,11 @@ def render_plot(result: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def plan_command(config, budget: str | None = None, console: Console | None = None):
+def plan_command(config, budget: str | None = None, console: Console | None = None, gpus: int = 1):
     from vidrt.memory.planner import plan
 
     console = console or Console()
-    p = plan(config, budget)
+    p = plan(config, budget, gpus=gpus)
     console.print(p.table())
     console.print(str(p))
     mem = p.memory_config()

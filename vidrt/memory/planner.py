@@ -27,7 +27,7 @@ from vidrt.memory.tracker import format_bytes, stage_table
 
 UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3,
          "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
-OFFLOAD_COST = {"none": 0.0, "model": 0.05, "group": 0.5}
+OFFLOAD_COST = {"none": 0.0, "model": 0.05, "group": 0.5, "shard": 0.15}   # shard: all-gather per block per call
 TEXT_ENCODER_COST = {"accelerator": 0.0, "cpu": 0.15}
 TILING_COST = 0.1
 SLICE_COST = 0.02
@@ -62,6 +62,7 @@ class Plan:
     model: str = ""
     seconds: float = 0.0
     alternatives: list[dict[str, Any]] = field(default_factory=list)
+    gpus: int = 1
 
     @property
     def fits(self) -> bool:
@@ -89,7 +90,8 @@ class Plan:
                            title=f"plan for {format_bytes(self.budget_bytes)}: {self.settings.describe()}")
 
     def __str__(self) -> str:
-        return (f"fits in {format_bytes(self.budget_bytes)}: predicted peak {format_bytes(self.peak_bytes)} "
+        per = f" per GPU of {self.gpus}" if self.gpus > 1 else ""
+        return (f"fits in {format_bytes(self.budget_bytes)}{per}: predicted peak {format_bytes(self.peak_bytes)} "
                 f"(host {format_bytes(self.host_peak_bytes)}) with {self.settings.describe()}")
 
 
@@ -144,9 +146,10 @@ def _rename(stages: list[dict], denoise_i: int | None, decode_j: int | None) -> 
 _SESSIONS: dict[tuple, Any] = {}  # one simulated session serves every budget for the same run
 
 
-def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -> Plan:
+def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5, gpus: int = 1) -> Plan:
     """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
-    `config.memory.budget`)."""
+    `config.memory.budget`). `gpus` > 1: the per-GPU peak of a torchrun over that many GPUs (the layout
+    vidrt.distributed chooses), with weights replicated or sharded over the ranks (offload "shard")."""
     started = time.perf_counter()
     if budget is None:
         budget = getattr(getattr(config, "memory", None), "budget", None)
@@ -162,10 +165,10 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
     key = (id(pipe) if pipe is not None else str(config.model.path), adapter.family, str(config.model.dtype),
            getattr(config.model, "motion_adapter", None), frames, int(config.height), int(config.width),
            float(getattr(config, "guidance", 5.0)) > 1.0, bool(getattr(config, "image", None)),
-           tuple(getattr(config, "devices", None) or ["auto"]))
+           tuple(getattr(config, "devices", None) or ["auto"]), gpus)
     sess = _SESSIONS.get(key, (None, None))[1]
     if sess is None:
-        sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True)
+        sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True, ranks=gpus)
         if len(_SESSIONS) >= 8:
             _SESSIONS.pop(next(iter(_SESSIONS)))
         _SESSIONS[key] = (pipe, sess)  # holding the pipe keeps its id from being reused
@@ -178,12 +181,12 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
     for i, sl in enumerate(slicings):
         for j, tiled in enumerate(tilings):
             raw = _rename(sess.stages, i if len(slicings) > 1 else None, j)
-            for offload in ("none", "model", "group"):
+            for offload in ("none", "model", "group") + (("shard",) if gpus > 1 else ()):
                 for te in te_options:
                     st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames,
                                         chunk_tokens=sl.chunk_tokens, chunk_positions=sl.chunk_positions,
                                         offload=offload, text_encoder=te, vae_tiling=tiled)
-                    stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device)
+                    stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device, sess.shard)
                     cost = (1.0 + _slice_cost(i) + OFFLOAD_COST[offload] + TEXT_ENCODER_COST[te]
                             + (TILING_COST if tiled else 0.0))
                     combos.append((cost, peak, host, st, stages))
@@ -199,4 +202,4 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5) -
     return Plan(settings=st, peak_bytes=int(peak), host_peak_bytes=int(host), budget_bytes=budget_bytes,
                 cost=round(cost, 3), stages=stages, smallest_peak_bytes=int(smallest), considered=len(combos),
                 model=str(config.model.path), seconds=round(time.perf_counter() - started, 2),
-                alternatives=alternatives)
+                alternatives=alternatives, gpus=gpus)

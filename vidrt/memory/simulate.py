@@ -58,7 +58,7 @@ class MemorySettings:
     chunk_frames: int | None = None
     chunk_tokens: int | None = None
     chunk_positions: int | None = None
-    offload: str = "none"              # none | model | group
+    offload: str = "none"              # none | model | group | shard (several GPUs)
     text_encoder: str = "accelerator"  # accelerator | cpu
     vae_tiling: bool = False
 
@@ -89,8 +89,8 @@ def settings_from_config(config) -> MemorySettings:
         s.slicing = True
         s.chunk_frames, s.chunk_tokens, s.chunk_positions = get("frames"), get("tokens"), get("positions")
     s.offload = str(getattr(mem, "offload", "none") or "none")
-    if s.offload not in ("none", "model", "group"):
-        raise VidrtError(f"memory.offload: {s.offload!r} is not one of none, model, group")
+    if s.offload not in ("none", "model", "group", "shard"):
+        raise VidrtError(f"memory.offload: {s.offload!r} is not one of none, model, group, shard")
     tiling = getattr(mem, "vae_tiling", "auto")
     if tiling == "auto":  # the runner's rule (vidrt.slicing.vae): tile from 720x1280 up
         try:
@@ -303,7 +303,7 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
         settings = MemorySettings(**settings)
     sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
                        top_n=top_n, timeline=timeline, exact_layers=exact_layers, ranks=ranks, mode=mode)
-    stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings, sess.device)
+    stages, peak, host_peak = _account(sess.stages, sess.params, sess.group, settings, sess.device, sess.shard)
     return SimReport(
         model=str(config.model.path), family=sess.family, dtype=sess.dtype, frames=sess.frames,
         height=sess.height, width=sess.width, settings=settings.to_dict(), peak_bytes=peak,
@@ -328,6 +328,7 @@ class Session:
     modules: list[dict[str, Any]]
     timeline: list[list[Any]]
     distributed: dict[str, Any] | None = None
+    shard: dict[str, int] = field(default_factory=dict)   # per-rank weight bytes under offload "shard"
 
 
 def run_session(config, slicing_variants: list[MemorySettings], tiling_variants: list[bool], *, pipe=None,
@@ -420,9 +421,16 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else
                      _group_resident(v, params[k]))
                  for k, v in named.items()}
+        shard = {}
+        if ranks > 1:   # FSDP2 over the ranks: 1/N of the denoiser + the running and the prefetched block
+            from vidrt.offload import outermost_blocks
+
+            den_name = adapter.denoiser_attr
+            largest = max((module_bytes([b]) for b in outermost_blocks(den)), default=0)
+            shard[den_name] = -(-params[den_name] // ranks) + 2 * largest
     return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
-                   layout)
+                   layout, shard)
 
 
 def _text_len(comps, mods, pipe) -> int:
@@ -529,7 +537,7 @@ ENCODERS = ("text_encoder", "image_encoder")
 
 
 def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings,
-             device: str = "cuda"):
+             device: str = "cuda", shard: dict[str, int] | None = None):
     """Place parameters and each stage's tensors on the accelerator or the host, the way the runner does:
 
     * offload none: every model on the accelerator; the text encoder leaves it after encoding (the runner's
@@ -537,6 +545,8 @@ def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: 
     * offload model: only the running stage's models are on the accelerator (diffusers model offload);
     * offload group: the denoiser streams block by block and the encoders leaf by leaf (resident: what is
       outside the blocks + two blocks / the two largest leaves); the VAE stays on the accelerator;
+    * offload shard (several ranks): like none, with the denoiser's weights sharded over the ranks (`shard`:
+      per-rank bytes, 1/N plus the running and the prefetched block);
     * text encoder on the CPU: it never touches the accelerator; its forward runs on the host.
     Host bytes: weights kept in host memory (offloaded or released) plus a CPU text encoder's tensors."""
     stages = []
@@ -550,11 +560,14 @@ def _account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: 
         names = den_names if name == "denoise" else [n for n in STAGE_MODULES.get(name, ()) if n in params]
         on_host = name == "text_encode" and te_host
         on_accel: dict[str, int] = {}
-        if s.offload == "none":
+        if s.offload in ("none", "shard"):
+            if s.offload == "shard" and not shard:
+                raise VidrtError("memory.offload: shard splits the weights over several GPUs; give the number "
+                                 "of GPUs (--gpus N) or choose none, model or group")
             for n, b in params.items():
                 if n == "text_encoder" and (te_host or (release_te and name != "text_encode")):
                     continue
-                on_accel[n] = b
+                on_accel[n] = (shard or {}).get(n, b) if s.offload == "shard" else b
         elif s.offload == "model":
             on_accel = {n: params[n] for n in names if not (n == "text_encoder" and te_host)}
         else:  # group

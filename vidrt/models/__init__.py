@@ -35,8 +35,9 @@ def adapter_for(obj) -> ModelAdapter:
         raise VidrtError(f"unsupported pipeline class {type(obj).__name__}")
     name = type(obj).__name__
     denoisers = {"WanTransformer3DModel": "wan", "UNetMotionModel": "animatediff", "I2VGenXLUNet": "i2vgen-xl"}
-    if name in denoisers:
-        return ADAPTERS[denoisers[name]]
+    for cls in type(obj).__mro__:   # (wrappers such as FSDP2's FSDPWanTransformer3DModel subclass the model)
+        if cls.__name__ in denoisers:
+            return ADAPTERS[denoisers[cls.__name__]]
     raise VidrtError(f"unsupported model class {name}")
 
 

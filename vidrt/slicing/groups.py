@@ -89,10 +89,14 @@ def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: 
 
 def _streamed_as_a_block(block) -> bool:
     """True when an offloading hook moves the block's weights as one unit (diffusers group offloading at
-    block level): they are offloaded when the block returns, so its upsampler cannot run later. Leaf-level
+    block level, or an FSDP2 shard unit): they are gone when the block returns, so its upsampler cannot run
+    later. Leaf-level
     streaming hooks every conv itself, and model offload keeps the whole denoiser resident: both are fine."""
     registry = getattr(block, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook("group_offloading") is not None
+    if registry is not None and registry.get_hook("group_offloading") is not None:
+        return True
+    # FSDP2 (vidrt.distributed.shard): the block's weights are gathered for its call and resharded after it
+    return any(c.__name__ == "FSDPModule" for c in type(block).__mro__)
 
 
 def _pending_upsample(a: dict, previous_upsamplers):
