@@ -124,7 +124,27 @@ def _exactness(ctx):
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_fp_shard_call"] = (got - ref).abs().max().item()
     vd.remove(pipe, adapter)
+
+    # I2VGen-XL (batch 2 = uncond+cond, image-conditioned): CFG parallel
+    from vidrt.samples_support import conditioning_image
+
+    adapter = get_adapter("i2vgen-xl")
+    pipe = adapter.tiny(0)
+    image = conditioning_image(32)
+    ref_lat = pipeline_latents(pipe, adapter, 5.0, steps=1, image=image)
+    vd.apply(pipe, adapter, ctx, guidance=5.0)
+    out["i2vgen_cfg_latents"] = (pipeline_latents(pipe, adapter, 5.0, steps=1, image=image) - ref_lat).abs().max().item()
+    out["i2vgen_hooks"] = dict(vd.hooks_of(pipe, adapter)["cfg"].calls)
+    vd.remove(pipe, adapter)
     return out
+
+
+def test_i2vgen_cfg_parallel_exact(exactness):
+    """The batch halves of I2VGen-XL's CFG on two ranks: the same latents (oneDNN's batch-1 vs batch-2 conv
+    arithmetic differs by ~1e-6 per call, as for AnimateDiff)."""
+    for rank in exactness:
+        assert rank["i2vgen_cfg_latents"] <= 1e-4, rank["i2vgen_cfg_latents"]
+        assert rank["i2vgen_hooks"]["batch"] >= 1 and rank["i2vgen_hooks"]["replicated"] == 0
 
 
 def test_sharded_weights_exact(exactness):

@@ -79,12 +79,13 @@ def wan_tiny_call_inputs(seed: int = 0, frames: int = 3, height: int = 10, width
     return adapter, pipe, den, dict(hidden_states=x, timestep=t, encoder_hidden_states=ehs, return_dict=False)
 
 
-def pipeline_latents(pipe, adapter, guidance: float, steps: int = 2, frames: int | None = None, size: int = 32):
+def pipeline_latents(pipe, adapter, guidance: float, steps: int = 2, frames: int | None = None, size: int = 32,
+                     image=None):
     from vidrt.models.base import RenderRequest
 
     frames = frames or (5 if adapter.frame_rule == "4k+1" else 4)
     req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=size,
-                        width=size, steps=steps, guidance=guidance, seed=0)
+                        width=size, steps=steps, guidance=guidance, seed=0, image=image)
     embeds = adapter.encode_prompt(pipe, req)
     with torch.no_grad():
         return pipe(**embeds, **adapter.call_kwargs(pipe, req), generator=adapter.generator(req, "cpu"),
