@@ -2,8 +2,27 @@
 layers (context windows, OOM fallback, distributed) are put on and taken off."""
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
+
+
+class ArgumentsHook(ModelHook):
+    """A hook that reads the wrapped forward's arguments by name (`self.arguments(module, args, kwargs)`),
+    whatever mix of positional and keyword arguments the caller used."""
+
+    signature: inspect.Signature | None = None
+
+    def initialize_hook(self, module):
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def arguments(self, module, args, kwargs) -> dict[str, Any]:
+        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        bound.pop(next(iter(self.signature.parameters)))   # self
+        return bound
 
 
 def replace_hook(module: nn.Module, hook: ModelHook, name: str) -> ModelHook:

@@ -18,13 +18,11 @@ windows consistent), `reschedule_noise` permutes the first window's noise frames
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
-from diffusers.hooks import ModelHook
 from torch import nn
 
-from vidrt.hooks import get_hook, remove_hook, replace_hook
+from vidrt.hooks import ArgumentsHook, get_hook, remove_hook, replace_hook
 
 BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
 FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
@@ -63,7 +61,7 @@ def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
 HOOK_NAME = "vidrt_context_windows"
 
 
-class ContextWindowHook(ModelHook):
+class ContextWindowHook(ArgumentsHook):
     """A diffusers hook (outermost on the denoiser): memory slicing and offload hooks installed below it keep
     working, and re-slicing (e.g. after an OOM) is picked up because the inner forward is looked up per call."""
 
@@ -76,16 +74,10 @@ class ContextWindowHook(ModelHook):
         self.window = window
         self.overlap = overlap
         self.calls = 0  # denoiser evaluations on a window (for tests and stats)
-        self.signature = None
-
-    def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
-        return module
 
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        bound.pop(next(iter(self.signature.parameters)))  # self
+        bound = self.arguments(module, args, kwargs)
         sample = bound[self.main]
         host = sample.device
         device = self.compute_device or host

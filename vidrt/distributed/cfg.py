@@ -15,16 +15,14 @@ Both are exact: each stream is computed by the same modules on the same inputs a
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 from torch import nn
 
 from vidrt.distributed import comm
-from vidrt.hooks import remove_hook, replace_hook
+from vidrt.hooks import ArgumentsHook, remove_hook, replace_hook
 
 HOOK_NAME = "vidrt_cfg_parallel"
 
@@ -34,7 +32,7 @@ class _NoState(BaseState):
         pass
 
 
-class CfgParallelHook(ModelHook):
+class CfgParallelHook(ArgumentsHook):
     _is_stateful = True   # so diffusers hands us the cache context ("cond" / "uncond") of each call
 
     def __init__(self, ctx: comm.Context, main_input: str):
@@ -44,12 +42,7 @@ class CfgParallelHook(ModelHook):
         self.state = StateManager(_NoState)
         self.negative: torch.Tensor | None = None   # captured uncond embeddings (pair mode)
         self.pending: tuple[Any, Any] | None = None  # (key, uncond output) waiting for the uncond call
-        self.signature = None
         self.calls = {"pair": 0, "pair_reused": 0, "batch": 0, "replicated": 0}
-
-    def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
-        return module
 
     def reset_state(self, module):
         self.pending = None
@@ -58,8 +51,7 @@ class CfgParallelHook(ModelHook):
     # ----------------------------------------------------------------------------------------------
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        bound.pop(next(iter(self.signature.parameters)))
+        bound = self.arguments(module, args, kwargs)
         context = self.state._context
         name = context.name if context is not None else None
         sample = bound.get(self.main_input)
@@ -92,7 +84,7 @@ class CfgParallelHook(ModelHook):
         finally:
             if self.ctx.cfg_rank == 1:
                 _set_cache_context(module, context)
-        tensor, rebuild = _unpack(out)
+        tensor, rebuild = unpack_output(out)
         cond, uncond = comm.all_gather_list(tensor, self.ctx.groups["cfg"], 2)
         self.pending = (_key(sample, bound), rebuild(uncond))
         self.calls["pair"] += 1
@@ -103,7 +95,7 @@ class CfgParallelHook(ModelHook):
         b = sample.shape[0]
         mine = {k: _take(v, b, n, r) for k, v in bound.items()}
         out = inner(**mine)
-        tensor, rebuild = _unpack(out)
+        tensor, rebuild = unpack_output(out)
         full = comm.all_gather_cat(tensor, 0, self.ctx.groups["cfg"], [tensor.shape[0]] * n)
         self.calls["batch"] += 1
         return rebuild(full)
@@ -123,7 +115,7 @@ def _take(value, batch: int, n: int, r: int):
     return value
 
 
-def _unpack(out):
+def unpack_output(out):
     """(the output tensor, a function that builds the same output type around another tensor)."""
     if isinstance(out, torch.Tensor):
         return out, (lambda t: t)

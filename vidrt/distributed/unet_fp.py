@@ -15,14 +15,13 @@ except through those GroupNorms.
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
-from diffusers.hooks import ModelHook
 from torch import nn
 
 from vidrt.distributed import comm
-from vidrt.hooks import remove_hook, replace_hook
+from vidrt.distributed.cfg import unpack_output
+from vidrt.hooks import ArgumentsHook, remove_hook, replace_hook
 from vidrt.long import _slice
 from vidrt.slicing.groupnorm import group_norm_forward, statistics_reduced_by
 
@@ -58,26 +57,20 @@ def _exchange(pieces: list[torch.Tensor], out_shapes: list[tuple[int, ...]], gro
     return [r[:s[0], :s[1], :s[2], :s[3]] for r, s in zip(received, out_shapes)]
 
 
-class TemporalExchangeHook(ModelHook):
+class TemporalExchangeHook(ArgumentsHook):
     """Around one temporal op: frames-sharded -> positions-sharded -> the op -> back. Passes through when no
     frame-parallel call is active (e.g. the hooks are installed but the call is replicated)."""
 
     def __init__(self, owner: FrameParallelHook):
         super().__init__()
         self.owner = owner
-        self.signature = None
-
-    def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
-        return module
 
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
         act = self.owner.active
         if act is None:
             return inner(*args, **kwargs)
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        bound.pop(next(iter(self.signature.parameters)))
+        bound = self.arguments(module, args, kwargs)
         x = bound.pop("hidden_states")
         f_local = int(bound.get("num_frames", 1))
         n, r = act.n, act.rank
@@ -94,7 +87,7 @@ class TemporalExchangeHook(ModelHook):
         pr = mine.shape[-1]
         out = self._temporal(module, inner, mine.reshape(b * act.frames, c, 1, pr), act.frames, bound, act)
         del mine
-        y, rebuild = _unpack(out)
+        y, rebuild = unpack_output(out)
         c_out = y.shape[1]
         y = y.reshape(b, act.frames, c_out, pr)
         starts = [sum(act.frame_sizes[:i]) for i in range(n)]
@@ -115,15 +108,7 @@ class TemporalExchangeHook(ModelHook):
             return inner(hidden_states=x, **{**bound, "num_frames": frames})
 
 
-def _unpack(out):
-    if isinstance(out, torch.Tensor):
-        return out, (lambda t: t)
-    if isinstance(out, tuple):
-        return out[0], (lambda t: (t, *out[1:]))
-    return out.sample, (lambda t: type(out)(sample=t))
-
-
-class FrameParallelHook(ModelHook):
+class FrameParallelHook(ArgumentsHook):
     """On the UNet: this rank's frames of every frame-carrying input, the temporal hooks switched on, the
     output frames all-gathered."""
 
@@ -133,17 +118,11 @@ class FrameParallelHook(ModelHook):
         self.frame_inputs = dict(frame_inputs)
         self.main = next(iter(frame_inputs))
         self.active: _Active | None = None
-        self.signature = None
         self.calls = {"parallel": 0, "replicated": 0}
-
-    def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
-        return module
 
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        bound.pop(next(iter(self.signature.parameters)))
+        bound = self.arguments(module, args, kwargs)
         sample = bound.get(self.main)
         n = self.ctx.sp
         if sample is None or sample.ndim != 5 or sample.shape[2] < n or torch.is_grad_enabled():
@@ -159,7 +138,7 @@ class FrameParallelHook(ModelHook):
             out = inner(**call)
         finally:
             self.active = None
-        tensor, rebuild = _unpack(out)
+        tensor, rebuild = unpack_output(out)
         self.calls["parallel"] += 1
         return rebuild(comm.all_gather_cat(tensor, 2, act.group, act.frame_sizes))
 

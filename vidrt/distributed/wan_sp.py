@@ -20,17 +20,15 @@ corresponding columns of the normalised full row. Inside the rank, work still ru
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import ModelHook
 from torch import nn
 
 from vidrt.distributed import comm
 from vidrt.distributed.shard import gathered
 from vidrt.errors import VidrtError
-from vidrt.hooks import remove_hook, replace_hook
+from vidrt.hooks import ArgumentsHook, remove_hook, replace_hook
 from vidrt.slicing.wan import (ChunkedRope, _attend, _blocks_hooked, _modulation, _proj, _ranges, _rotate,
                                auto_chunk_tokens, block_supported, cross_attention_kv, cross_attention_out,
                                output_head, unpatchify, wan_conditioning)
@@ -194,7 +192,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
     return x
 
 
-class SequenceParallelHook(ModelHook):
+class SequenceParallelHook(ArgumentsHook):
     """Runs a WanTransformer3DModel call split over the sequence group (the inner forward is not called)."""
 
     def __init__(self, ctx: comm.Context, head_groups: int | None = None, attention: str = "auto"):
@@ -202,16 +200,10 @@ class SequenceParallelHook(ModelHook):
         self.ctx = ctx
         self.head_groups = head_groups
         self.attention = attention
-        self.signature = None
         self.calls = {"parallel": 0, "replicated": 0}
 
-    def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
-        return module
-
     def new_forward(self, module, *args, **kwargs):
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        bound.pop(next(iter(self.signature.parameters)))
+        bound = self.arguments(module, args, kwargs)
         extra = set(bound) - {"hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_image",
                               "return_dict", "attention_kwargs"}
         if (extra or torch.is_grad_enabled() or _blocks_hooked(module)
