@@ -18,8 +18,9 @@ Stages:
      to max_sequence_length at inference. 10 % caption dropout to "" for classifier-free guidance.
 
 Usage:
-  python samples/train_tiny.py                 # full run, writes samples/tiny-wan/ (~50 min on one idle core)
-  # the shipped model: stages 1-2 once, then 2b and 3 as parallel processes on 2 cores (~45 min wall):
+  python samples/train_tiny.py                 # full run, writes samples/tiny-wan/ (~100 min on one core)
+  # the shipped model: stages 1-2 once (19 min), then 2b (16 min) and 3 (9000 steps, 61 min on a shared core)
+  # as parallel processes on 2 cores (~80 min wall):
   #   python samples/train_tiny.py --cache C --stage dit &  (after stage12.pt exists)
   #   python samples/train_tiny.py --cache C --stage decoder; wait; python samples/train_tiny.py --cache C
   python samples/train_tiny.py --quick --out /tmp/tiny   # seconds; a few steps on a tiny batch
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vae-batch", type=int, default=4)
     ap.add_argument("--vae-frames", type=int, default=5, help="clip length for VAE training (4k+1)")
     ap.add_argument("--clips", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=3500)
+    ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--vae-lr", type=float, default=1e-4)
