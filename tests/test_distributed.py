@@ -290,3 +290,34 @@ def test_shard_without_torchrun_is_one_clear_error(run_cli, tmp_path):
                      "--set", "memory.offload=shard", "--quiet")
     assert result.exit_code != 0 and "memory.offload: shard splits the weights over several ranks" in result.output
     assert not out.exists()
+
+
+def test_temporal_exchange_puts_back_instance_forwards():
+    """Inside a temporal op the GroupNorms run with statistics summed over ranks; afterwards each norm's
+    forward is exactly what it was - including an instance-level one such as an offloading hook's."""
+    from vidrt.distributed import comm, unet_fp
+
+    ctx = comm.simulated_context(2)
+    comm.make_groups(ctx, 1, 2)
+    act = unet_fp._Active(ctx, frames=4)
+    hooked, plain = torch.nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4)
+
+    def marker(t):
+        return t
+
+    hooked.forward = marker
+    module = torch.nn.Sequential(hooked, plain)
+    seen = []
+
+    def inner(hidden_states, num_frames):
+        seen.append((hooked.forward is marker, "forward" in plain.__dict__))
+        return module(hidden_states)
+
+    x = torch.randn(2, 4, 1, 3)
+    out = unet_fp.TemporalExchangeHook._temporal(module, inner, x, 4, {}, act)
+    assert seen == [(False, True)]                      # both replaced during the op
+    assert hooked.forward is marker and "forward" not in plain.__dict__
+    F = torch.nn.functional
+    expected = F.group_norm(F.group_norm(x, 2, hooked.weight, hooked.bias, hooked.eps), 2, plain.weight, plain.bias,
+                            plain.eps)
+    assert torch.allclose(out, expected, atol=1e-5)     # (a simulated group: the sums are this rank's own)

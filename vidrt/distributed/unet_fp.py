@@ -103,9 +103,18 @@ class TemporalExchangeHook(ArgumentsHook):
         with contextlib.ExitStack() as stack:
             stack.enter_context(statistics_reduced_by(act.reduce))
             for m in norms:
+                # (an instance-level forward may be an offloading hook's: put back exactly what was there)
+                previous = m.__dict__.get("forward")
                 m.forward = (lambda m: lambda t: group_norm_forward(m, t))(m)
-                stack.callback(m.__dict__.pop, "forward", None)
+                stack.callback(_restore_forward, m, previous)
             return inner(hidden_states=x, **{**bound, "num_frames": frames})
+
+
+def _restore_forward(module: nn.Module, previous) -> None:
+    if previous is None:
+        module.__dict__.pop("forward", None)
+    else:
+        module.forward = previous
 
 
 class FrameParallelHook(ArgumentsHook):
