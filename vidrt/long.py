@@ -93,7 +93,7 @@ class ContextWindowHook(ArgumentsHook):
         for i, start in enumerate(starts):
             stop = start + self.window
             call = dict(shared)
-            call.update({n: _to_device(_slice(bound[n], layout, frames, start, stop), device)
+            call.update({n: _to_device(slice_frames(bound[n], layout, frames, start, stop), device)
                          for n, layout in self.frame_inputs.items() if n in bound})
             out = inner(**call)
             piece = (out[0] if isinstance(out, tuple) else out.sample).to(host)
@@ -119,7 +119,9 @@ def _to_device(value, device: torch.device):
     return value
 
 
-def _slice(value, layout: str, frames: int, start: int, stop: int):
+def slice_frames(value, layout: str, frames: int, start: int, stop: int):
+    """Frames [start, stop) of an argument with the given frame layout (BCFHW or FRAMES_IN_BATCH); anything else
+    unchanged."""
     if not isinstance(value, torch.Tensor):
         return value
     if layout == BCFHW and value.ndim == 5 and value.shape[2] == frames:

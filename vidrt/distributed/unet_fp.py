@@ -1,4 +1,4 @@
-"""Frame parallel for the UNet families (AnimateDiff, I2VGen-XL) inside one denoiser call.
+"""Frame parallel for a UNet inside one denoiser call (adapters that allow it: AnimateDiff).
 
 Each rank of the sequence group runs the UNet on its own contiguous range of frames: every spatial op (ResNet
 blocks, spatial transformers, up/down samplers, the convs in and out) works frame by frame, so it needs nothing
@@ -22,7 +22,7 @@ from torch import nn
 from vidrt.distributed import comm
 from vidrt.distributed.cfg import unpack_output
 from vidrt.hooks import ArgumentsHook, remove_hook, replace_hook
-from vidrt.long import _slice
+from vidrt.long import slice_frames
 from vidrt.slicing.groupnorm import group_norm_forward, statistics_reduced_by
 
 HOOK_NAME = "vidrt_frame_parallel"
@@ -141,7 +141,7 @@ class FrameParallelHook(ArgumentsHook):
         frames = sample.shape[2]
         act = _Active(self.ctx, frames)
         f0, f1 = comm.split_range(frames, n, self.ctx.sp_rank)
-        call = {name: _slice(value, self.frame_inputs.get(name, ""), frames, f0, f1) for name, value in bound.items()}
+        call = {name: slice_frames(value, self.frame_inputs.get(name, ""), frames, f0, f1) for name, value in bound.items()}
         self.active = act
         try:
             out = inner(**call)
