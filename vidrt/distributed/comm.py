@@ -149,14 +149,22 @@ def _pad_to(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(pad_shape)], dim=dim)
 
 
-def all_to_all_padded(inputs: list[torch.Tensor], dim: int, out_sizes: list[int], longest: int,
-                      group) -> list[torch.Tensor]:
-    """all_to_all of pieces whose lengths along `dim` differ (uneven token splits): gloo wants equal shapes,
-    so every piece travels padded to `longest` (the same on every rank) and arrives trimmed to `out_sizes`."""
-    sent = [_pad_to(t, dim, longest) for t in inputs]
-    received = [torch.empty_like(sent[0]) for _ in out_sizes]
+def all_to_all_shaped(pieces: list[torch.Tensor], out_shapes: list[tuple[int, ...]], group) -> list[torch.Tensor]:
+    """all_to_all of pieces whose shapes differ (uneven token / frame / position splits): gloo wants equal
+    shapes, so every piece travels zero-padded to the largest shape of the exchange (the same on every rank,
+    as each rank's pieces and outputs together span every split) and arrives trimmed to `out_shapes`."""
+    big = tuple(max(dims) for dims in zip(*[tuple(p.shape) for p in pieces], *out_shapes))
+    sent = []
+    for p in pieces:
+        if tuple(p.shape) == big:
+            sent.append(p.contiguous())
+            continue
+        padded = p.new_zeros(big)
+        padded[tuple(slice(0, d) for d in p.shape)] = p
+        sent.append(padded)
+    received = [torch.empty_like(sent[0]) for _ in out_shapes]
     all_to_all(received, sent, group)
-    return [r.narrow(dim, 0, size) for r, size in zip(received, out_sizes)]
+    return [r[tuple(slice(0, d) for d in shape)] for r, shape in zip(received, out_shapes)]
 
 
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:

@@ -19,7 +19,17 @@ from typing import Any
 from torch import nn
 
 from vidrt.distributed import comm
+from vidrt.memory.tracker import module_bytes
 from vidrt.offload import outermost_blocks
+
+
+def rank_weight_bytes(denoiser: nn.Module, ranks: int, total_bytes: int | None = None) -> int:
+    """A rank's weight bytes with the denoiser sharded over `ranks`: its 1/N plus the running and the prefetched
+    block (FSDP2 all-gathers the next block while one runs). `total_bytes`: the full model's weight bytes when
+    `denoiser` is a reduced copy (the simulator drops repeated layers)."""
+    total = module_bytes([denoiser]) if total_bytes is None else total_bytes
+    largest = max((module_bytes([b]) for b in outermost_blocks(denoiser)), default=0)
+    return -(-total // ranks) + 2 * largest
 
 
 def shard_weights(denoiser: nn.Module, ctx: comm.Context) -> dict[str, Any]:
@@ -28,13 +38,12 @@ def shard_weights(denoiser: nn.Module, ctx: comm.Context) -> dict[str, Any]:
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world,))
     blocks = outermost_blocks(denoiser)
-    total = sum(p.numel() * p.element_size() for p in denoiser.parameters())
-    largest = max((sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks), default=0)
+    summary = {"shards": ctx.world, "units": len(blocks) + 1, "weight_bytes": module_bytes([denoiser]),
+               "per_rank_bytes": rank_weight_bytes(denoiser, ctx.world)}
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     fully_shard(denoiser, mesh=mesh, reshard_after_forward=True)
-    return {"shards": ctx.world, "units": len(blocks) + 1, "weight_bytes": total,
-            "per_rank_bytes": -(-total // ctx.world) + largest}
+    return summary
 
 
 def is_sharded(module: nn.Module) -> bool:

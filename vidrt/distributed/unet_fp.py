@@ -43,20 +43,6 @@ class _Active:
         return comm.all_reduce_sum(t, self.group)
 
 
-def _exchange(pieces: list[torch.Tensor], out_shapes: list[tuple[int, ...]], group) -> list[torch.Tensor]:
-    """all_to_all of 4-D pieces of different shapes: each travels zero-padded to the largest shape of the
-    exchange (gloo wants equal shapes; the same on every rank) and arrives trimmed to `out_shapes`."""
-    big = [max(s[d] for s in [tuple(p.shape) for p in pieces] + out_shapes) for d in range(4)]
-    sent = []
-    for p in pieces:
-        padded = p.new_zeros(big)
-        padded[:p.shape[0], :p.shape[1], :p.shape[2], :p.shape[3]] = p
-        sent.append(padded)
-    received = [torch.empty_like(sent[0]) for _ in out_shapes]
-    comm.all_to_all(received, sent, group)
-    return [r[:s[0], :s[1], :s[2], :s[3]] for r, s in zip(received, out_shapes)]
-
-
 class TemporalExchangeHook(ArgumentsHook):
     """Around one temporal op: frames-sharded -> positions-sharded -> the op -> back. Passes through when no
     frame-parallel call is active (e.g. the hooks are installed but the call is replicated)."""
@@ -80,7 +66,7 @@ class TemporalExchangeHook(ArgumentsHook):
         pos = [comm.split_range(p, n, j) for j in range(n)]
         local = x.reshape(b, f_local, c, p)
         # frames-sharded (b, f_local, c, P) -> positions-sharded (b, F, c, P_r)
-        got = _exchange([local[..., s:e] for s, e in pos],
+        got = comm.all_to_all_shaped([local[..., s:e] for s, e in pos],
                         [(b, act.frame_sizes[i], c, pos[r][1] - pos[r][0]) for i in range(n)], act.group)
         mine = torch.cat(got, dim=1)
         del got
@@ -91,7 +77,7 @@ class TemporalExchangeHook(ArgumentsHook):
         c_out = y.shape[1]
         y = y.reshape(b, act.frames, c_out, pr)
         starts = [sum(act.frame_sizes[:i]) for i in range(n)]
-        back = _exchange([y[:, a:a + size] for a, size in zip(starts, act.frame_sizes)],
+        back = comm.all_to_all_shaped([y[:, a:a + size] for a, size in zip(starts, act.frame_sizes)],
                          [(b, f_local, c_out, e - s) for s, e in pos], act.group)
         del y
         return rebuild(torch.cat(back, dim=-1).reshape(b * f_local, c_out, h, w))

@@ -73,7 +73,6 @@ def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes
     B, n_local, dim = attn_out.shape
     n = len(sizes)
     per_rank = dim // dh // n
-    longest = max(sizes)
     starts = [sum(sizes[:i]) for i in range(n)]
     for a, b in (comm.split_range(per_rank, rounds, i) for i in range(rounds)):
         if a == b:
@@ -96,8 +95,8 @@ def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes
         for s, e in _ranges(query.shape[1], chunk):
             out[:, s:e] = _attend(attn1, query[:, s:e], key, value)
         del query, key, value
-        back = comm.all_to_all_padded([out[:, st:st + size] for st, size in zip(starts, sizes)], 1, [n_local] * n,
-                                      longest, group)
+        back = comm.all_to_all_shaped([out[:, st:st + size] for st, size in zip(starts, sizes)],
+                                      [(B, n_local, k * dh)] * n, group)
         del out
         for (h0, h1), piece in zip(owned, back):
             attn_out[:, :, h0 * dh:h1 * dh] = piece

@@ -89,8 +89,10 @@ def settings_from_config(config) -> MemorySettings:
         s.slicing = True
         s.chunk_frames, s.chunk_tokens, s.chunk_positions = get("frames"), get("tokens"), get("positions")
     s.offload = str(getattr(mem, "offload", "none") or "none")
-    if s.offload not in ("none", "model", "group", "shard"):
-        raise VidrtError(f"memory.offload: {s.offload!r} is not one of none, model, group, shard")
+    from vidrt.offload import OFFLOAD_MODES
+
+    if s.offload not in OFFLOAD_MODES:
+        raise VidrtError(f"memory.offload: {s.offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
     tiling = getattr(mem, "vae_tiling", "auto")
     if tiling == "auto":  # the runner's rule (vidrt.slicing.vae): tile from 720x1280 up
         try:
@@ -254,7 +256,7 @@ class SimReport:
             d = self.distributed
             title += (f" — rank 0 of {d['world']} GPUs (CFG {d['cfg_parallel']} x "
                       f"{'frames' if d.get('frame_parallel') else 'sequence'} {d['sequence_parallel']}; "
-                      "weights replicated)")
+                      f"weights {'sharded' if self.settings.get('offload') == 'shard' else 'replicated'})")
         return stage_table(self.stages, self.modules, peak_bytes=self.peak_bytes,
                            host_peak_bytes=self.host_peak_bytes, title=title)
 
@@ -422,12 +424,11 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                      _group_resident(v, params[k]))
                  for k, v in named.items()}
         shard = {}
-        if ranks > 1:   # FSDP2 over the ranks: 1/N of the denoiser + the running and the prefetched block
-            from vidrt.offload import outermost_blocks
+        if ranks > 1:   # FSDP2 over the ranks (vidrt.distributed.shard)
+            from vidrt.distributed.shard import rank_weight_bytes
 
             den_name = adapter.denoiser_attr
-            largest = max((module_bytes([b]) for b in outermost_blocks(den)), default=0)
-            shard[den_name] = -(-params[den_name] // ranks) + 2 * largest
+            shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
     return Session(adapter.family, dtype_name, frames, height, width, accel, tracker.stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
                    layout, shard)
