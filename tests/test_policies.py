@@ -70,7 +70,7 @@ def test_tau_zero_never_skips_and_is_exact(wan, wan_full):
 
 def test_tau_inf_skips_every_step_after_warmup_but_the_last(wan, wan_full):
     warmup = 3
-    enable_policy(wan, TaylorGate(threshold=math.inf, warmup=warmup))
+    enable_policy(wan, TaylorGate(threshold=math.inf, warmup=warmup, coast=0.0))   # every skipped step gated
     try:
         out = run(wan, **wan_kwargs())
         st = policy_stats(wan)
@@ -78,7 +78,7 @@ def test_tau_inf_skips_every_step_after_warmup_but_the_last(wan, wan_full):
         disable_policy(wan)
     assert st["skipped_steps"] == list(range(warmup, STEPS - 1))
     full = warmup + 1
-    assert st["blocks_evaluated"] == 2 * (full * N_LAYERS + (STEPS - full) * 1)
+    assert st["blocks_evaluated"] == 2 * (full * N_LAYERS + (STEPS - full) * 1)     # first block on skipped steps
     assert not torch.equal(out, wan_full)
     assert torch.isfinite(out).all()
 
@@ -121,6 +121,82 @@ def test_cfg_streams_keep_separate_histories(wan):
     assert torch.allclose(seen[4], own_c, atol=1e-5)       # step 2, cond call
     assert torch.allclose(seen[5], own_u, atol=1e-5)       # step 2, uncond call
     assert not torch.allclose(seen[4], own_u, atol=1e-4)
+
+
+def _taylor_run(pipe, **kw):
+    gate = TaylorGate(**kw)
+    enable_policy(pipe, gate)
+    try:
+        out = run(pipe, **wan_kwargs())
+        return out, policy_stats(pipe), gate
+    finally:
+        disable_policy(pipe)
+
+
+def test_coast_changes_cost_not_result(wan):
+    """With the gate open anyway (tau=inf), coasting (no first block on the step after a confident skip) gives the
+    bit-identical output and saves exactly that block on every other skipped step, never on two in a row."""
+    out0, st0, _ = _taylor_run(wan, threshold=math.inf, warmup=2, max_skips=None, coast=0.0)
+    out1, st1, _ = _taylor_run(wan, threshold=math.inf, warmup=2, max_skips=None, coast=1.0)
+    assert torch.equal(out0, out1)
+    skipped = list(range(2, STEPS - 1))
+    assert st0["skipped_steps"] == st1["skipped_steps"] == skipped
+    coasted = skipped[1::2]                                # the gate ran at 2, 4, 6; steps 3 and 5 coasted
+    assert st0["coasted_calls"] == 0 and st1["coasted_calls"] == 2 * len(coasted)
+    assert st1["blocks_evaluated"] == st0["blocks_evaluated"] - 2 * len(coasted)
+
+
+def test_coast_only_after_a_confident_gate(wan):
+    """A coasted call has no gate evaluation of its own, and the same stream's gate error one step before was
+    below coast * tau; a gate error between coast * tau and tau skips without coasting."""
+    _, _, probe = _taylor_run(wan, threshold=1e9, warmup=2, max_skips=None)    # (inf would not compute e_t)
+    errs = sorted(e for _, _, e in probe.gate_errors)
+    tau = errs[len(errs) // 2] * 1.01                      # about half the gated steps pass; coast = half of tau
+    _, st, gate = _taylor_run(wan, threshold=tau, warmup=2, max_skips=None, coast=0.5)
+    rec = {(s, k): e for s, k, e in gate.gate_errors}
+    coasted = [(s, k) for s in range(2, STEPS - 1) for k in ("cond", "uncond") if (s, k) not in rec]
+    assert len(coasted) == st["coasted_calls"] > 0
+    for s, k in coasted:
+        assert rec[(s - 1, k)] < 0.5 * tau
+    assert any(0.5 * tau <= e < tau and (s + 1, k) in rec for (s, k), e in rec.items() if s + 1 < STEPS - 1)
+
+
+def test_step_size_weights_the_gate(wan):
+    """step_size = (t_k - t_next) / mean spacing (sums to the step count); the gate error is scaled by its power."""
+    _, _, plain = _taylor_run(wan, threshold=1e9, warmup=2, max_skips=None, step_size_power=0.0)
+    _, _, weighted = _taylor_run(wan, threshold=1e9, warmup=2, max_skips=None, step_size_power=1.0)
+    ts = [float(t) for t in wan.scheduler.timesteps] + [0.0]
+    size = [(ts[i] - ts[i + 1]) / (ts[0] / STEPS) for i in range(STEPS)]
+    assert sum(size) == pytest.approx(STEPS)
+    assert size[-2] > 1.5 * size[0]                         # shifted flow matching: longer steps near the end
+    assert [(s, k) for s, k, _ in plain.gate_errors] == [(s, k) for s, k, _ in weighted.gate_errors]
+    for (s, _, e0), (_, _, e1) in zip(plain.gate_errors, weighted.gate_errors):
+        assert e0 > 0
+        assert e1 == pytest.approx(e0 * size[s], rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: TaylorGate(threshold=math.inf, warmup=2), lambda: StepRehash(threshold=0.5),
+                                  lambda: AdaptiveSkip(delta=0.5)])
+def test_disable_frees_the_policy_state_at_once(wan, make):
+    """On a GPU the state is up to ~1 GiB: detaching must free it without waiting for the cyclic collector."""
+    import gc
+    import weakref
+
+    from vidrt.policies.base import _controller
+
+    policy = make()
+    enable_policy(wan, policy)
+    gc.disable()
+    try:
+        run(wan, **wan_kwargs())
+        held = policy.state_bytes()
+        ctl = weakref.ref(_controller(wan))
+        disable_policy(wan)
+        assert held > 0 and policy.state_bytes() == 0
+        assert ctl() is None
+    finally:
+        gc.enable()
+        disable_policy(wan)
 
 
 def test_taylor_history_min_gap():
@@ -350,6 +426,9 @@ def test_unet_families(family):
     enable_policy(pipe, TaylorGate(threshold=math.inf, warmup=2))
     skipped = run(pipe, **kw)
     st = policy_stats(pipe)
+    enable_policy(pipe, TaylorGate(threshold=math.inf, warmup=2, coast=1.0))   # a UNet never coasts: skip
+    coasting = run(pipe, **kw)                                                 # connections need down_blocks[0]
+    st_c = policy_stats(pipe)
     enable_policy(pipe, StepRehash(threshold=math.inf, max_reuse=1, warmup=1))
     run(pipe, **kw)
     st_r = policy_stats(pipe)
@@ -361,6 +440,8 @@ def test_unet_families(family):
     assert st["skipped_steps"] == [2, 3, 4]
     assert st["blocks_evaluated"] == 3 * n_blocks + 3 * 2        # skipped steps run down_blocks[0] + up_blocks[-1]
     assert not torch.equal(skipped, full) and torch.isfinite(skipped).all()
+    assert torch.equal(coasting, skipped) and st_c["blocks_evaluated"] == st["blocks_evaluated"]
+    assert st_c["coasted_calls"] == 0
     assert st_r["key_steps"] == [0, 2, 4, 5]
     assert st_a["skipped_steps"] == [4] and st_a["blocks_evaluated"] == 5 * n_blocks   # batch of 2: one call/step
     assert snapshot(pipe) == before

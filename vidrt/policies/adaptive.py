@@ -69,6 +69,9 @@ class AdaptiveSkip(Policy):
         self._cache[info.stream] = out
         return out
 
+    def release(self) -> None:
+        self._prev, self._cache = None, {}
+
     def state_bytes(self) -> int:
         return tensors_nbytes(self._prev) + tensors_nbytes(self._cache)
 

@@ -36,6 +36,7 @@ Histories live in fp32 whatever the model dtype.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class CallInfo:
     timestep: float
     batch: int                      # batch of the denoiser input; UNet+CFG: 2 halves (uncond, cond)
     latents: torch.Tensor | None    # the denoiser's input hidden_states / sample (not a copy)
+    step_size: float = 1.0          # (t_step - t_next) / mean spacing of the schedule; 1.0 when the schedule is unknown
 
     @property
     def is_last(self) -> bool:
@@ -106,6 +108,8 @@ class Layout:
 
     deep_end: int
     decide_after: tuple[int, ...] = (0,)   # block indices after which `after_block` is asked
+    decide_before: bool = False            # ask `before_blocks` before block 0 (DiT only: the residual stream
+    #                                        passes a skipped block 0 untouched; a UNet's skip connections don't)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +132,10 @@ class Policy:
     def reset(self) -> None:
         """A new generation starts: drop every per-generation state."""
 
+    def release(self) -> None:
+        """The policy was detached: drop the tensors it holds between steps (the records of the last generation,
+        e.g. TaylorGate.gate_errors, stay readable). On a GPU these are up to ~1 GiB (Wan 1.3B at 480p)."""
+
     # step-level
     def wrap_call(self, info: CallInfo, run: Callable[[], Any]) -> Any:
         return run()
@@ -135,6 +143,10 @@ class Policy:
     # block-level
     def layout(self, structure: Structure) -> Layout | None:
         return None
+
+    def before_blocks(self, info: CallInfo) -> bool:
+        """Asked before block 0 when the layout says `decide_before`: True replaces blocks 0..deep_end-1."""
+        return False
 
     def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
         return False
@@ -377,6 +389,16 @@ class Controller:
         self._cur_step, self._cur_t = step, tv
         return int(step), stream, (int(n) if n else None)
 
+    def _step_size(self, step: int) -> float:
+        """How far this step's prediction moves the sample, relative to the schedule's mean step: a forecast's
+        error reaches the latents scaled by it (flow matching with shift=3 takes ~9x longer steps at the end
+        than at the start)."""
+        ts = self.timesteps
+        if not ts or step >= len(ts) or ts[0] <= 0:
+            return 1.0
+        nxt = ts[step + 1] if step + 1 < len(ts) else 0.0
+        return max(0.0, ts[step] - nxt) / (ts[0] / len(ts))
+
     # ---- the denoiser call ---------------------------------------------------------------------
     def denoiser_call(self, module, orig_cls, args, kwargs):
         if self._current is not None or module is not self.den:   # re-entrant call, or a deep copy: plain
@@ -391,15 +413,15 @@ class Controller:
             tv = float(t)
         step, stream, n = self._locate(tv)
         info = CallInfo(step=step, stream=stream, num_steps=n, timestep=tv,
-                        batch=int(x.shape[0]) if x is not None else 1, latents=x)
+                        batch=int(x.shape[0]) if x is not None else 1, latents=x, step_size=self._step_size(step))
         cs = _CallState(info)
         self._current = cs
 
-        def run(i: int = 0):
-            if i < len(self.step_policies):
-                return self.step_policies[i].wrap_call(info, lambda: run(i + 1))
-            return orig_cls.__call__(module, *args, **kwargs)
-
+        # the step policies wrap the call outermost-first (built without a self-referencing closure: that cycle
+        # would keep this controller, and the policies' tensors, alive until the cyclic collector runs)
+        run = functools.partial(orig_cls.__call__, module, *args, **kwargs)
+        for p in reversed(self.step_policies):
+            run = functools.partial(p.wrap_call, info, run)
         try:
             out = run()
         finally:
@@ -429,6 +451,9 @@ class Controller:
             cs.evaluated += 1
             return orig_cls.__call__(module, *args, **kwargs)
         last_deep = lay.deep_end - 1
+        if idx == 0 and lay.decide_before and not cs.skipping and self._can_skip(-1, last_deep) \
+                and bp.before_blocks(cs.info):
+            cs.skipping = cs.skipped = True
         if cs.skipping:
             if idx == last_deep:
                 tpl = self._templates[idx]
@@ -494,6 +519,7 @@ class Controller:
                         "__doc__": orig.__doc__})
                 made[cls] = make(cls)
             self._block_classes.append(cls)
+        self._made = list(made.values())
         self.den.__class__ = self._den_dyn
         for b in self.structure.blocks:
             b.__class__ = made[type(b)]
@@ -507,8 +533,6 @@ class Controller:
                 ctl._on_set_timesteps(sch)
                 return out
 
-            import functools
-
             sch.set_timesteps = functools.update_wrapper(set_timesteps, orig_set)
             self._orig_set = orig_set
         self._installed = True
@@ -519,6 +543,13 @@ class Controller:
         for b, cls in zip(self.structure.blocks, self._block_classes):
             b.__class__ = cls
         self.den.__class__ = getattr(self._den_dyn, _ORIG)
+        # the swapped-in classes close over this controller; drop those references so the controller (and the
+        # policies' tensors) are freed at once instead of by the next cyclic garbage collection
+        for cls in [self._den_dyn, *self._made]:
+            for name in ("__call__", "cache_context", _CTL):
+                if name in vars(cls):
+                    delattr(cls, name)
+        self._made = []
         sch = self.scheduler
         if sch is not None and hasattr(self, "_orig_set"):
             if self._sched_had_attr:
@@ -618,6 +649,8 @@ def disable_policy(pipe) -> None:
         if ctl.gen.steps:
             _LAST_STATS[ctl.den] = ctl.stats()
         ctl.uninstall()
+        for p in ctl.policies:
+            p.release()
 
 
 def policy_stats(pipe) -> dict[str, Any]:
@@ -646,7 +679,8 @@ def attached_policies(pipe) -> list[Policy]:
 # ------------------------------------------------------------------------------------------------
 # Argument checks shared by constructors (messages start with the parameter name)
 # ------------------------------------------------------------------------------------------------
-def check_number(name: str, value, *, low: float | None = None, integer: bool = False, allow_inf: bool = True):
+def check_number(name: str, value, *, low: float | None = None, high: float | None = None, integer: bool = False,
+                 allow_inf: bool = True):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}: expected a number, got {value!r}")
     if integer and (not float(value).is_integer() if math.isfinite(value) else True):
@@ -655,4 +689,6 @@ def check_number(name: str, value, *, low: float | None = None, integer: bool = 
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if low is not None and value < low:
         raise ValueError(f"{name}: must be >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name}: must be <= {high}, got {value!r}")
     return int(value) if integer else float(value)

@@ -61,6 +61,9 @@ class StepRehash(Policy):
         self._key_steps = set()
         self._drifts = []
 
+    def release(self) -> None:
+        self._streams = {}
+
     def _stream(self, info: CallInfo) -> _Stream:
         return self._streams.setdefault(info.stream, _Stream())
 

@@ -39,6 +39,7 @@ class _Stream:
         self.h = TaylorHistory(order, min_gap)
         self.f = TaylorHistory(gate_order, min_gap)
         self.f_now: torch.Tensor | None = None
+        self.coast_step: int | None = None      # the step that may skip without the gate (see `coast`)
 
 
 class TaylorGate(Policy):
@@ -46,7 +47,8 @@ class TaylorGate(Policy):
     kind = "block"
 
     def __init__(self, threshold: float = 0.2, warmup: int = 3, order: int = 1, gate_order: int = 3,
-                 final_full: bool = True, max_skips: int | None = 6, min_gap: int = 5):
+                 final_full: bool = True, max_skips: int | None = 6, min_gap: int = 5, coast: float = 0.75,
+                 step_size_power: float = 0.5):
         super().__init__()
         self.threshold = check_number("threshold", threshold, low=0.0)
         self.warmup = check_number("warmup", warmup, low=0, integer=True)
@@ -55,19 +57,27 @@ class TaylorGate(Policy):
         self.final_full = bool(final_full)
         self.max_skips = None if max_skips is None else check_number("max_skips", max_skips, low=0, integer=True)
         self.min_gap = check_number("min_gap", min_gap, low=1, integer=True, allow_inf=False)
+        self.coast = check_number("coast", coast, low=0.0, high=1.0)
+        self.step_size_power = check_number("step_size_power", step_size_power, low=0.0, allow_inf=False)
         self._streams: dict[str, _Stream] = {}
         self._errors: list[tuple[int, str, float]] = []
         self._run: dict[str, int] = {}
+        self._coasted = 0
 
     def layout(self, s: Structure) -> Layout:
         # DiT: forecast the last block; UNet: forecast up_blocks[-2] (the tail up_blocks[-1] always runs)
-        deep_end = s.n if s.kind == "dit" else s.n - 1
-        return Layout(deep_end=deep_end, decide_after=(0,))
+        if s.kind == "dit":
+            return Layout(deep_end=s.n, decide_after=(0,), decide_before=self.coast > 0)
+        return Layout(deep_end=s.n - 1, decide_after=(0,))
 
     def reset(self) -> None:
         self._streams = {}
         self._errors = []
         self._run = {}
+        self._coasted = 0
+
+    def release(self) -> None:
+        self._streams = {}
 
     def _stream(self, info: CallInfo) -> _Stream:
         st = self._streams.get(info.stream)
@@ -75,20 +85,35 @@ class TaylorGate(Policy):
             st = self._streams[info.stream] = _Stream(self.order, self.gate_order, self.min_gap)
         return st
 
-    def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
-        st = self._stream(info)
-        st.f_now = feature.detach().to(torch.float32, copy=True)
+    def _may_forecast(self, info: CallInfo, st: _Stream) -> bool:
         if info.step < self.warmup or (self.final_full and info.is_last) or st.h.step is None:
             return False
         if self.max_skips is not None and info.step - st.h.step > self.max_skips:
             return False   # horizon cap in steps (also counts steps another policy skipped meanwhile)
-        if st.h.step >= info.step:
+        return st.h.step < info.step
+
+    def before_blocks(self, info: CallInfo) -> bool:
+        st = self._stream(info)
+        coasting = st.coast_step == info.step and self._may_forecast(info, st)
+        st.coast_step = None
+        if coasting:
+            self._coasted += 1
+        return coasting
+
+    def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
+        st = self._stream(info)
+        st.f_now = feature.detach().to(torch.float32, copy=True)
+        if not self._may_forecast(info, st):
             return False
         if math.isinf(self.threshold):
             err = 0.0
         else:
             err = rel_error(st.f.forecast(info.step), st.f_now, halves=info.batch)
+            if self.step_size_power:
+                err *= info.step_size ** self.step_size_power
         self._errors.append((info.step, info.stream, err))
+        if err < self.coast * self.threshold:
+            st.coast_step = info.step + 1     # confident: the next step may skip the gate too (never twice)
         return err < self.threshold
 
     def replacement(self, info: CallInfo) -> torch.Tensor:
@@ -113,7 +138,8 @@ class TaylorGate(Policy):
         return sum(s.h.nbytes() + s.f.nbytes() for s in self._streams.values())
 
     def extra_stats(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "warmup": self.warmup, "max_skips": self.max_skips}
+        return {"threshold": self.threshold, "warmup": self.warmup, "max_skips": self.max_skips, "coast": self.coast,
+                "step_size_power": self.step_size_power, "coasted_calls": self._coasted}
 
     @property
     def gate_errors(self) -> list[tuple[int, str, float]]:

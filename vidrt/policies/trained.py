@@ -82,6 +82,9 @@ class EarlyExit(Policy):
         out, self._exit = self._exit, None
         return out
 
+    def release(self) -> None:
+        self._exit = None
+
     def extra_stats(self) -> dict[str, Any]:
         return {"exits": [list(e) for e in self.exits]}
 
@@ -133,6 +136,9 @@ class LearnedInterpolation(Policy):
 
     def observe_deep(self, info: CallInfo, feature: torch.Tensor) -> None:
         self._cache[info.stream] = (info.step, fp32_copy(feature))
+
+    def release(self) -> None:
+        self._cache, self._feature = {}, {}
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self._cache.values())
