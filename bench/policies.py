@@ -138,10 +138,21 @@ class Probe:
         self.den = pipe.transformer
         self.count = 0
         self.handles = [b.attn1.to_q.register_forward_pre_hook(self._hit) for b in self.den.blocks]
+        # full calls (every block ran): a depth-independent count, unlike block evaluations
+        self.handles += [self.den.register_forward_pre_hook(self._call_start),
+                         self.den.register_forward_hook(self._call_end)]
         self.max_state = 0
+        self.full_calls = 0
+        self._at = 0
 
     def _hit(self, *_):
         self.count += 1
+
+    def _call_start(self, *_):
+        self._at = self.count
+
+    def _call_end(self, *_):
+        self.full_calls += int(self.count - self._at == len(self.den.blocks))
 
     def callback(self, pipe, i, t, kwargs):
         held = hook_state_bytes(self.den)
@@ -155,9 +166,20 @@ class Probe:
             h.remove()
 
 
+def hidden_state_bytes(pipe, size: dict) -> int:
+    """Bytes of one fp32 hidden state (tokens x inner dim) of the transformer at this size."""
+    cfg = pipe.transformer.config
+    _, ph, pw = cfg.patch_size
+    frames = (size["frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+    tokens = frames * (size["height"] // pipe.vae_scale_factor_spatial // ph) * \
+        (size["width"] // pipe.vae_scale_factor_spatial // pw)
+    return tokens * cfg.num_attention_heads * cfg.attention_head_dim * 4
+
+
 def generate(pipe, probe: Probe, prompt: str, seed: int, steps: int, size: dict, guidance: float):
     probe.count = 0
     probe.max_state = 0
+    probe.full_calls = 0
     t0 = time.perf_counter()
     out = pipe(prompt=prompt, negative_prompt="", num_frames=size["frames"], height=size["height"],
                width=size["width"], num_inference_steps=steps, guidance_scale=guidance, output_type="np",
@@ -240,6 +262,7 @@ def main(argv=None) -> int:
     for prompt, seed in cases:
         frames, wall, count, _ = generate(pipe, probe, prompt, seed, steps, size, guidance)
         assert count == blocks_total, (count, blocks_total)
+        assert probe.full_calls == steps * streams, (probe.full_calls, steps * streams)
         full.append((frames, wall))
     ratios = mag_ratios(pipe, probe, cases[0], steps, size, guidance)
 
@@ -255,11 +278,13 @@ def main(argv=None) -> int:
             if stats is not None and stats["blocks_evaluated"] != count:
                 raise RuntimeError(f"{label}: stats say {stats['blocks_evaluated']} block evaluations, probe {count}")
             mse = float(np.mean((frames.astype(np.float64) - ref.astype(np.float64)) ** 2))
-            rows.append(dict(count=count, wall=wall, ref_wall=ref_wall, mse=mse, psnr=psnr(frames, ref),
+            rows.append(dict(count=count, full_calls=probe.full_calls, wall=wall, ref_wall=ref_wall, mse=mse,
+                             psnr=psnr(frames, ref),
                              ssim=ssim(frames, ref),
                              state=state, stats=stats))
         r = dict(label=label, family=family, param=param,
                  saved=blocks_total * len(rows) / max(1, sum(x["count"] for x in rows)),
+                 full_ratio=steps * streams * len(rows) / max(1, sum(x["full_calls"] for x in rows)),
                  speed=sum(x["ref_wall"] for x in rows) / sum(x["wall"] for x in rows),
                  psnr=min(99.0, _psnr_of_mse(float(np.mean([x["mse"] for x in rows])))),
                  psnr_min=float(min(min(x["psnr"], 99.0) for x in rows)),
@@ -272,11 +297,18 @@ def main(argv=None) -> int:
               f"SSIM {r['ssim']:.4f}  state {r['state_bytes'] / 1024:8.1f} KiB", flush=True)
         return r
 
+    plain = dict(coast=0.0, step_size_power=0.0)      # the published CG-Taylor gate, without vidrt's refinements
     main_methods = [
-        ("vidrt TaylorGate (defaults: tau=0.2, warmup=3, max_skips=6)", "vidrt-taylor-tau0.2", 6,
-         *vidrt_method(lambda: TaylorGate())),
-        ("vidrt TaylorGate (paper's Wan setting: tau=0.2, warmup=6, no cap)", "vidrt-taylor-w6", 0.2,
-         *vidrt_method(lambda: TaylorGate(threshold=0.2, warmup=6, max_skips=None))),
+        ("vidrt TaylorGate (defaults: tau=0.2, warmup=3, max_skips=6, coast=0.75, step_size_power=0.5)",
+         "vidrt-taylor-default", 0.2, *vidrt_method(lambda: TaylorGate())),
+        ("vidrt TaylorGate, defaults without coasting (coast=0)", "vidrt-taylor-nocoast", 0.2,
+         *vidrt_method(lambda: TaylorGate(coast=0.0))),
+        ("vidrt TaylorGate, defaults without step-size weighting (step_size_power=0)", "vidrt-taylor-nosize", 0.2,
+         *vidrt_method(lambda: TaylorGate(step_size_power=0.0))),
+        ("vidrt TaylorGate, plain gate (tau=0.2, warmup=3, max_skips=6; no coast, no step-size weighting)",
+         "vidrt-taylor-plain", 0.2, *vidrt_method(lambda: TaylorGate(**plain))),
+        ("vidrt TaylorGate (paper's Wan setting: plain gate, tau=0.2, warmup=6, no cap)", "vidrt-taylor-w6", 0.2,
+         *vidrt_method(lambda: TaylorGate(threshold=0.2, warmup=6, max_skips=None, **plain))),
         ("vidrt StepRehash (defaults)", "vidrt-rehash", 0.15, *vidrt_method(lambda: StepRehash())),
         ("vidrt AdaptiveSkip (defaults: delta=0.01, C_max=4)", "vidrt-adaptive", 0.01, *vidrt_method(lambda: AdaptiveSkip())),
         ("vidrt AdaptiveSkip + TaylorGate (defaults)", "vidrt-compose", None,
@@ -295,42 +327,52 @@ def main(argv=None) -> int:
     print("main comparison:")
     results = [measure(*m) for m in main_methods]
 
-    taus = [0.05, 0.1, 0.2, 0.3, 0.5, math.inf] if not args.quick else [0.1, 0.5]
-    warmups = [6, 3] if not args.quick else [3]
-    max_skips = [4, 6, 8] if not args.quick else [4]
-    deltas = [0.005, 0.02, 0.05, 0.1] if not args.quick else [0.05]
-    rehash = [0.05, 0.1, 0.3] if not args.quick else [0.3]
-    fbc = [0.1, 0.2, 0.4] if not args.quick else [0.2]
-    mag = [0.03, 0.12, 0.25] if not args.quick else [0.12]
-    ts_int = [2, 3, 8] if not args.quick else [3]
+    q = args.quick
+    taus = [0.05, 0.1, 0.15, 0.3, 0.5, math.inf] if not q else [0.1, 0.5]
+    paper_taus = [0.05, 0.1, 0.3, 0.5] if not q else [0.5]
+    plain_taus = [0.1, 0.3, 0.5] if not q else [0.3]
+    max_skips = [4, 8, None] if not q else [4]
+    coasts = [0.5, 1.0] if not q else [1.0]
+    # the high-quality end: denser refresh needs shorter secants (min_gap) and a shorter horizon (max_skips)
+    quality_end = ([(0.03, 3, 4), (0.05, 3, 4), (0.07, 3, 4), (0.02, 2, 2), (0.01, 3, 2)] if not q
+                   else [(0.05, 3, 4)])
+    deltas = [0.005, 0.02, 0.05, 0.1] if not q else [0.05]
+    rehash = [0.05, 0.1, 0.3] if not q else [0.3]
+    composed = [0.05, 0.2] if not q else [0.2]
+    fbc = [0.1, 0.2, 0.4] if not q else [0.2]
+    mag = [0.03, 0.12, 0.25] if not q else [0.12]
+    ts_int = [2, 3, 8] if not q else [3]
     print("sweeps:")
     sweep = []
-    for w in warmups:
-        for tau in taus:
-            if (tau, w) == (0.2, 6):
-                continue  # the default, measured above
-            sweep.append(measure(f"TaylorGate tau={tau} warmup={w} no cap", f"vidrt-taylor-w{w}", tau,
-                                 *vidrt_method(lambda tau=tau, w=w: TaylorGate(threshold=tau, warmup=w,
-                                                                               max_skips=None))))
+    for tau in taus:             # the default TaylorGate's curve
+        sweep.append(measure(f"TaylorGate defaults, tau={tau}", "vidrt-taylor-default", tau,
+                             *vidrt_method(lambda tau=tau: TaylorGate(threshold=tau))))
     for ms in max_skips:
-        for tau in (0.1, 0.2, 0.3) if not args.quick else (0.3,):
-            if (tau, ms) == (0.2, 6):
-                continue  # the default, measured above
-            sweep.append(measure(f"TaylorGate tau={tau} warmup=3 max_skips={ms}", f"vidrt-taylor-tau{tau}", ms,
-                                 *vidrt_method(lambda ms=ms, tau=tau: TaylorGate(threshold=tau, warmup=3,
-                                                                                 max_skips=ms))))
+        sweep.append(measure(f"TaylorGate defaults, max_skips={ms}", "vidrt-taylor-cap", ms,
+                             *vidrt_method(lambda ms=ms: TaylorGate(max_skips=ms))))
+    for c in coasts:
+        sweep.append(measure(f"TaylorGate defaults, coast={c}", "vidrt-taylor-coast", c,
+                             *vidrt_method(lambda c=c: TaylorGate(coast=c))))
+    for tau, gap, ms in quality_end:
+        sweep.append(measure(f"TaylorGate defaults, tau={tau} min_gap={gap} max_skips={ms}", "vidrt-taylor-quality",
+                             tau, *vidrt_method(lambda tau=tau, gap=gap, ms=ms: TaylorGate(
+                                 threshold=tau, min_gap=gap, max_skips=ms))))
+    for tau in plain_taus:
+        sweep.append(measure(f"TaylorGate plain gate, tau={tau} warmup=3 max_skips=6", "vidrt-taylor-plain", tau,
+                             *vidrt_method(lambda tau=tau: TaylorGate(threshold=tau, **plain))))
+    for tau in paper_taus:
+        sweep.append(measure(f"TaylorGate plain gate, tau={tau} warmup=6 no cap", "vidrt-taylor-w6", tau,
+                             *vidrt_method(lambda tau=tau: TaylorGate(threshold=tau, warmup=6, max_skips=None,
+                                                                      **plain))))
     for d in deltas:
         sweep.append(measure(f"AdaptiveSkip delta={d}", "vidrt-adaptive", d,
                              *vidrt_method(lambda d=d: AdaptiveSkip(delta=d))))
     for th in rehash:
         sweep.append(measure(f"StepRehash threshold={th}", "vidrt-rehash", th,
                              *vidrt_method(lambda th=th: StepRehash(threshold=th))))
-    for d, tau, ms in ([(0.05, 0.2, 6), (0.2, 0.2, 6), (0.1, 0.3, 6), (0.1, 0.2, None)] if not args.quick
-                       else [(0.1, 0.3, 6)]):
-        sweep.append(measure(f"AdaptiveSkip delta={d} + TaylorGate tau={tau} warmup=3 max_skips={ms}",
-                             "vidrt-compose", f"{d}/{tau}/{ms}",
-                             *vidrt_method(lambda d=d, tau=tau, ms=ms: [
-                                 AdaptiveSkip(delta=d), TaylorGate(threshold=tau, warmup=3, max_skips=ms)])))
+    for d in composed:
+        sweep.append(measure(f"AdaptiveSkip delta={d} + TaylorGate (defaults)", "vidrt-compose", d,
+                             *vidrt_method(lambda d=d: [AdaptiveSkip(delta=d), TaylorGate()])))
     for th in fbc:
         sweep.append(measure(f"FirstBlockCache threshold={th}", "diffusers-fbc", th,
                              *diffusers_method(lambda th=th: FirstBlockCacheConfig(threshold=th))))
@@ -350,7 +392,8 @@ def main(argv=None) -> int:
     model_name = (str(args.model.relative_to(ROOT)) if args.model.is_relative_to(ROOT) else str(args.model))
     meta = dict(trained=trained, model=model_name if trained else "tiny random Wan", blocks=n_blocks,
                 steps=steps, guidance=guidance, cases=[list(c) for c in cases], size=size,
-                full_wall_s=[w for _, w in full], torch=torch.__version__, threads=torch.get_num_threads())
+                full_wall_s=[w for _, w in full], torch=torch.__version__, threads=torch.get_num_threads(),
+                hidden_state_bytes=hidden_state_bytes(pipe, size))
     (args.out / "policies.json").write_text(json.dumps(dict(meta=meta, main=results, sweep=sweep), indent=1,
                                                        default=lambda o: None if isinstance(o, float) and
                                                        math.isinf(o) else str(o)))
@@ -370,10 +413,12 @@ def plot(rows, path: Path, meta) -> None:
     fams: dict[str, list] = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
-    for fam, rs in sorted(fams.items()):
+    colours = plt.get_cmap("tab20").colors
+    for k, (fam, rs) in enumerate(sorted(fams.items())):
         rs = sorted(rs, key=lambda r: r["saved"])
-        ls = "-" if fam.startswith("vidrt") else "--"
-        ax.plot([r["saved"] for r in rs], [r["psnr"] for r in rs], ls, marker="o", label=fam, alpha=0.85)
+        ours = fam.startswith("vidrt")
+        ax.plot([r["saved"] for r in rs], [r["psnr"] for r in rs], "-" if ours else "--", marker="o" if ours else "s",
+                color=colours[k % len(colours)], label=fam, alpha=0.85)
     ax.axhline(30, color="grey", lw=0.6, ls=":")
     ax.axhline(25, color="grey", lw=0.6, ls=":")
     ax.axvline(3, color="grey", lw=0.6, ls=":")
@@ -390,8 +435,8 @@ def plot(rows, path: Path, meta) -> None:
 
 def _fmt(r) -> str:
     p = "identical" if r["psnr"] >= 99 else f"{r['psnr']:.2f}"
-    return (f"| {r['label']} | {r['saved']:.2f}x | {r['speed']:.2f}x | {p} | {r['psnr_min']:.2f} | {r['ssim']:.4f} | "
-            f"{r['state_bytes'] / 1024:.1f} |")
+    return (f"| {r['label']} | {r['saved']:.2f}x | {r['full_ratio']:.2f}x | {r['speed']:.2f}x | {p} | "
+            f"{r['psnr_min']:.2f} | {r['ssim']:.4f} | {r['state_bytes'] / 1024:.1f} |")
 
 
 def write_md(meta, results, sweep, path: Path) -> None:
@@ -409,16 +454,20 @@ def write_md(meta, results, sweep, path: Path) -> None:
         f"{meta['threads']} threads.",
         "",
         "Columns: *saved* = block evaluations of the full run / of the method (a block is evaluated when its "
-        "self-attention runs; same probe for every method). *speed* = wall time full / method (denoise + decode; "
+        "self-attention runs; same probe for every method). *calls/full* = denoiser calls / calls in which every "
+        "block ran (the same ratio on a model of any depth; *saved* approaches it as the depth grows, since a "
+        "gated step costs 1 block of N). *speed* = wall time full / method (denoise + decode; "
         "on this tiny model on a shared 2-core CPU, Python overhead and noise dominate: read it as a sanity check, "
         "not a measurement). *PSNR/SSIM* = decoded RGB frames vs the full run with the same seed (PSNR of the "
         "MSE pooled over cases, SSIM mean; PSNR min = worst case). *state* = largest size of tensors the method keeps between steps.",
         "", "## Main comparison (defaults)", "",
-        "| method | saved | speed | PSNR dB | PSNR min | SSIM | state KiB |", "|---|---|---|---|---|---|---|",
+        "| method | saved | calls/full | speed | PSNR dB | PSNR min | SSIM | state KiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [_fmt(r) for r in results]
     lines += ["", "## Sweeps (speed/quality curve: policies.png)", "",
-              "| method | saved | speed | PSNR dB | PSNR min | SSIM | state KiB |", "|---|---|---|---|---|---|---|"]
+              "| method | saved | calls/full | speed | PSNR dB | PSNR min | SSIM | state KiB |",
+        "|---|---|---|---|---|---|---|---|"]
     lines += [_fmt(r) for r in sweep]
     allr = results + sweep
 
@@ -442,18 +491,28 @@ def write_md(meta, results, sweep, path: Path) -> None:
               "- best vidrt policy/composition >= 4.5x at PSNR >= 25 dB pooled: "
               + verdict(best(["vidrt"], 25.0), 4.5, 25),
               "  - the same, every case >= 25 dB: " + verdict(best(["vidrt"], 25.0, "psnr_min"), 4.5, 25)]
+    hid = meta.get("hidden_state_bytes")
+    if hid:
+        n = default_tg["state_bytes"] / hid / 2
+        lines.append(f"- TaylorGate state <= one hidden-state tensor per stream per order: {default_tg['state_bytes'] / 1024:.0f} "
+                     f"KiB = {n:g} fp32 hidden states ({hid / 1024:.0f} KiB each) per CFG stream at the peak: the Taylor "
+                     "terms of order 0..1 (last block) and 0..3 (first block) are 6, plus one base value per history "
+                     "that min_gap's wider secant needs (8 with the defaults; 6 with min_gap=1) -> "
+                     + ("met" if n <= 6 else "met for the Taylor terms; the 2 base values are above it"))
     d25, d30 = best(["diffusers"], 25.0), best(["diffusers"], 30.0)
     lines.append("- diffusers hooks for reference: best at >= 30 dB "
                  + (f"{d30['saved']:.2f}x ({d30['label']})" if d30 else "none")
                  + "; best at >= 25 dB " + (f"{d25['saved']:.2f}x ({d25['label']})" if d25 else "none"))
     # speed/quality curve: is each diffusers point matched or beaten on both axes by some vidrt point?
     ours = [r for r in allr if r["family"].startswith("vidrt")]
-    for fam in ("diffusers-fbc", "diffusers-taylorseer", "diffusers-magcache"):
-        pts = [r for r in allr if r["family"] == fam]
-        beaten = [r for r in pts if any(o["saved"] >= r["saved"] and o["psnr"] >= r["psnr"] for o in ours)]
-        lines.append(f"- {fam}: {len(beaten)} of {len(pts)} points matched or beaten on both axes by a vidrt point"
-                     + ("" if len(beaten) == len(pts) else "; not: " + ", ".join(
-                         f"{r['label']} ({r['saved']:.2f}x, {r['psnr']:.1f} dB)" for r in pts if r not in beaten)))
+    for axis, what in (("saved", "block evaluations saved"), ("full_ratio", "calls/full (depth-independent)")):
+        lines.append(f"- speed/quality curve on {what} vs PSNR:")
+        for fam in ("diffusers-fbc", "diffusers-taylorseer", "diffusers-magcache"):
+            pts = [r for r in allr if r["family"] == fam]
+            beaten = [r for r in pts if any(o[axis] >= r[axis] and o["psnr"] >= r["psnr"] for o in ours)]
+            lines.append(f"  - {fam}: {len(beaten)} of {len(pts)} points matched or beaten on both axes by a vidrt "
+                         "point" + ("" if len(beaten) == len(pts) else "; not: " + ", ".join(
+                             f"{r['label']} ({r[axis]:.2f}x, {r['psnr']:.1f} dB)" for r in pts if r not in beaten)))
     if not meta["trained"]:
         lines = [ln.replace("-> met", "-> met on random weights only (not evidence)") for ln in lines]
         lines.append("- (random weights: the targets are defined for the trained model; rerun "
@@ -468,7 +527,13 @@ def write_md(meta, results, sweep, path: Path) -> None:
               "- MagCache needs per-model magnitude ratios: calibrated here on the first case with diffusers' "
               "formula (mean norm ratio of the residual of the block stack, cond stream).",
               "- The policy state column for vidrt is the fp32 history: TaylorGate keeps first-block (order 3) "
-              "and last-block (order 1) differences per CFG stream."]
+              "and last-block (order 1) differences per CFG stream.",
+              "- TaylorGate's refinements over the published gate (docs/POLICIES.md): *coast* - after a gate error "
+              "below coast x tau the stream's next step is forecast without running the first block (never two in a "
+              "row; DiT only); *step_size_power* - the gate error is scaled by (step size / mean step size)^power, so "
+              "the long late steps of a shifted flow-matching schedule are gated harder than the short early ones. "
+              "A coasted step costs no block at all, which matters most on a shallow model: here a gated step costs "
+              "1 of " + str(meta["blocks"]) + " blocks, on Wan 1.3B 1 of 30."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -8,16 +8,20 @@ the forecast f̂_t: e_t = mean|f̂_t - f_t| / mean|f_t| (per batch half, the wor
 blocks 2..N do not run and the last block's output is the forecast ĥ_t; else all blocks run and the
 histories are refreshed. Always full during `warmup` steps and on the last step.
 
-Defaults (τ=0.2, warmup=3, max_skips=6) were chosen on 16 (prompt, seed) cases of the trained sample model at
-50 steps, where they give 2.83x fewer block evaluations at 30.5 dB pooled PSNR; the paper's Wan setting
-(warmup 6, no cap) gave 2.5x at 23 dB there (bench/results/policies.md, docs/POLICIES.md).
-
-Refinements (both measured on the trained sample model, bench/results/policies.md):
+Refinements over the published gate (each measured on the trained sample model, bench/results/policies.md):
   min_gap (default 5) - differences are taken against a full step at least this many steps back (see
       TaylorHistory): adjacent-step secants are noisy and extrapolate worse than holding the value.
   max_skips (default 6; None = the gate alone decides) - the forecast horizon cap: at most this many steps since
-      the stream's last full call (so at most this many forecasts in a row; steps skipped by AdaptiveSkip in a
-      composition count too). Bounds extrapolation where the first-block gate is not strict enough.
+      the stream's last full call. Bounds extrapolation where the first-block gate is not strict enough.
+  step_size_power (default 0.5) - e_t is scaled by (step size / mean step size)^p before the test (sizes from the
+      scheduler's timesteps): a forecast's error reaches the latents scaled by the step it drives, and shifted
+      flow matching takes ~9x longer steps at the end than at the start; 0 = the published test.
+  coast (default 0.75; 0 = always gate) - after a gate error below coast*τ the stream's next step is forecast
+      without running the first block at all (never two such steps in a row). DiT only.
+Defaults (τ=0.2, warmup=3, max_skips=6, coast=0.75, step_size_power=0.5) were chosen on 16 (prompt, seed) cases of
+the sample model at 50 steps (3.26x fewer block evaluations at 34.5 dB pooled PSNR); on the benchmark's 8 cases
+3.30x at 34.1 dB, the plain gate (coast=0, step_size_power=0) 2.78x at 32.0 dB, the paper's Wan setting (plain,
+warmup 6, no cap) 2.49x at 27.2 dB.
 
 UNet families (AnimateDiff, I2VGen-XL): "first block" = down_blocks[0] (its hidden output is the gate
 signal f), "last block" = up_blocks[-2] (the deepest branch's output, forecast as h); the skipped part is
