@@ -8,7 +8,8 @@ memory needs no training.
 
 Each run is `vidrt.render` on the pipeline: 480x832, 2 steps, CFG 5, bf16, context windows of the native 81
 frames (1/4 overlap), group offload (weights streamed, so the peak is activations + what the loop keeps) and
-tiled VAE decode (`--vae-tiling off`: vidrt's streamed decode, one latent frame at a time, into gpu_long_streamed.md). The simulated counterpart is vidrt/memory/simulate_long.py (bench/results/long_video.md).
+tiled VAE decode, one tile at a time through the host (`--vae-tiling off`: the untiled decode, one latent frame
+at a time, into gpu_long_streamed.md). The simulated counterpart is vidrt/memory/simulate_long.py (bench/results/long_video.md).
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def main() -> None:
     text = [f"# Long videos on {dev} (torch {torch.__version__}), bench/gpu_long.py", "",
             f"Wan 2.1 T2V 1.3B, random weights, {h}x{w}, native {native} frames, {args.steps} steps, CFG 5, "
             f"{dtype_name}, context windows of the native length (1/4 overlap), group offload, "
-            + ("diffusers' tiled VAE decode (the whole video in one call)" if args.vae_tiling == "on"
-               else "vidrt's streamed VAE decode (one latent frame at a time)") + ". Peaks are "
+            + ("tiled VAE decode (diffusers' tiles, decoded one at a time and blended on the host: "
+               "vidrt.slicing.vae.tiled_decode_via_host)" if args.vae_tiling == "on"
+               else "untiled streamed VAE decode (one latent frame at a time)") + ". Peaks are "
             "torch.cuda.max_memory_allocated per stage (vidrt's tracker), weights streamed.", "",
             "| run | denoise peak GiB | VAE decode peak GiB | run peak GiB | s |", "|---|---|---|---|---|", *rows, ""]
     name = ("gpu_long_tiny" if args.tiny else "gpu_long") + ("" if args.vae_tiling == "on" else "_streamed")

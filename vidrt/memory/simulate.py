@@ -687,20 +687,24 @@ def _run_wan(tracker, mods, adapter, p):
             del pred
     del embeds, condition, image_embeds
     latents = latents.to(p.dtype)
+    from vidrt.slicing.vae import decode_host
+
     for name, setup in _variants(p.decode_variants, "vae_decode"):
         setup()
-        if p.fast_cfg and getattr(vae, "use_tiling", False) and latents.shape[2] > 4:
-            _extrapolated_decode(tracker, adapter, vae, latents, name)
-            continue
-        with tracker.stage(name, params={"vae": vae}):
-            video = adapter.decode(SimpleNamespace(vae=vae), latents)
-            del video
+        with decode_host("meta"):    # the tiled decode's host side is not accelerator memory
+            if p.fast_cfg and getattr(vae, "use_tiling", False) and latents.shape[2] > 4:
+                _extrapolated_decode(tracker, adapter, vae, latents, name)
+                continue
+            with tracker.stage(name, params={"vae": vae}):
+                video = adapter.decode(SimpleNamespace(vae=vae), latents)
+                del video
 
 
 def _extrapolated_decode(tracker, adapter, vae, latents, name):
     """Wan's tiled decode runs every tile frame by frame (minutes under fake tensors at 480p). Its working
     set per frame is constant after the first latent frame (which decodes to one video frame, the others to
-    four) and what grows is the decoded output, so decode 2 and 3 latent frames and extrapolate the stage's
+    four) and what could grow is the decoded tile (its frames leave the device as they are decoded:
+    vidrt.slicing.vae.tiled_decode_via_host), so decode 2 and 3 latent frames and extrapolate the stage's
     activation peak linearly in latent frames (planner only)."""
     acts = []
     seconds = 0.0

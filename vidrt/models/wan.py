@@ -116,14 +116,21 @@ class WanAdapter(ModelAdapter):
 
         The VAE's own `_decode` runs the same per-frame loop with its causal feature cache but
         concatenates every output before returning; this yields the identical pieces instead. With VAE
-        tiling enabled, the tiled decoder runs as a whole (it loops over tiles, not frames).
+        tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
+        tiles one at a time and blends them on the host (identical result), so the device holds one tile.
         """
+        from vidrt.slicing.vae import tiled_decode_via_host, tiles_needed
+
         vae = pipe.vae
         z = vae.config.z_dim
         latents = latents.to(vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         latents = latents / inv_std + mean
+        if getattr(vae, "use_tiling", False) and vae.config.patch_size is None and tiles_needed(vae, latents):
+            for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
+                yield chunk.float()
+            return
         if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
             yield vae.decode(latents, return_dict=False)[0].float()
             return
