@@ -15,7 +15,6 @@ and the state the policy holds at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,12 +25,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KNOWN = ROOT / "vidrt" / "known_configs"
+sys.path.insert(0, str(ROOT / "bench"))
 MiB = 2 ** 20
 
-
-def cfg(model: str, sub: str, name: str = "config.json") -> dict:
-    return {k: v for k, v in json.loads((KNOWN / model / sub / name).read_text()).items() if not k.startswith("_")}
+from gpu_pipeline import cfg  # noqa: E402
+from policies import wan_tokens  # noqa: E402
 
 
 def build(tiny: bool, device, dtype):
@@ -55,7 +53,7 @@ def build(tiny: bool, device, dtype):
     return pipe, tcfg
 
 
-def methods(steps: int):
+def methods():
     import vidrt
     from diffusers.hooks import FirstBlockCacheConfig
 
@@ -121,7 +119,7 @@ def main(argv=None) -> int:
 
     loop(3)                                                 # warm-up: kernels, allocator
     rows, base = [], None
-    for label, policy, hook in methods(args.steps):
+    for label, policy, hook in methods():
         try:
             if policy is not None:
                 enable_policy(pipe, policy())
@@ -144,7 +142,7 @@ def main(argv=None) -> int:
             rows.append(dict(label=label, error=traceback.format_exc(limit=1).strip().splitlines()[-1]))
 
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    tokens = ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16) if not args.tiny else 0
+    tokens = 0 if args.tiny else wan_tokens(pipe, args.frames, args.height, args.width)
     lines = [f"# Step policies on {'a tiny Wan' if args.tiny else 'Wan 2.1 T2V 1.3B (random weights)'}, {dev}",
              "",
              f"bench/gpu_policies.py: {args.frames}x{args.height}x{args.width}"

@@ -166,14 +166,19 @@ class Probe:
             h.remove()
 
 
+def wan_tokens(pipe, frames: int, height: int, width: int) -> int:
+    """Sequence length of a Wan pipeline's transformer for a video of this size."""
+    pt, ph, pw = pipe.transformer.config.patch_size
+    latent_frames = get_adapter("wan").latent_frames(frames)
+    ratio = pipe.vae_scale_factor_spatial
+    return (latent_frames // pt) * (height // ratio // ph) * (width // ratio // pw)
+
+
 def hidden_state_bytes(pipe, size: dict) -> int:
     """Bytes of one fp32 hidden state (tokens x inner dim) of the transformer at this size."""
     cfg = pipe.transformer.config
-    _, ph, pw = cfg.patch_size
-    frames = (size["frames"] - 1) // pipe.vae_scale_factor_temporal + 1
-    tokens = frames * (size["height"] // pipe.vae_scale_factor_spatial // ph) * \
-        (size["width"] // pipe.vae_scale_factor_spatial // pw)
-    return tokens * cfg.num_attention_heads * cfg.attention_head_dim * 4
+    return wan_tokens(pipe, size["frames"], size["height"], size["width"]) * cfg.num_attention_heads * \
+        cfg.attention_head_dim * 4
 
 
 def generate(pipe, probe: Probe, prompt: str, seed: int, steps: int, size: dict, guidance: float):

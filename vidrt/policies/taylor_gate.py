@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from vidrt.policies.base import CallInfo, Layout, Policy, Structure, TaylorHistory, check_number, rel_error
+from vidrt.policies.base import (CallInfo, Layout, Policy, Structure, TaylorHistory, check_number, fp32_copy,
+                                 rel_error)
 
 
 class _Stream:
@@ -65,7 +66,6 @@ class TaylorGate(Policy):
         self.step_size_power = check_number("step_size_power", step_size_power, low=0.0, allow_inf=False)
         self._streams: dict[str, _Stream] = {}
         self._errors: list[tuple[int, str, float]] = []
-        self._run: dict[str, int] = {}
         self._coasted = 0
 
     def layout(self, s: Structure) -> Layout:
@@ -77,7 +77,6 @@ class TaylorGate(Policy):
     def reset(self) -> None:
         self._streams = {}
         self._errors = []
-        self._run = {}
         self._coasted = 0
 
     def release(self) -> None:
@@ -106,7 +105,7 @@ class TaylorGate(Policy):
 
     def after_block(self, info: CallInfo, index: int, feature: torch.Tensor) -> bool:
         st = self._stream(info)
-        st.f_now = feature.detach().to(torch.float32, copy=True)
+        st.f_now = fp32_copy(feature)
         if not self._may_forecast(info, st):
             return False
         if math.isinf(self.threshold):
@@ -121,9 +120,7 @@ class TaylorGate(Policy):
         return err < self.threshold
 
     def replacement(self, info: CallInfo) -> torch.Tensor:
-        st = self._stream(info)
-        self._run[info.stream] = self._run.get(info.stream, 0) + 1
-        return st.h.forecast(info.step)
+        return self._stream(info).h.forecast(info.step)
 
     def observe_deep(self, info: CallInfo, feature: torch.Tensor) -> None:
         st = self._stream(info)
@@ -131,7 +128,6 @@ class TaylorGate(Policy):
         if st.f_now is not None:
             st.f.update(st.f_now, info.step)
         st.f_now = None
-        self._run[info.stream] = 0
 
     def end_call(self, info: CallInfo, skipped: bool) -> None:
         st = self._streams.get(info.stream)
