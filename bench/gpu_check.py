@@ -3,7 +3,7 @@ slicing, in one run, for a lent GPU:
 
     PYTHONUNBUFFERED=1 python bench/gpu_check.py          # writes $OUT/gpu_check.md (or bench/results/)
 
-Each case builds the real diffusers class from the shipped config.json (vidrt/known_configs), runs one
+Each case builds the real diffusers class from the shipped config.json (vidrt/models/known_configs), runs one
 forward on the benchmark shape, and reports peak bytes above what was resident before the call
 (parameters + inputs), so the numbers are activations, comparable to the simulator's.
 """
@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KNOWN = ROOT / "vidrt" / "known_configs"
+KNOWN = ROOT / "vidrt" / "models" / "known_configs"
 GiB = 2 ** 30
 ROWS: list[str] = []
 
@@ -45,7 +45,7 @@ def measure(fn) -> tuple[int, float, torch.Tensor]:
 
 
 def compare(name: str, pipe_like, run, baseline_note: str = "") -> None:
-    from vidrt.slicing import disable_slicing, enable_slicing
+    from vidrt.engine.slicing import disable_slicing, enable_slicing
 
     with torch.no_grad():
         run()  # warm-up (kernels, cuDNN plans)

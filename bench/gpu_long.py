@@ -1,6 +1,6 @@
 """Long videos on a lent GPU: accelerator peaks per stage at 1x and 4x the native frame count, with the
 sampling loop's full-length tensors on the host (`long.loop_on_host: true`, the default on accelerators) vs on
-the device. Random weights (Wan 2.1 T2V 1.3B from vidrt/known_configs, built as in bench/gpu_pipeline.py):
+the device. Random weights (Wan 2.1 T2V 1.3B from vidrt/models/known_configs, built as in bench/gpu_pipeline.py):
 memory needs no training.
 
     PYTHONUNBUFFERED=1 python bench/gpu_long.py          # writes $OUT/gpu_long.md (or bench/results/)
@@ -74,7 +74,7 @@ def main() -> None:
             f"Wan 2.1 T2V 1.3B, random weights, {h}x{w}, native {native} frames, {args.steps} steps, CFG 5, "
             f"{dtype_name}, context windows of the native length (1/4 overlap), group offload, "
             + ("tiled VAE decode (diffusers' tiles, decoded one at a time and blended on the host: "
-               "vidrt.slicing.vae.tiled_decode_via_host)" if args.vae_tiling == "on"
+               "vidrt.engine.slicing.vae.tiled_decode_via_host)" if args.vae_tiling == "on"
                else "untiled streamed VAE decode (one latent frame at a time)") + ". Peaks are "
             "torch.cuda.max_memory_allocated per stage (vidrt's tracker), weights streamed.", "",
             "| run | denoise peak GiB | VAE decode peak GiB | run peak GiB | s |", "|---|---|---|---|---|", *rows, ""]

@@ -40,7 +40,7 @@ def measure(model, kwargs, repeats: int = 2):
 
 
 def compare(name, model, kwargs, rows):
-    from vidrt.slicing import disable_slicing, enable_slicing
+    from vidrt.engine.slicing import disable_slicing, enable_slicing
 
     with torch.no_grad():
         model(**kwargs)  # warm-up (kernels, workspaces)

@@ -1,5 +1,5 @@
 """Whole-pipeline accelerator peaks (weights + activations), diffusers' default call vs `vidrt.render`, for a
-lent GPU. Random weights from the shipped configs (vidrt/known_configs): memory needs no training.
+lent GPU. Random weights from the shipped configs (vidrt/models/known_configs): memory needs no training.
 
     PYTHONUNBUFFERED=1 python bench/gpu_pipeline.py          # writes $OUT/gpu_pipeline.md (or bench/results/)
     python bench/gpu_pipeline.py --tiny                      # the same code path on tiny models on the CPU
@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KNOWN = ROOT / "vidrt" / "known_configs"
+KNOWN = ROOT / "vidrt" / "models" / "known_configs"
 GiB = 2 ** 30
 ROWS: list[str] = []
 
@@ -136,9 +136,9 @@ def _count_frames(path, frames, fps, size) -> int:
 def vidrt_render(pipe, family: str, shape: dict, memory: dict, device, workdir: Path, dtype_name: str):
     import importlib.util
 
-    from vidrt import runner
+    from vidrt.run import render as runner
     from vidrt.config import RenderConfig
-    from vidrt.runner import render
+    from vidrt.run.render import render
 
     if importlib.util.find_spec("imageio_ffmpeg") is None:
         runner.write_video = _count_frames
@@ -215,7 +215,7 @@ def main() -> None:
              workdir)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (--tiny dry run)"
     text = [f"# Whole-pipeline peaks on {name} (torch {torch.__version__}), bench/gpu_pipeline.py", "",
-            "Random weights from vidrt/known_configs, 2 steps, CFG on. Peak = max allocated over the whole call "
+            "Random weights from vidrt/models/known_configs, 2 steps, CFG on. Peak = max allocated over the whole call "
             "(weights + activations). Wan's text encoder is a 1-layer stand-in at UMT5-XXL width (see the "
             "docstring).", "",
             "| case | run | peak GiB | lower than diffusers | s | vidrt stage peaks (GiB) |",

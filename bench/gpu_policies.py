@@ -1,5 +1,5 @@
 """Step policies on a full-size denoiser on a lent GPU: what a skipped block saves in wall time, and what the
-policy's state costs in accelerator memory. Random weights from vidrt/known_configs (Wan 2.1 T2V 1.3B), so the
+policy's state costs in accelerator memory. Random weights from vidrt/models/known_configs (Wan 2.1 T2V 1.3B), so the
 *decisions* of a gated policy mean nothing here (bench/policies.py measures quality on the trained sample model);
 this run fixes each policy's skip pattern by forcing its gate open (threshold = inf), which leaves every cost a
 real gate has: the first block, the gate arithmetic, the fp32 histories, the forecast.
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     args = ap.parse_args(argv)
 
-    from vidrt.policies import enable_policy, disable_policy, policy_stats
+    from vidrt.engine.policies import enable_policy, disable_policy, policy_stats
 
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16

@@ -8,7 +8,7 @@ under FakeTensorMode on fake CPU tensors with vidrt's dispatch tracker (what `vi
 the planner use). Cases:
 
 * Wan 2.1 T2V 1.3B transformer (30 blocks, bf16), one forward at 81x480x832 (21x60x104 latents, 512 text
-  tokens), unsliced and sliced (chunk_tokens=4096) when vidrt.slicing is available;
+  tokens), unsliced and sliced (chunk_tokens=4096) when vidrt.engine.slicing is available;
 * AnimateDiff: SD1.5 UNet + MotionAdapter v1-5-2 (fp16), one forward at 16x512x512 with CFG (batch 2),
   unsliced and sliced (chunk_frames=4, chunk_positions=1024);
 * the whole Wan 1.3B T2V run, stage by stage (skip with --no-pipeline).
@@ -69,7 +69,7 @@ def animatediff_case(device, fake: bool):
 
 def _slice(model, chunks):
     try:
-        from vidrt.slicing import enable_slicing
+        from vidrt.engine.slicing import enable_slicing
     except ImportError:
         return False
     enable_slicing(model, **chunks)

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import vidrt.runner as runner  # noqa: E402
-from vidrt.checkpoint import StepCheckpointer  # noqa: E402
+import vidrt.run.render as runner  # noqa: E402
+from vidrt.run.checkpoint import StepCheckpointer  # noqa: E402
 from vidrt.cli import _quiet_libraries  # noqa: E402
 from vidrt.config import load_config  # noqa: E402
 from vidrt.models import get_adapter  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
     runner.render(cfg, tmp / "resumed.mp4", show_progress=False, resume=True)
     resume_diff = int(np.abs(captured[0].astype(int) - captured[1].astype(int)).max())
 
-    # the same loop on a simulated accelerator: pipeline loop tensors on it vs on the host (vidrt.long.loop_on_host)
+    # the same loop on a simulated accelerator: pipeline loop tensors on it vs on the host (vidrt.engine.long.loop_on_host)
     sim_rows = []
     if base.model.family == "wan":
         from vidrt.memory.simulate_long import wan_long_loop_peak

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidrt.slicing import disable_slicing, enable_slicing  # noqa: E402
-from vidrt.slicing.measure import peak_activation_bytes  # noqa: E402
+from vidrt.engine.slicing import disable_slicing, enable_slicing  # noqa: E402
+from vidrt_dev.counting import peak_activation_bytes  # noqa: E402
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vidrt.models import get_adapter  # noqa: E402
-from vidrt.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats  # noqa: E402
-from vidrt.policies.base import attached_policies, tensors_nbytes  # noqa: E402
+from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats  # noqa: E402
+from vidrt.engine.policies.base import attached_policies, tensors_nbytes  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 SAMPLE = ROOT / "samples" / "tiny-wan"

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vidrt import quality as q  # noqa: E402
-from vidrt.sample_data import COLOURS, DIRECTIONS, SHAPES, caption, make_clip, parse_caption  # noqa: E402
+import vidrt_dev.quality as q  # noqa: E402
+from vidrt_dev.sample_data import COLOURS, DIRECTIONS, SHAPES, caption, make_clip, parse_caption  # noqa: E402
 
 
 def bench_prompts(n: int, seed: int = 1234) -> list[str]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from vidrt.models import get_adapter
-from vidrt.samples_support import conditioning_image
+from vidrt_dev.images import conditioning_image
 
 HERE = Path(__file__).resolve().parent
 FOLDERS = {

@@ -5,7 +5,7 @@ Real diffusers/transformers classes, tiny configs:
   + UMT5EncoderModel (2 layers) + in-memory word tokenizer (`word_tokenizer(style="t5")`)
   + FlowMatchEulerDiscreteScheduler, assembled into a `diffusers.WanPipeline`.
 
-Data: `vidrt.sample_data` (procedural coloured shapes moving on plain backgrounds, captions
+Data: `vidrt_dev.sample_data` (procedural coloured shapes moving on plain backgrounds, captions
 "a {colour} {shape} moves {direction} on a {colour} background"), deterministic from a seed.
 
 Stages:
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vidrt.models.tokenizers import word_tokenizer  # noqa: E402
-from vidrt.sample_data import GRAMMAR, make_dataset  # noqa: E402
+from vidrt_dev.sample_data import GRAMMAR, make_dataset  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 32, 8
 # Captions are 9 words + </s>. The tokenizer's model_max_length is saved as TEXT_TOKENS, and vidrt's Wan adapter

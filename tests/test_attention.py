@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidrt import attention
-from vidrt.errors import VidrtError
+from vidrt.engine import attention
+from vidrt.core.errors import VidrtError
 from vidrt.models import get_adapter
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vidrt.video import read_video
+from vidrt.run.video import read_video
 
 RANDOM_SAMPLES = ["wan-random", "wan-i2v-random", "animatediff-random", "i2vgen-xl-random"]
 STAGES = {"wan-random": ["text_encode", "denoise", "vae_decode"],
@@ -158,8 +158,8 @@ def test_corrupt_weights(run_cli, tmp_path):
 
 def test_failure_mid_render_leaves_no_file(run_cli, tmp_path, monkeypatch):
     """A crash inside the denoiser (here: an injected error) leaves neither mp4 nor sidecar."""
-    import vidrt.runner as runner
-    from vidrt.errors import VidrtError
+    import vidrt.run.render as runner
+    from vidrt.core.errors import VidrtError
 
     def explode(*args, **kwargs):
         raise VidrtError("denoise: injected failure")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vidrt.config import load_config, parse_config
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 
 BASE = {"model": {"family": "wan", "path": "samples/tiny-random-wan"}, "prompt": "a red circle",
         "frames": 9, "height": 32, "width": 32}

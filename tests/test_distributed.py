@@ -1,6 +1,6 @@
-"""Slices across ranks (vidrt.distributed): 2 CPU processes over gloo give the same numbers as one process.
+"""Slices across ranks (vidrt.engine.distributed): 2 CPU processes over gloo give the same numbers as one process.
 
-Ranks are spawned processes (vidrt.distributed.testing.run_ranks), each building the same tiny random-init
+Ranks are spawned processes (vidrt_dev.ranks.run_ranks), each building the same tiny random-init
 pipeline; the single-process reference is computed in the same rank before the hooks are attached.
 """
 from __future__ import annotations
@@ -15,17 +15,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vidrt.distributed.testing import run_ranks
+from vidrt_dev.ranks import run_ranks
 
 TOL = 1e-5
 
 
 def _exactness(ctx):
     """Runs on every rank; returns max abs differences against the single-process result."""
-    import vidrt.distributed as vd
-    from vidrt.distributed.testing import pipeline_latents, wan_tiny_call_inputs
+    import vidrt.engine.distributed as vd
+    from vidrt_dev.ranks import pipeline_latents, wan_tiny_call_inputs
     from vidrt.models import get_adapter
-    from vidrt.slicing import enable_slicing
+    from vidrt.engine.slicing import enable_slicing
 
     out = {}
     # Wan, one denoiser call, sequence parallel: 3x5x7 = 105 tokens (53 / 52 per rank), in-rank chunks of 16.
@@ -126,7 +126,7 @@ def _exactness(ctx):
     vd.remove(pipe, adapter)
 
     # I2VGen-XL (batch 2 = uncond+cond, image-conditioned): CFG parallel
-    from vidrt.samples_support import conditioning_image
+    from vidrt_dev.images import conditioning_image
 
     adapter = get_adapter("i2vgen-xl")
     pipe = adapter.tiny(0)
@@ -232,7 +232,7 @@ def _render_with_failure(ctx, cfg_path, out):
     """A render where rank 1's denoiser fails on its second call."""
     from vidrt.config import load_config
     from vidrt.models import get_adapter
-    from vidrt.runner import render
+    from vidrt.run.render import render
 
     cfg = load_config(cfg_path, ["steps=2"])
     adapter = get_adapter("wan")
@@ -264,8 +264,8 @@ def test_rank_failure_stops_every_rank(ranks):
                     reason="torchrun not installed")
 def test_torchrun_cli_matches_single_process(repo, tmp_path):
     from vidrt.config import load_config
-    from vidrt.runner import render
-    from vidrt.video import read_video
+    from vidrt.run.render import render
+    from vidrt.run.video import read_video
 
     single = render(load_config(repo / "samples/wan-random.yaml", ["steps=1"]), tmp_path / "one.mp4",
                     show_progress=False, checkpoints=False)
@@ -295,7 +295,7 @@ def test_shard_without_torchrun_is_one_clear_error(run_cli, tmp_path):
 def test_temporal_exchange_puts_back_instance_forwards():
     """Inside a temporal op the GroupNorms run with statistics summed over ranks; afterwards each norm's
     forward is exactly what it was - including an instance-level one such as an offloading hook's."""
-    from vidrt.distributed import comm, unet_fp
+    from vidrt.engine.distributed import comm, unet_fp
 
     ctx = comm.simulated_context(2)
     comm.make_groups(ctx, 1, 2)

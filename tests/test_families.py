@@ -9,9 +9,9 @@ import torch
 import vidrt
 from vidrt.models import get_adapter
 from vidrt.models.base import RenderRequest
-from vidrt.runner import run_stages
+from vidrt.run.render import run_stages
 from vidrt.memory.tracker import MemoryTracker
-from vidrt.samples_support import conditioning_image
+from vidrt_dev.images import conditioning_image
 
 CASES = {
     "wan": ({}, dict(frames=5, height=32, width=32, guidance=5.0)),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidrt.long import (disable_context_windows, enable_context_windows, reschedule_noise, window_calls,
+from vidrt.engine.long import (disable_context_windows, enable_context_windows, reschedule_noise, window_calls,
                         window_starts, window_weights)
 from vidrt.models import get_adapter
 
@@ -120,7 +120,7 @@ def test_denoiser_activation_peak_flat_in_frames():
 def test_cli_renders_beyond_native_length(run_cli, tmp_path):
     import json
 
-    from vidrt.video import read_video
+    from vidrt.run.video import read_video
 
     out = tmp_path / "long.mp4"
     result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "frames=33", "--set", "steps=2",
@@ -136,9 +136,9 @@ def test_loop_on_host_gives_the_same_frames_and_restores_the_pipeline(tmp_path):
     """`long.loop_on_host` (auto on accelerators) runs the pipeline's loop on the CPU and only the windows on
     the render device; on the CPU both are the same device, so the frames must be identical, and the pipeline
     must come back with its own class (the loop device is a class swap)."""
-    from vidrt import runner
+    from vidrt.run import render as runner
     from vidrt.config import load_config
-    from vidrt.video import read_video
+    from vidrt.run.video import read_video
 
     frames = {}
     for on_host in (False, True):

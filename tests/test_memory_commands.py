@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from vidrt.errors import VidrtError
-from vidrt.memory.commands import plan_command, profile_command
+from vidrt.core.errors import VidrtError
+from vidrt.run.commands import plan_command, profile_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.models import get_adapter
-from vidrt.oom import AllocationLimit, disable_oom_fallback, enable_oom_fallback
-from vidrt.slicing import disable_slicing, enable_slicing, slicing_state
+from vidrt.engine.oom import AllocationLimit, disable_oom_fallback, enable_oom_fallback
+from vidrt.engine.slicing import disable_slicing, enable_slicing, slicing_state
 
 
 def wan_case():
@@ -100,7 +100,7 @@ def test_render_recovers_from_injected_oom(run_cli, tmp_path, monkeypatch):
 
     from diffusers.hooks import HookRegistry, ModelHook
 
-    import vidrt.runner as runner
+    import vidrt.run.render as runner
 
     class FailOnce(ModelHook):
         failed = False

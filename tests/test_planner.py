@@ -5,7 +5,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.memory import plan, simulate
 from vidrt.memory.planner import parse_bytes
 
@@ -57,7 +57,7 @@ def test_planner_offers_sharded_weights_on_several_gpus():
     """With gpus > 1 the planner also weighs FSDP2-sharded weights (offload "shard"): per GPU 1/N of the
     denoiser plus the running and the prefetched block; on one GPU "shard" is refused with one clear line."""
     from vidrt.config import load_config
-    from vidrt.errors import VidrtError
+    from vidrt.core.errors import VidrtError
     from vidrt.memory.planner import plan
     from vidrt.memory.simulate import MemorySettings, _account, run_session
 

@@ -9,10 +9,10 @@ import torch
 
 import vidrt
 from vidrt.models import get_adapter
-from vidrt.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats
-from vidrt.policies import policy_from_config
-from vidrt.policies.base import rel_error
-from vidrt.policies.trained import EarlyExit, LearnedInterpolation
+from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats
+from vidrt.engine.policies import policy_from_config
+from vidrt.engine.policies.base import rel_error
+from vidrt.engine.policies.trained import EarlyExit, LearnedInterpolation
 
 STEPS = 8
 N_LAYERS = 4
@@ -182,7 +182,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
     import gc
     import weakref
 
-    from vidrt.policies.base import _controller
+    from vidrt.engine.policies.base import _controller
 
     policy = make()
     enable_policy(wan, policy)
@@ -200,7 +200,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
 
 
 def test_taylor_history_min_gap():
-    from vidrt.policies.base import TaylorHistory
+    from vidrt.engine.policies.base import TaylorHistory
 
     h = TaylorHistory(max_order=1, min_gap=3)
     for step in range(5):
@@ -273,7 +273,7 @@ def test_step_rehash_key_steps(wan, wan_full):
 
 def test_composes_with_slicing(wan):
     """Slicing stays exact under a policy, in either enable order, and both undo cleanly."""
-    slicing = pytest.importorskip("vidrt.slicing")
+    slicing = pytest.importorskip("vidrt.engine.slicing")
     before = snapshot(wan)
     kw = wan_kwargs(size=32)                      # 8 tokens per frame pair: chunk_tokens=3 really chunks
     slicing.enable_slicing(wan, chunk_tokens=3, chunk_frames=1)

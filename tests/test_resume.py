@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import vidrt.runner as runner
-from vidrt.checkpoint import StepCheckpointer, checkpoint_dir
+import vidrt.run.render as runner
+from vidrt.run.checkpoint import StepCheckpointer, checkpoint_dir
 from vidrt.config import load_config
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 
 SAMPLES = {"wan": "samples/wan-random.yaml", "animatediff": "samples/animatediff-random.yaml",
            "i2vgen-xl": "samples/i2vgen-xl-random.yaml"}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidrt import quality as q
-from vidrt.sample_data import make_clip, parse_caption
+import vidrt_dev.quality as q
+from vidrt_dev.sample_data import make_clip, parse_caption
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "samples" / "tiny-wan"

@@ -9,7 +9,7 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.memory import simulate
 from vidrt.memory.simulate import KNOWN_MODELS, MemorySettings, build_module, components_from_folder, known_dir
 
@@ -26,7 +26,7 @@ def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
     from vidrt.memory import MemoryTracker
     from vidrt.models import get_adapter
     from vidrt.models.base import RenderRequest
-    from vidrt.runner import run_stages
+    from vidrt.run.render import run_stages
 
     adapter = get_adapter(family)
     pipe = adapter.tiny(0)
@@ -34,7 +34,7 @@ def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
     req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=64, width=64,
                         steps=1, guidance=5.0, seed=0)
     try:  # what a render applies before running (VAE slicing / frame buffer with tiling off)
-        from vidrt.slicing import apply_memory_config
+        from vidrt.engine.slicing import apply_memory_config
     except ImportError:
         apply_memory_config = None
     if apply_memory_config is not None:
@@ -110,7 +110,7 @@ def test_parameter_placement_follows_offload_and_text_encoder_settings():
     # group offload: the denoiser streams (the tiny one has 2 blocks, each over 1/8 of its weights: layer by
     # layer), the VAE stays
     from vidrt.memory.simulate import _leaf_resident
-    from vidrt.offload import offload_granularity
+    from vidrt.engine.offload import offload_granularity
 
     assert offload_granularity(pipe.transformer) == "leaf_level"
     assert group.stage("denoise")["param_bytes"] == _leaf_resident(pipe.transformer) + p["vae"]
@@ -137,9 +137,9 @@ def test_offload_granularity_of_the_full_size_denoisers():
 
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel, WanTransformer3DModel
 
-    from vidrt.offload import offload_granularity
+    from vidrt.engine.offload import offload_granularity
 
-    known = Path(__file__).resolve().parents[1] / "vidrt" / "known_configs"
+    known = Path(__file__).resolve().parents[1] / "vidrt" / "models" / "known_configs"
 
     def cfg(*parts):
         return {k: v for k, v in json.loads(known.joinpath(*parts, "config.json").read_text()).items()

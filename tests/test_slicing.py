@@ -1,4 +1,4 @@
-"""Feature slicer, operator groups, exact GroupNorm, memory config (vidrt.slicing, vidrt.offload)."""
+"""Feature slicer, operator groups, exact GroupNorm, memory config (vidrt.engine.slicing, vidrt.engine.offload)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +10,8 @@ from torch import nn
 
 import vidrt
 from vidrt.models import get_adapter
-from vidrt.slicing import apply_memory_config, disable_slicing, enable_slicing
-from vidrt.slicing.measure import peak_activation_bytes
+from vidrt.engine.slicing import apply_memory_config, disable_slicing, enable_slicing
+from vidrt_dev.counting import peak_activation_bytes
 
 FAMILIES = ["wan", "animatediff", "i2vgen-xl"]
 
@@ -86,7 +86,7 @@ def test_sliced_denoiser_matches_unsliced(pipes, family, batch, frames, chunks):
 
 def test_sliced_path_really_runs(pipes, monkeypatch):
     """The exactness test must not pass by silently falling back to the original forwards."""
-    from vidrt.slicing import groupnorm, wan
+    from vidrt.engine.slicing import groupnorm, wan
 
     calls = {"block": 0, "stats": 0}
     block, stats = wan.sliced_block, groupnorm.group_stats
@@ -100,7 +100,7 @@ def test_sliced_path_really_runs(pipes, monkeypatch):
         return stats(*a, **k)
 
     monkeypatch.setattr(wan, "sliced_block", count_block)
-    monkeypatch.setattr("vidrt.slicing.unet.group_stats", count_stats)
+    monkeypatch.setattr("vidrt.engine.slicing.unet.group_stats", count_stats)
     for fam in FAMILIES:
         pipe = pipes[fam]
         den = get_adapter(fam).denoiser(pipe)
@@ -115,7 +115,7 @@ def test_sliced_path_really_runs(pipes, monkeypatch):
 
 
 def test_exact_groupnorm_two_pass():
-    from vidrt.slicing.groupnorm import group_stats, normalize_chunk
+    from vidrt.engine.slicing.groupnorm import group_stats, normalize_chunk
 
     torch.manual_seed(0)
     norm = nn.GroupNorm(4, 8, eps=1e-6)
@@ -302,7 +302,7 @@ def test_apply_memory_config_reports_json_and_keeps_frames():
     assert applied["offload"]["offload"] == "group"
     assert applied["vae"]["vae_frame_buffer"] is True
     assert (out - ref).abs().max().item() <= 1e-4
-    from vidrt.errors import VidrtError
+    from vidrt.core.errors import VidrtError
 
     with pytest.raises(VidrtError, match="memory.slicing"):
         apply_memory_config(pipe, {"slicing": {"rows": 2}}, "cpu")
@@ -311,8 +311,8 @@ def test_apply_memory_config_reports_json_and_keeps_frames():
 
 
 def test_release_text_encoder_and_wan_vae_buffer():
-    from vidrt.offload import release_text_encoder
-    from vidrt.slicing.vae import apply_vae_settings, reset_vae
+    from vidrt.engine.offload import release_text_encoder
+    from vidrt.engine.slicing.vae import apply_vae_settings, reset_vae
 
     pipe = get_adapter("wan").tiny(0)
     assert release_text_encoder(pipe, "cpu") == {"text_encoder": "unchanged"}
@@ -332,7 +332,7 @@ def test_release_text_encoder_and_wan_vae_buffer():
                                        ((48, 64), 32)])                  # tiles that do not overlap
 def test_wan_tiled_decode_via_host_is_bit_identical(hw, stride):
     """The tile-at-a-time decode (blends on the host) equals diffusers' tiled_decode, through decode_stream."""
-    from vidrt.slicing.vae import tiled_decode_via_host, tiles_needed
+    from vidrt.engine.slicing.vae import tiled_decode_via_host, tiles_needed
 
     adapter = get_adapter("wan")
     pipe = adapter.tiny(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidrt.errors import VidrtError
-from vidrt.video import load_image, read_video, unpad_frame, write_video
+from vidrt.core.errors import VidrtError
+from vidrt.run.video import load_image, read_video, unpad_frame, write_video
 
 
 def pattern(frames: int, h: int, w: int) -> list[np.ndarray]:

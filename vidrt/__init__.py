@@ -10,24 +10,24 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": "vidrt.models",
-    "VidrtError": "vidrt.errors",
+    "VidrtError": "vidrt.core.errors",
     "RenderConfig": "vidrt.config",
     "load_config": "vidrt.config",
-    "render": "vidrt.runner",
+    "render": "vidrt.run.render",
     # memory engine
-    "enable_slicing": "vidrt.slicing",
-    "disable_slicing": "vidrt.slicing",
+    "enable_slicing": "vidrt.engine.slicing",
+    "disable_slicing": "vidrt.engine.slicing",
     # profiler / simulator / planner
     "track_memory": "vidrt.memory",
     "simulate": "vidrt.memory",
     "plan": "vidrt.memory",
     # step policies
-    "enable_policy": "vidrt.policies",
-    "disable_policy": "vidrt.policies",
-    "policy_stats": "vidrt.policies",
-    "TaylorGate": "vidrt.policies",
-    "StepRehash": "vidrt.policies",
-    "AdaptiveSkip": "vidrt.policies",
+    "enable_policy": "vidrt.engine.policies",
+    "disable_policy": "vidrt.engine.policies",
+    "policy_stats": "vidrt.engine.policies",
+    "TaylorGate": "vidrt.engine.policies",
+    "StepRehash": "vidrt.engine.policies",
+    "AdaptiveSkip": "vidrt.engine.policies",
 }
 
 __all__ = sorted(_EXPORTS)

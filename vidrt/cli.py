@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vidrt: memory-optimized video diffusion runtime (Wan 2.1, AnimateDiff, I2VGen-XL).")
@@ -66,11 +66,11 @@ def render(
     Every denoising step is checkpointed to OUT.ckpt/ (removed after success); after a crash or Ctrl-C,
     the same command with --resume continues from the last complete step."""
     from vidrt.config import load_config
-    from vidrt.runner import render as run
+    from vidrt.run.render import render as run
 
     overrides = list(set_ or []) + ([f"devices=[{devices}]"] if devices else [])
     cfg = load_config(config, overrides)
-    from vidrt.distributed.launch import relaunch_if_needed
+    from vidrt.engine.distributed.launch import relaunch_if_needed
 
     code = relaunch_if_needed(cfg.devices, sys.argv[1:])
     if code is not None:  # the ranks rendered (rank 0 wrote the files)
@@ -115,7 +115,7 @@ def profile(
 ):
     """Peak memory per stage and per module (real run, or --dry-run simulation)."""
     from vidrt.config import load_config
-    from vidrt.memory.commands import profile_command
+    from vidrt.run.commands import profile_command
 
     profile_command(load_config(config, set_ or []), dry_run=dry_run, json_path=json_path, plot_path=plot,
                     gpus=gpus)
@@ -132,7 +132,7 @@ def plan(
 ):
     """The fastest plan (chunk sizes, offload, text-encoder placement, VAE tiling) that fits BUDGET."""
     from vidrt.config import load_config
-    from vidrt.memory.commands import plan_command
+    from vidrt.run.commands import plan_command
 
     plan_command(load_config(config, set_ or []), budget, gpus=gpus)
 

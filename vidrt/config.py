@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 
 DTYPES = ("float32", "float16", "bfloat16")
 

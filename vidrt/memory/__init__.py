@@ -13,8 +13,8 @@ _LAZY = {
     "plan": "vidrt.memory.planner",
     "Plan": "vidrt.memory.planner",
     "parse_bytes": "vidrt.memory.planner",
-    "profile_command": "vidrt.memory.commands",
-    "plan_command": "vidrt.memory.commands",
+    "profile_command": "vidrt.run.commands",
+    "plan_command": "vidrt.run.commands",
 }
 
 __all__ = ["MemorySettings", "MemoryTracker", "SimReport", "format_bytes", "simulate", "track_memory", *_LAZY]

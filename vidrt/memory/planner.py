@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.memory.simulate import MemorySettings, _account, run_session
 from vidrt.memory.tracker import format_bytes, stage_table
 
@@ -108,7 +108,7 @@ def slicing_candidates(config, family: str, frames: int, height: int, width: int
     """Unsliced, then chunks of 1/2 .. 1/32 of the sliced axis."""
     cands = [MemorySettings(slicing=False)]
     try:
-        import vidrt.slicing  # noqa: F401
+        import vidrt.engine.slicing  # noqa: F401
     except ImportError:
         return cands
     if family == "wan":
@@ -149,7 +149,7 @@ _SESSIONS: dict[tuple, Any] = {}  # one simulated session serves every budget fo
 def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5, gpus: int = 1) -> Plan:
     """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
     `config.memory.budget`). `gpus` > 1: the per-GPU peak of a torchrun over that many GPUs (the layout
-    vidrt.distributed chooses), with weights replicated or sharded over the ranks (offload "shard")."""
+    vidrt.engine.distributed chooses), with weights replicated or sharded over the ranks (offload "shard")."""
     started = time.perf_counter()
     if budget is None:
         budget = getattr(getattr(config, "memory", None), "budget", None)

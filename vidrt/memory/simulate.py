@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.memory.tracker import MemoryTracker, format_bytes, module_bytes, stage_table
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -89,14 +89,14 @@ def settings_from_config(config) -> MemorySettings:
         s.slicing = True
         s.chunk_frames, s.chunk_tokens, s.chunk_positions = get("frames"), get("tokens"), get("positions")
     s.offload = str(getattr(mem, "offload", "none") or "none")
-    from vidrt.offload import OFFLOAD_MODES
+    from vidrt.engine.offload import OFFLOAD_MODES
 
     if s.offload not in OFFLOAD_MODES:
         raise VidrtError(f"memory.offload: {s.offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
     tiling = getattr(mem, "vae_tiling", "auto")
-    if tiling == "auto":  # the runner's rule (vidrt.slicing.vae): tile from 720x1280 up
+    if tiling == "auto":  # the runner's rule (vidrt.engine.slicing.vae): tile from 720x1280 up
         try:
-            from vidrt.slicing.vae import AUTO_TILING_PIXELS
+            from vidrt.engine.slicing.vae import AUTO_TILING_PIXELS
         except ImportError:
             AUTO_TILING_PIXELS = 720 * 1280
         s.vae_tiling = int(config.height) * int(config.width) >= AUTO_TILING_PIXELS
@@ -119,7 +119,7 @@ class Component:
 def known_dir(model_id: str) -> Path | None:
     if model_id not in KNOWN_MODELS:
         return None
-    base = resources.files("vidrt") / "known_configs" / model_id.replace("/", "--")
+    base = resources.files("vidrt.models") / "known_configs" / model_id.replace("/", "--")
     return Path(str(base))
 
 
@@ -273,10 +273,10 @@ def _accelerator(config) -> str:
 
 
 def _group_resident(mod: nn.Module, total_bytes: int) -> int:
-    """Resident bytes of a denoiser under vidrt's group offloading (vidrt.offload): block level keeps what
+    """Resident bytes of a denoiser under vidrt's group offloading (vidrt.engine.offload): block level keeps what
     is outside the outermost blocks plus two blocks (the one running and the one being prefetched); leaf
     level keeps two leaves. `total_bytes` counts the layers a reduced simulation model dropped."""
-    from vidrt.offload import offload_granularity, outermost_blocks
+    from vidrt.engine.offload import offload_granularity, outermost_blocks
 
     if offload_granularity(mod, total_bytes) == "leaf_level":
         return _leaf_resident(mod)
@@ -295,7 +295,7 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
     """Simulate `config` at full size without allocating. `settings` overrides the config's memory keys;
     `pipe` takes component configs from an existing pipeline (e.g. a tiny one) instead of `model.path`.
     Repeated identical layers run twice, not N times (same peak, see REPEATED) unless `exact_layers`.
-    `ranks` > 1: the peak of rank 0 of a torchrun over that many GPUs (the layout vidrt.distributed would
+    `ranks` > 1: the peak of rank 0 of a torchrun over that many GPUs (the layout vidrt.engine.distributed would
     choose, or `mode`): the denoiser runs through the real distributed hooks with collectives that allocate
     their results and move nothing; weights are replicated on every rank."""
     started = time.perf_counter()
@@ -355,7 +355,7 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
     with_image = bool(getattr(config, "image", None)) or adapter.needs_image
     accel = _accelerator(config)
     try:
-        from vidrt.slicing import disable_slicing, enable_slicing
+        from vidrt.engine.slicing import disable_slicing, enable_slicing
     except ImportError:  # the memory engine is optional here: profile what exists
         enable_slicing = disable_slicing = None
 
@@ -375,7 +375,7 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
             return setup
 
         try:  # the runner's VAE settings (tiling, VAE slicing, Wan's frame-buffer decode) when present
-            from vidrt.slicing.vae import apply_vae_settings
+            from vidrt.engine.slicing.vae import apply_vae_settings
         except ImportError:
             apply_vae_settings = None
 
@@ -405,8 +405,8 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         layout = None
         holder = SimpleNamespace(**{adapter.denoiser_attr: den}, encode_prompt=lambda *a, **k: None)
         if ranks > 1:   # rank 0 of `ranks`: the real hooks, collectives that allocate and move nothing
-            import vidrt.distributed as vdist
-            from vidrt.distributed.comm import simulated_context
+            import vidrt.engine.distributed as vdist
+            from vidrt.engine.distributed.comm import simulated_context
 
             layout = vdist.apply(holder, adapter, simulated_context(ranks), guidance=guidance, mode=mode)
         try:
@@ -424,8 +424,8 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                      _group_resident(v, params[k]))
                  for k, v in named.items()}
         shard = {}
-        if ranks > 1:   # FSDP2 over the ranks (vidrt.distributed.shard)
-            from vidrt.distributed.shard import rank_weight_bytes
+        if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
+            from vidrt.engine.distributed.shard import rank_weight_bytes
 
             den_name = adapter.denoiser_attr
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
@@ -687,7 +687,7 @@ def _run_wan(tracker, mods, adapter, p):
             del pred
     del embeds, condition, image_embeds
     latents = latents.to(p.dtype)
-    from vidrt.slicing.vae import decode_host
+    from vidrt.engine.slicing.vae import decode_host
 
     for name, setup in _variants(p.decode_variants, "vae_decode"):
         setup()
@@ -704,7 +704,7 @@ def _extrapolated_decode(tracker, adapter, vae, latents, name):
     """Wan's tiled decode runs every tile frame by frame (minutes under fake tensors at 480p). Its working
     set per frame is constant after the first latent frame (which decodes to one video frame, the others to
     four) and what could grow is the decoded tile (its frames leave the device as they are decoded:
-    vidrt.slicing.vae.tiled_decode_via_host), so decode 2 and 3 latent frames and extrapolate the stage's
+    vidrt.engine.slicing.vae.tiled_decode_via_host), so decode 2 and 3 latent frames and extrapolate the stage's
     activation peak linearly in latent frames (planner only)."""
     acts = []
     seconds = 0.0

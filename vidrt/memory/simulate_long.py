@@ -3,7 +3,7 @@
 With context windows the denoiser's activations are those of one window, but the diffusers loop around it
 also makes full-length tensors every step: the model input, the cond and uncond predictions, the guided
 prediction and the scheduler's result. Whether they sit on the accelerator or on the host
-(`vidrt.long.loop_on_host`) decides whether accelerator memory is flat in the video length. A CPU run cannot
+(`vidrt.engine.long.loop_on_host`) decides whether accelerator memory is flat in the video length. A CPU run cannot
 tell host from accelerator, so here the real pipeline (`WanPipeline.__call__`) runs under FakeTensorMode with
 the transformer on the **meta** device as the stand-in accelerator and the host on (fake) CPU tensors, through
 the real context-window hook and the real slicer, while the tracker's live-storage counter counts only storages
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vidrt.long import enable_context_windows, loop_on_host as host_loop, window_starts
+from vidrt.engine.long import enable_context_windows, loop_on_host as host_loop, window_starts
 from vidrt.memory.tracker import _LiveCounter
 from vidrt.models import get_adapter
 
@@ -72,7 +72,7 @@ def wan_long_loop_peak(folder: str | Path, *, frames: int, height: int, width: i
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         den = den.to_empty(device=STAND_IN)
         if slicing:
-            from vidrt.slicing import enable_slicing
+            from vidrt.engine.slicing import enable_slicing
             enable_slicing(den)
         pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=den, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)

@@ -1,7 +1,7 @@
 """Model families. Each is an adapter (see base.py); this module maps family names to adapters."""
 from __future__ import annotations
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 from vidrt.models.animatediff import AnimateDiffAdapter
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest
 from vidrt.models.i2vgen import I2VGenXLAdapter

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vidrt.errors import VidrtError
+from vidrt.core.errors import VidrtError
 
 # Module roles the slicer understands.
 SPATIAL = "spatial"      # treats each frame independently: slice the batch*frames axis
@@ -72,12 +72,12 @@ class ModelAdapter:
     text_encoder_attr: ClassVar[str] = "text_encoder"
     image_encoder_attr: ClassVar[str | None] = None
     pipeline_class_names: ClassVar[tuple[str, ...]] = ()
-    # denoiser forward arguments that carry a frame axis, by layout (see vidrt.long); the first is the input
+    # denoiser forward arguments that carry a frame axis, by layout (see vidrt.engine.long); the first is the input
     frame_inputs: ClassVar[dict[str, str]] = {}
     temporal_compression: ClassVar[int] = 1   # pixel frames per latent frame (Wan: 4, after the first)
     long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
-    frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.distributed.unet_fp)
-    attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend (vidrt.attention)
+    frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.engine.distributed.unet_fp)
+    attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend (vidrt.engine.attention)
     stages: ClassVar[tuple[Stage, ...]] = ()
 
     # ---- loading -------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class WanAdapter(ModelAdapter):
         tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
         tiles one at a time and blends them on the host (identical result), so the device holds one tile.
         """
-        from vidrt.slicing.vae import tiled_decode_via_host, tiles_needed
+        from vidrt.engine.slicing.vae import tiled_decode_via_host, tiles_needed
 
         vae = pipe.vae
         z = vae.config.z_dim

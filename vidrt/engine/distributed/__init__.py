@@ -1,0 +1,196 @@
+"""Slices across several GPUs (or CPU processes) with torch.distributed.
+
+    ctx = vidrt.engine.distributed.setup_from_env()        # None unless launched by torchrun with WORLD_SIZE > 1
+    vidrt.engine.distributed.apply(pipe, adapter, ctx, guidance=5.0)
+
+Every rank runs the same pipeline loop (same seed, same scheduler); hooks on the denoiser split each step's
+work and all-gather the results, so every rank holds identical noise predictions and latents:
+- CFG parallel (`cfg` ranks, 2 when guidance > 1): the guidance streams run on different ranks (vidrt.engine.distributed.cfg);
+- sequence parallel (`sp` ranks): one Wan call's tokens split over ranks, self-attention by Ulysses all-to-all
+  or K/V gathered per head group (vidrt.engine.distributed.wan_sp); for AnimateDiff one call's frames split over
+  ranks, temporal ops on positions after an all-to-all (vidrt.engine.distributed.unet_fp).
+world = cfg x sp. Only rank 0 decodes and writes files (see vidrt/runner.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vidrt.engine.distributed.comm import Context, DistributedError, agree, make_groups
+from vidrt.core.errors import VidrtError
+
+__all__ = ["Context", "DistributedError", "setup_from_env", "apply", "remove", "shutdown", "agree", "plan_layout", "guard"]
+
+_APPLIED = "_vidrt_distributed"
+
+
+def setup_from_env(timeout_s: float | None = None, device_type: str | None = None) -> Context | None:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    None for a plain single-process run (no WORLD_SIZE, or WORLD_SIZE=1). gloo on CPU, NCCL when CUDA is
+    available; each rank uses cuda:LOCAL_RANK. `VIDRT_DIST_TIMEOUT` (seconds, default 600) bounds how long
+    a rank waits in a collective for a peer before it fails with a DistributedError. `device_type="cpu"`
+    (a config asking for the CPU) or VIDRT_DIST_BACKEND=gloo forces gloo on CPU even where CUDA exists.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = (torch.cuda.is_available() and os.environ.get("VIDRT_DIST_BACKEND", "") != "gloo"
+            and device_type != "cpu")
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise VidrtError(f"devices: rank {rank} needs cuda:{local} but only {torch.cuda.device_count()} "
+                             "GPU(s) are visible")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("VIDRT_DIST_TIMEOUT", 600)))
+    owns = False
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world, "timeout": timeout}
+        if cuda:
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+        owns = True
+    return Context(rank=rank, world=world, device=device, backend=dist.get_backend(), owns_process_group=owns)
+
+
+def context_from_group() -> Context:
+    """A Context for an already initialised default process group (tests, library use)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    return Context(rank=rank, world=world, device=device, backend=backend)
+
+
+def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode: str = "auto") -> tuple[int, int]:
+    """(cfg, sp) ranks. auto: CFG parallel over 2 when guidance > 1 and world is even, the rest sequence
+    parallel (DiT only); 'cfg' / 'sequence' force one kind."""
+    cfg_ok = guidance is None or guidance > 1.0
+    if mode == "cfg":
+        cfg, sp = world, 1
+    elif mode == "sequence":
+        cfg, sp = 1, world
+    elif mode == "auto":
+        if cfg_ok and world % 2 == 0:
+            cfg, sp = 2, world // 2
+        else:
+            cfg, sp = 1, world
+    else:
+        raise VidrtError(f"distributed mode: {mode!r} is not one of auto, cfg, sequence")
+    if sp > 1 and not sequence_capable:
+        raise VidrtError(f"devices: {world} ranks need sequence/frame parallel over {sp}, which this model family "
+                         "does not support (I2VGen-XL: 2 ranks with guidance > 1, i.e. CFG parallel)")
+    if cfg > 2:
+        raise VidrtError(f"devices: CFG parallel splits 2 guidance streams; {world} ranks in 'cfg' mode is too many")
+    if cfg == 2 and not cfg_ok:
+        raise VidrtError(f"guidance: {guidance} has no second CFG stream to run on another rank; "
+                         "use sequence parallel or one device")
+    return cfg, sp
+
+
+def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str | None = None,
+          head_groups: int | None = None, attention: str | None = None,
+          shard: bool = False) -> dict[str, Any] | None:
+    """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
+    was applied (for the sidecar), None for a single-process run. `mode` (default: env VIDRT_DIST_MODE,
+    else auto): auto | cfg | sequence; `head_groups` (default: env VIDRT_DIST_HEAD_GROUPS, else one per
+    head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel;
+    `attention` (default: env VIDRT_DIST_ATTENTION, else auto): auto | ulysses | gather - sequence-parallel
+    self-attention by all-to-all over heads (auto: when the heads divide by the ranks) or by K/V all-gather;
+    `shard`: the denoiser's weights sharded over all ranks with FSDP2 (vidrt.engine.distributed.shard; permanent:
+    `remove` leaves them sharded)."""
+    if ctx is None or ctx.world <= 1:
+        return None
+    mode = mode or os.environ.get("VIDRT_DIST_MODE", "auto")
+    head_groups = head_groups or int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None
+    attention = attention or os.environ.get("VIDRT_DIST_ATTENTION", "auto")
+    from vidrt.engine.distributed import cfg as cfg_mod
+    from vidrt.engine.distributed import unet_fp, wan_sp
+
+    denoiser = adapter.denoiser(pipe)
+    remove(pipe, adapter)
+    tokens = bool(adapter.roles(denoiser).token) and wan_sp.supports(denoiser)
+    frames = adapter.frame_parallel and unet_fp.supports(adapter, denoiser)
+    n_cfg, n_sp = plan_layout(ctx.world, guidance, tokens or frames, mode)
+    make_groups(ctx, n_cfg, n_sp)
+    undo = []
+    hooks: dict[str, Any] = {}
+    # Registration order = nesting: the sequence hook first (innermost), the CFG hook around it.
+    if n_sp > 1 and tokens:
+        ulysses = wan_sp.uses_ulysses(denoiser.config.num_attention_heads, n_sp, attention)
+        hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups, "ulysses" if ulysses else "gather")
+        undo.append(lambda: wan_sp.disable(denoiser))
+    elif n_sp > 1:
+        hooks["frames"] = unet_fp.enable(denoiser, adapter, ctx)
+        undo.append(lambda: unet_fp.disable(denoiser, adapter))
+    if n_cfg > 1:
+        hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
+        undo.append(lambda: cfg_mod.disable(denoiser))
+        undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
+    sharded = None
+    if shard:
+        from vidrt.engine.distributed import shard as shard_mod
+
+        sharded = (shard_mod.shard_weights(denoiser, ctx) if not shard_mod.is_sharded(denoiser)
+                   else {"shards": ctx.world})
+    object.__setattr__(denoiser, _APPLIED, (undo, hooks))
+    described = {**ctx.describe(), "weights": {"sharded": sharded} if sharded else "replicated"}
+    if n_sp > 1 and tokens:
+        described["sequence_attention"] = "ulysses" if ulysses else "gather"
+        if not ulysses:
+            described["head_groups"] = head_groups or "per head"
+    elif n_sp > 1:
+        described["frame_parallel"] = n_sp
+    return described
+
+
+def hooks_of(pipe, adapter) -> dict[str, Any]:
+    state = adapter.denoiser(pipe).__dict__.get(_APPLIED)
+    return state[1] if state else {}
+
+
+def remove(pipe, adapter) -> None:
+    denoiser = adapter.denoiser(pipe)
+    state = denoiser.__dict__.pop(_APPLIED, None)
+    if state:
+        for u in reversed(state[0]):
+            u()
+
+
+def shutdown(ctx: Context | None, failed: bool = False) -> None:
+    """Leave the process group this module created. After a failure, abort it (closing the connections
+    makes peers blocked in a collective fail at once instead of waiting for the timeout)."""
+    if ctx is None or not ctx.owns_process_group or not dist.is_initialized():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass
+
+
+@contextlib.contextmanager
+def guard(ctx: Context | None, pipe=None, adapter=None):
+    """Around a distributed render: on success or failure remove the hooks and leave the process group;
+    leaving it on failure closes this rank's connections, so peers blocked in a collective raise a
+    DistributedError at once (instead of hanging until the timeout)."""
+    if ctx is None:
+        yield
+        return
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if pipe is not None and adapter is not None:
+            remove(pipe, adapter)
+        shutdown(ctx, failed=failed)

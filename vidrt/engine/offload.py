@@ -1,0 +1,154 @@
+"""Where weights live: text-encoder placement and weight streaming of the denoiser.
+
+- `release_text_encoder(pipe, device)`: after the prompts are encoded the text encoder (UMT5-XXL is
+  10.6 GiB in bf16) is not needed on the accelerator; move it to the CPU (or delete it).
+- `enable_offload(pipe, "group", device)`: the denoiser streams its weights through diffusers' group
+  offloading (a CUDA stream prefetches the next group when the accelerator is CUDA): block by block when it
+  is a stack of many small blocks (a DiT), layer by layer otherwise (a UNet, where one up block holds a
+  quarter of the weights; see `offload_granularity`); the text/image encoders stream leaf by leaf; the VAE
+  sits on the device.
+- `enable_offload(pipe, "model", device)`: diffusers' model CPU offload (whole models move on use).
+- "none": everything on the device.
+
+Apply slicing first, offload second (vidrt.engine.slicing.apply_memory_config does): slicing replaces the
+innermost computation and the offload hooks wrap it either way, but a fixed order keeps state simple.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+OFFLOAD_MODES = ("none", "model", "group", "shard")   # shard: FSDP2 over torchrun ranks (vidrt.engine.distributed)
+_ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
+
+
+BLOCK_SHARE_MAX = 1 / 8  # block-level streaming keeps two blocks resident: fine while each is a small share
+
+
+def outermost_blocks(module: nn.Module) -> list[nn.Module]:
+    """The blocks diffusers' block-level group offloading streams: elements of the module's direct
+    ModuleList / Sequential children (everything else stays resident)."""
+    return [b for child in module.children() if isinstance(child, (nn.ModuleList, nn.Sequential)) for b in child]
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def offload_granularity(module: nn.Module, total_bytes: int | None = None) -> str:
+    """"block_level" when every outermost block is at most 1/8 of the weights (Wan: 30-40 blocks of 1/31),
+    else "leaf_level". Block level keeps the running and the prefetched block on the accelerator; SD1.5's
+    UNet has an up block of 0.6 GiB (fp16) and its mid block is no block at all, so two blocks in flight
+    cost more than the sliced activations; there each layer streams alone. `total_bytes`: the full model's
+    weight bytes when `module` is a reduced copy (the simulator drops repeated layers)."""
+    blocks = outermost_blocks(module)
+    if not blocks:
+        return "leaf_level"
+    total = total_bytes if total_bytes is not None else _param_bytes(module)
+    largest = max(_param_bytes(b) for b in blocks)
+    return "block_level" if total and largest <= BLOCK_SHARE_MAX * total else "leaf_level"
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    if hasattr(module, "_hf_hook"):
+        return True
+    for sub in module.modules():
+        reg = getattr(sub, "_diffusers_hook", None)
+        if reg is not None and reg.hooks:
+            return True
+    return False
+
+
+def release_text_encoder(pipe, device=None, *, delete: bool = False) -> dict[str, Any]:
+    """Move the pipeline's text encoder(s) off the accelerator after prompt encoding (or delete them).
+
+    Safe to call on any pipeline: on a CPU run, or when an offload mode already manages the encoder
+    (its hooks move it), nothing moves. Returns {"text_encoder": "cpu"|"deleted"|"unchanged", ...}."""
+    dev = _device(device)
+    info: dict[str, Any] = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if not isinstance(module, nn.Module):
+            continue
+        if delete:
+            setattr(pipe, name, None)
+            if hasattr(pipe, "register_to_config"):
+                pipe.register_to_config(**{name: (None, None)})
+            info[name] = "deleted"
+        elif dev.type == "cpu" or _has_hooks(module):
+            info[name] = "unchanged"
+        else:
+            module.to("cpu")
+            info[name] = "cpu"
+    if dev.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return info
+
+
+def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
+    """Apply an offload mode to a diffusers pipeline. Returns a JSON-able summary."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"memory.offload: expected one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    dev = _device(device)
+    info: dict[str, Any] = {"offload": mode}
+    if mode == "none":
+        return info
+    if mode == "shard":
+        info["note"] = "weights sharded over the ranks by vidrt.engine.distributed (FSDP2)"
+        return info
+    if mode == "model":
+        if dev.type == "cpu":
+            info["note"] = "model offload is a no-op on the CPU"
+            return info
+        pipe.enable_model_cpu_offload(device=dev)
+        return info
+
+    from diffusers.hooks import apply_group_offloading
+
+    from vidrt.engine.slicing import denoisers_of
+
+    use_stream = dev.type == "cuda" and torch.cuda.is_available()
+    streamed, granularity = [], {}
+    for den in denoisers_of(pipe):
+        kind = offload_granularity(den)
+        apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"), offload_type=kind,
+                               num_blocks_per_group=1 if kind == "block_level" else None, use_stream=use_stream)
+        streamed.append(type(den).__name__)
+        granularity[type(den).__name__] = kind
+    for name in _ENCODERS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module) and not _has_hooks(module):
+            apply_group_offloading(module, onload_device=dev, offload_device=torch.device("cpu"),
+                                   offload_type="leaf_level", use_stream=use_stream)
+            streamed.append(name)
+    vae = getattr(pipe, "vae", None)
+    if isinstance(vae, nn.Module):
+        vae.to(dev)
+    info.update({"streamed": streamed, "use_stream": use_stream, "offload_type": granularity})
+    return info
+
+
+def disable_offload(pipe) -> None:
+    """Remove group-offloading hooks vidrt added (model offload: diffusers' remove_all_hooks)."""
+    from diffusers.hooks import HookRegistry
+
+    for name, module in list(getattr(pipe, "components", {}).items()):
+        if not isinstance(module, nn.Module):
+            continue
+        for sub in module.modules():
+            reg = getattr(sub, "_diffusers_hook", None)
+            if isinstance(reg, HookRegistry):
+                for hook in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+                    if hook in reg.hooks:
+                        reg.remove_hook(hook, recurse=False)
+    if hasattr(pipe, "remove_all_hooks"):
+        try:
+            pipe.remove_all_hooks()
+        except Exception:  # noqa: BLE001 - nothing to remove
+            pass

@@ -1,0 +1,146 @@
+"""Video and image I/O: decord for reading, imageio-ffmpeg for writing, atomic files, the JSON sidecar."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidrt.core.errors import VidrtError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
+
+
+# ---------------------------------------------------------------------------------------- output paths
+def sidecar_path(video_path: str | Path) -> Path:
+    """`out/x.mp4` -> `out/x.json`."""
+    return Path(video_path).with_suffix(".json")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early (before any model loads) when the output cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise VidrtError(f"output.path: {path} must end in .mp4")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".vidrt-probe-"):
+            pass
+    except OSError as exc:
+        raise VidrtError(f"output.path: directory {parent} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=f".partial{final.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the final file should look like any other
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- frames
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(B, C, F, H, W) or (C, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 (first batch item)."""
+    if video.ndim == 5:
+        video = video[0]
+    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int, int],
+                crf: int = 12) -> int:
+    """Encode uint8 (H, W, 3) frames to an H.264 mp4 atomically; returns the number of frames written.
+
+    `frames` may be a generator, so a caller can stream decoded chunks without holding the whole video.
+    """
+    import imageio_ffmpeg
+
+    height, width = size
+    count = 0
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            macro_block_size=1, output_params=["-crf", str(crf)], ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        try:
+            for frame in frames:
+                frame = np.ascontiguousarray(frame, dtype=np.uint8)
+                if frame.shape != (height, width, 3):
+                    raise ValueError(f"frame shape {frame.shape} != {(height, width, 3)}")
+                writer.send(frame)
+                count += 1
+        finally:
+            writer.close()
+    return count
+
+
+# ---------------------------------------------------------------------------------------- reading
+def unpad_frame(frame: np.ndarray) -> np.ndarray:
+    """decord returns padded rows for some widths (a (H, W, C') array with C' != 3): drop the padding."""
+    if frame.ndim == 3 and frame.shape[-1] == 3:
+        return frame
+    h, w = frame.shape[0], frame.shape[1]
+    return frame.reshape(h, -1)[:, : w * 3].reshape(h, w, 3)
+
+
+def _decord():
+    try:
+        import decord
+    except ImportError:
+        raise VidrtError("reading video needs decord: pip install 'vidrt[video]' (the decord2 wheel)") from None
+    return decord
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """All frames of a video as (F, H, W, 3) uint8."""
+    decord = _decord()
+    path = Path(path)
+    if not path.is_file():
+        raise VidrtError(f"video: no such file {path}")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        frames = [unpad_frame(reader[i].asnumpy()) for i in range(len(reader))]
+    except Exception as exc:  # decord raises its own DECORDError types
+        raise VidrtError(f"video: cannot decode {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    return np.stack(frames)
+
+
+def load_image(path: str | Path, key: str = "image"):
+    """A conditioning image as RGB PIL: an image file, or the first frame of a video (through decord)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise VidrtError(f"{key}: no such file {path}")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return Image.fromarray(read_video(path)[0])
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise VidrtError(f"{key}: cannot read image {path} ({type(exc).__name__})") from None
