@@ -85,7 +85,7 @@ def workload(ctx, mode: str):
             from types import SimpleNamespace
 
             pipe = SimpleNamespace(transformer=den, encode_prompt=lambda: (cond, uncond))
-            vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)
+            vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0, mode=mode))
             if mode == "cfg":
                 pipe.encode_prompt()  # what WanPipeline does first: the hook learns the negative embeddings
         with torch.no_grad():
@@ -101,7 +101,7 @@ def workload(ctx, mode: str):
         x = torch.randn(2, 4, 8, 16, 16, generator=g)
         ehs = torch.randn(16, 16, 32, generator=g)
         if ctx is not None:
-            vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)
+            vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0, mode=mode))
         with torch.no_grad():
             results["animatediff"] = _measure(lambda: unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample)
     return results
@@ -127,8 +127,9 @@ def simulated(ranks=(2, 4, 8)) -> dict:
     from vidrt.config import RenderConfig
     from vidrt.engine.distributed import comm, wan_sp
     from vidrt.memory.simulate import _reduced, build_module, cast_, resolve_components
-    from vidrt.memory.tracker import MemoryTracker, module_bytes
-    from vidrt.engine.offload import outermost_blocks
+    from vidrt.core.tensors import module_bytes
+    from vidrt.memory.tracker import MemoryTracker
+    from vidrt.models.layout import stream_units
     from vidrt.engine.slicing import enable_slicing
 
     cfg = RenderConfig.model_validate({"model": {"family": "wan", "path": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
@@ -164,7 +165,7 @@ def simulated(ranks=(2, 4, 8)) -> dict:
             if n == 2:
                 out[f"sp{n}_allheads"] = run(lambda: wan_sp.sp_model(den, ctx, x, t, ehs, None, False, 1, "gather"))
         out["heads"] = heads
-        out["largest_block_bytes"] = max(module_bytes([b]) for b in outermost_blocks(den))
+        out["largest_block_bytes"] = max(module_bytes([b]) for b in stream_units(den))
     out["params_bytes"] = 14.29e9 * 2
     return out
 

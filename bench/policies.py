@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from vidrt.models import get_adapter  # noqa: E402
 from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats  # noqa: E402
-from vidrt.engine.policies.base import attached_policies, tensors_nbytes  # noqa: E402
+from vidrt.core.tensors import tensors_nbytes  # noqa: E402
+from vidrt.engine.policies import attached_policies  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 SAMPLE = ROOT / "samples" / "tiny-wan"

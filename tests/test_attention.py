@@ -19,8 +19,8 @@ def test_auto_on_cpu_keeps_sdpa_and_the_processors(family):
     adapter = get_adapter(family)
     den = adapter.denoiser(adapter.tiny(0))
     before = _processors(den)
-    assert attention.apply_attention(den, "auto", torch.device("cpu"), adapter.attention_api) == "sdpa"
-    assert attention.apply_attention(den, "sdpa", torch.device("cpu"), adapter.attention_api) == "sdpa"
+    assert attention.set_attention(den, "auto", torch.device("cpu")) == "sdpa"
+    assert attention.set_attention(den, "sdpa", torch.device("cpu")) == "sdpa"
     assert _processors(den) == before
 
 
@@ -28,9 +28,9 @@ def test_xformers_where_it_cannot_run_is_one_clear_error():
     adapter = get_adapter("wan")
     den = adapter.denoiser(adapter.tiny(0))
     with pytest.raises(VidrtError, match="memory.attention: xformers needs a CUDA device"):
-        attention.apply_attention(den, "xformers", torch.device("cpu"), adapter.attention_api)
+        attention.set_attention(den, "xformers", torch.device("cpu"))
     with pytest.raises(VidrtError, match="is not one of"):
-        attention.apply_attention(den, "flash", torch.device("cpu"), adapter.attention_api)
+        attention.set_attention(den, "flash", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("family, expected", [("wan", "set_attention_backend"),
@@ -46,7 +46,7 @@ def test_each_family_uses_the_api_its_processors_honour(family, expected, monkey
     monkeypatch.setattr(type(den), "set_attention_backend", lambda self, name: calls.append(("set_attention_backend", name)))
     monkeypatch.setattr(type(den), "enable_xformers_memory_efficient_attention",
                         lambda self: calls.append(("enable_xformers_memory_efficient_attention", None)))
-    assert attention.apply_attention(den, "auto", torch.device("cuda"), adapter.attention_api) == "xformers"
+    assert attention.set_attention(den, "auto", torch.device("cuda")) == "xformers"
     assert [c[0] for c in calls] == [expected]
     if expected == "set_attention_backend":
         assert calls[0][1] == "xformers"

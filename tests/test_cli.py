@@ -158,13 +158,13 @@ def test_corrupt_weights(run_cli, tmp_path):
 
 def test_failure_mid_render_leaves_no_file(run_cli, tmp_path, monkeypatch):
     """A crash inside the denoiser (here: an injected error) leaves neither mp4 nor sidecar."""
-    import vidrt.run.render as runner
+    import vidrt.run.stages as stages
     from vidrt.core.errors import VidrtError
 
     def explode(*args, **kwargs):
         raise VidrtError("denoise: injected failure")
 
-    monkeypatch.setattr(runner, "to_uint8_frames", explode)
+    monkeypatch.setattr(stages, "to_uint8_frames", explode)
     out = tmp_path / "out"
     result = run_cli("render", "samples/wan-random.yaml", "-o", out / "x.mp4", "--set", "steps=1", "--quiet")
     assert_clean_failure(result, out, "injected failure", progress_before=True)

@@ -35,12 +35,12 @@ def _exactness(ctx):
     enable_slicing(pipe, chunk_tokens=16)
     for attention, groups in (("ulysses", None), ("gather", None), ("gather", 1)):
         # all-to-all over heads; K/V gathered per head / all heads at once
-        vd.apply(pipe, adapter, ctx, guidance=1.0, mode="sequence", head_groups=groups, attention=attention)
+        vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=1.0, mode="sequence", head_groups=groups, attention=attention))
         with torch.no_grad():
             got = den(**kw)[0]
         out[f"wan_sp_call_{attention}{groups}"] = (got - ref).abs().max().item()
-    out["wan_sp_calls"] = vd.hooks_of(pipe, adapter)["sequence"].calls["parallel"]
-    vd.remove(pipe, adapter)
+    out["wan_sp_calls"] = vd.distributed_state(pipe, adapter).hooks["sequence"].calls["parallel"]
+    vd.disable_distributed(pipe, adapter)
     # 4 heads over 2 ranks: Ulysses in 2 rounds of one head per rank (default) and in 1 round of two
     from diffusers import WanTransformer3DModel
 
@@ -53,25 +53,25 @@ def _exactness(ctx):
         ref4 = den4(**kw)[0]
     enable_slicing(den4, chunk_tokens=16)
     for groups in (None, 1):
-        vd.apply(holder, adapter, ctx, guidance=1.0, mode="sequence", head_groups=groups, attention="ulysses")
+        vd.enable_distributed(holder, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=1.0, mode="sequence", head_groups=groups, attention="ulysses"))
         with torch.no_grad():
             out[f"wan4_ulysses{groups}"] = (den4(**kw)[0] - ref4).abs().max().item()
-        vd.remove(holder, adapter)
+        vd.disable_distributed(holder, adapter)
     # Wan pipeline (2 steps, CFG 5): sequence parallel, CFG parallel.
     ref_lat = pipeline_latents(adapter.tiny(0), adapter, 5.0)
     for mode in ("sequence", "cfg"):
-        vd.apply(pipe, adapter, ctx, guidance=5.0, mode=mode)   # (sequence: Ulysses, 2 heads over 2 ranks)
+        vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0, mode=mode))   # (sequence: Ulysses, 2 heads over 2 ranks)
         lat = pipeline_latents(pipe, adapter, 5.0)
         out[f"wan_{mode}"] = (lat - ref_lat).abs().max().item()
         out[f"wan_{mode}_latents"] = lat
-        out[f"wan_{mode}_hooks"] = {k: dict(h.calls) for k, h in vd.hooks_of(pipe, adapter).items()}
+        out[f"wan_{mode}_hooks"] = {k: dict(h.calls) for k, h in vd.distributed_state(pipe, adapter).hooks.items()}
     # weights sharded with FSDP2 (half of every weight per rank), sequence parallel on top
     total = sum(p.numel() for p in den.parameters())
-    vd.apply(pipe, adapter, ctx, guidance=1.0, mode="sequence", shard=True)
+    vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=1.0, mode="sequence", shard=True))
     out["wan_shard_local_fraction"] = sum(p.to_local().numel() for p in den.parameters()) / total
     with torch.no_grad():
         out["wan_shard_call"] = (den(**kw)[0] - ref).abs().max().item()
-    vd.remove(pipe, adapter)
+    vd.disable_distributed(pipe, adapter)
 
     # AnimateDiff (batch 2 = uncond+cond per call): CFG parallel splits the batch.
     adapter = get_adapter("animatediff")
@@ -95,7 +95,7 @@ def _exactness(ctx):
     unet.forward = halves
     ref_lat_halves = pipeline_latents(pipe, adapter, 5.0, steps=1)
     del unet.forward
-    vd.apply(pipe, adapter, ctx, guidance=5.0)
+    vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0))
     with torch.no_grad():
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_cfg_call"] = (got - ref).abs().max().item()
@@ -103,27 +103,27 @@ def _exactness(ctx):
     lat = pipeline_latents(pipe, adapter, 5.0, steps=1)
     out["unet_cfg_latents"] = (lat - ref_lat).abs().max().item()
     out["unet_cfg_latents_vs_halves"] = (lat - ref_lat_halves).abs().max().item()
-    out["unet_hooks"] = dict(vd.hooks_of(pipe, adapter)["cfg"].calls)
+    out["unet_hooks"] = dict(vd.distributed_state(pipe, adapter).hooks["cfg"].calls)
 
     # AnimateDiff, frame parallel: 4 frames over 2 ranks, motion modules on positions after an all-to-all.
-    vd.remove(pipe, adapter)
-    vd.apply(pipe, adapter, ctx, guidance=5.0, mode="sequence")
+    vd.disable_distributed(pipe, adapter)
+    vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0, mode="sequence"))
     with torch.no_grad():
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_fp_call"] = (got - ref).abs().max().item()
     lat = pipeline_latents(pipe, adapter, 5.0, steps=1)
     out["unet_fp_latents"] = (lat - ref_lat).abs().max().item()
-    out["unet_fp_hooks"] = dict(vd.hooks_of(pipe, adapter)["frames"].calls)
+    out["unet_fp_hooks"] = dict(vd.distributed_state(pipe, adapter).hooks["frames"].calls)
     enable_slicing(pipe, chunk_frames=1, chunk_positions=3)   # the in-rank slicer inside each rank's share
     with torch.no_grad():
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_fp_sliced_call"] = (got - ref).abs().max().item()
-    vd.remove(pipe, adapter)
-    vd.apply(pipe, adapter, ctx, guidance=5.0, mode="sequence", shard=True)   # + FSDP2-sharded weights
+    vd.disable_distributed(pipe, adapter)
+    vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0, mode="sequence", shard=True))   # + FSDP2-sharded weights
     with torch.no_grad():
         got = unet(x, torch.tensor(999), encoder_hidden_states=ehs).sample
     out["unet_fp_shard_call"] = (got - ref).abs().max().item()
-    vd.remove(pipe, adapter)
+    vd.disable_distributed(pipe, adapter)
 
     # I2VGen-XL (batch 2 = uncond+cond, image-conditioned): CFG parallel
     from vidrt_dev.images import conditioning_image
@@ -132,10 +132,10 @@ def _exactness(ctx):
     pipe = adapter.tiny(0)
     image = conditioning_image(32)
     ref_lat = pipeline_latents(pipe, adapter, 5.0, steps=1, image=image)
-    vd.apply(pipe, adapter, ctx, guidance=5.0)
+    vd.enable_distributed(pipe, ctx, adapter=adapter, config=vd.DistributedConfig(guidance=5.0))
     out["i2vgen_cfg_latents"] = (pipeline_latents(pipe, adapter, 5.0, steps=1, image=image) - ref_lat).abs().max().item()
-    out["i2vgen_hooks"] = dict(vd.hooks_of(pipe, adapter)["cfg"].calls)
-    vd.remove(pipe, adapter)
+    out["i2vgen_hooks"] = dict(vd.distributed_state(pipe, adapter).hooks["cfg"].calls)
+    vd.disable_distributed(pipe, adapter)
     return out
 
 

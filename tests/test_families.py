@@ -9,7 +9,7 @@ import torch
 import vidrt
 from vidrt.models import get_adapter
 from vidrt.models.base import RenderRequest
-from vidrt.run.render import run_stages
+from vidrt.run.stages import run_stages
 from vidrt.memory.tracker import MemoryTracker
 from vidrt_dev.images import conditioning_image
 

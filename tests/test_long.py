@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidrt.engine.long import (disable_context_windows, enable_context_windows, reschedule_noise, window_calls,
-                        window_starts, window_weights)
+from vidrt.engine.long import (LongVideoConfig, disable_long_video, enable_long_video, reschedule_noise, window_state,
+                              window_starts, window_weights)
 from vidrt.models import get_adapter
 
 
@@ -45,16 +45,16 @@ def test_wan_windows_identity_when_input_fits_and_blend_otherwise():
     with torch.no_grad():
         ref_short = den(**short)[0]
         ref_long = den(**long_)[0]
-        enable_context_windows(den, {"hidden_states": "bcfhw"}, window=3, overlap=1)
+        enable_long_video(den, LongVideoConfig(window=3, overlap=1))
         assert torch.equal(den(**short)[0], ref_short)
         windowed = den(**long_)[0]
-        assert window_calls(den) == len(window_starts(9, 3, 1))
+        assert window_state(den).calls == len(window_starts(9, 3, 1))
         # first window frames that no other window touches equal a plain run on that window alone
         alone = den(**{**long_, "hidden_states": long_["hidden_states"][:, :, :3]})[0]
         assert torch.allclose(windowed[:, :, :2], alone[:, :, :2], atol=1e-6)
         assert windowed.shape == ref_long.shape and not torch.allclose(windowed, ref_long)
-        disable_context_windows(den)
-        assert window_calls(den) == 0
+        disable_long_video(den)
+        assert window_state(den) is None
         assert torch.equal(den(**long_)[0], ref_long)
 
 
@@ -66,9 +66,9 @@ def test_animatediff_rows_layout_slices_text_per_frame():
     sample = torch.randn(2, 4, frames, 8, 8, generator=g)
     text = torch.randn(2, 16, 32, generator=g).repeat_interleave(frames, dim=0)
     with torch.no_grad():
-        enable_context_windows(den, {"sample": "bcfhw", "encoder_hidden_states": "rows"}, window=4, overlap=2)
+        enable_long_video(den, LongVideoConfig(window=4, overlap=2))
         out = den(sample, torch.tensor(10), encoder_hidden_states=text).sample
-        disable_context_windows(den)
+        disable_long_video(den)
         alone = den(sample[:, :, :4], torch.tensor(10), encoder_hidden_states=text.reshape(2, frames, 16, 32)[:, :4]
                     .reshape(8, 16, 32)).sample
     assert out.shape == sample.shape
@@ -98,7 +98,7 @@ def test_denoiser_activation_peak_flat_in_frames():
                                 in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=2048,
                                 num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                 rope_max_seq_len=64).eval()
-    enable_context_windows(den, {"hidden_states": "bcfhw"}, window=3, overlap=1)
+    enable_long_video(den, LongVideoConfig(window=3, overlap=1))
     peaks = {}
     for mult in (1, 4, 8):
         inputs = wan_inputs(3 * mult)
@@ -106,7 +106,7 @@ def test_denoiser_activation_peak_flat_in_frames():
             with mem.stage("denoise", params=[den]):
                 den(**inputs)
         peaks[mult] = mem.stages[0]["activation_bytes"]
-    disable_context_windows(den)
+    disable_long_video(den)
     plain = {}
     for mult in (1, 8):
         with torch.no_grad(), MemoryTracker("cpu") as mem:

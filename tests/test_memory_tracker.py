@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidrt.memory import MemoryTracker, track_memory
-from vidrt.memory.tracker import module_bytes
+from vidrt.memory.tracker import MemoryTracker, track_memory
+from vidrt.core.tensors import module_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ HWM_SCRIPT = textwrap.dedent(r"""
     from torch import nn
     import torch.nn.functional as F
     torch.set_num_threads(1)
-    from vidrt.memory import MemoryTracker
+    from vidrt.memory.tracker import MemoryTracker
 
     def status(key):
         for line in open("/proc/self/status"):

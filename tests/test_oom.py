@@ -8,8 +8,9 @@ import torch
 
 from vidrt.core.errors import VidrtError
 from vidrt.models import get_adapter
-from vidrt.engine.oom import AllocationLimit, disable_oom_fallback, enable_oom_fallback
+from vidrt.engine.oom import OomFallbackConfig, disable_oom_fallback, enable_oom_fallback
 from vidrt.engine.slicing import disable_slicing, enable_slicing, slicing_state
+from vidrt_dev.oom import AllocationLimit
 
 
 def wan_case():
@@ -61,35 +62,35 @@ def test_oom_halves_chunks_and_recovers_exactly():
             den(**inputs)
     enable_slicing(pipe, chunk_tokens=64)
     messages = []
-    hook = enable_oom_fallback(pipe, den, messages.append)
+    state = enable_oom_fallback(pipe, OomFallbackConfig(log=messages.append))
     with torch.no_grad(), AllocationLimit(limit) as lim:
         out = den(**inputs)[0]
-    assert lim.refused >= 1 and hook.retries and messages
-    assert [r["chunk_tokens"] for r in hook.retries] == sorted({r["chunk_tokens"] for r in hook.retries}, reverse=True)
-    assert slicing_state(den)["chunk_tokens"] == hook.retries[-1]["chunk_tokens"] < 64
+    assert lim.refused >= 1 and state.retries and messages
+    assert [r["chunk_tokens"] for r in state.retries] == sorted({r["chunk_tokens"] for r in state.retries}, reverse=True)
+    assert slicing_state(den).config.chunk_tokens == state.retries[-1]["chunk_tokens"] < 64
     assert (out - reference).abs().max() <= 1e-5
-    disable_oom_fallback(den)
+    disable_oom_fallback(pipe)
     disable_slicing(pipe)
 
 
 def test_oom_below_smallest_chunk_gives_up_clearly():
     pipe, den, inputs = wan_case()
-    enable_oom_fallback(pipe, den)
+    enable_oom_fallback(pipe)
     with torch.no_grad(), AllocationLimit(64):
         with pytest.raises(VidrtError, match="out of memory even with one frame/token/position per chunk"):
             den(**inputs)
-    disable_oom_fallback(den)
+    disable_oom_fallback(pipe)
     disable_slicing(pipe)
 
 
 def test_oom_turns_slicing_on_first():
     pipe, den, inputs = wan_case()
     unsliced_max = largest_allocation(den, inputs)
-    hook = enable_oom_fallback(pipe, den)
+    state = enable_oom_fallback(pipe)
     with torch.no_grad(), AllocationLimit(unsliced_max - 1):
         den(**inputs)
-    assert slicing_state(den) is not None and hook.retries
-    disable_oom_fallback(den)
+    assert slicing_state(den) is not None and state.retries
+    disable_oom_fallback(pipe)
     disable_slicing(pipe)
 
 
@@ -113,9 +114,9 @@ def test_render_recovers_from_injected_oom(run_cli, tmp_path, monkeypatch):
 
     real_enable = runner.enable_oom_fallback
 
-    def enable_with_injection(pipe, denoiser, log):
-        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(FailOnce(), "fail_once")
-        return real_enable(pipe, denoiser, log)
+    def enable_with_injection(pipe, config):
+        HookRegistry.check_if_exists_or_initialize(pipe.transformer).register_hook(FailOnce(), "fail_once")
+        return real_enable(pipe, config)
 
     monkeypatch.setattr(runner, "enable_oom_fallback", enable_with_injection)
     out = tmp_path / "x.mp4"

@@ -1,13 +1,13 @@
 """The budget planner: size parsing, the cheapest plan that fits, and the 'cannot fit' error."""
 from __future__ import annotations
 
-from types import SimpleNamespace as NS
 
 import pytest
 
 from vidrt.core.errors import VidrtError
-from vidrt.memory import plan, simulate
-from vidrt.memory.planner import parse_bytes
+from vidrt.memory.planner import plan
+from vidrt.memory.simulate import simulate
+from vidrt.core.units import parse_bytes
 
 
 @pytest.mark.parametrize("text,value", [("8GiB", 8 * 2**30), ("12GB", 12 * 10**9), ("512MiB", 512 * 2**20),
@@ -23,8 +23,10 @@ def test_bad_budgets_name_the_value(bad):
 
 
 def _cfg():
-    return NS(model=NS(family="wan", path="tiny", dtype="float32", motion_adapter=None), frames=5, height=64,
-              width=64, guidance=5.0, image=None, devices=["cpu"], memory=NS(budget=None))
+    from vidrt.config import parse_config
+
+    return parse_config({"model": {"family": "wan", "path": "tiny"}, "prompt": "p", "frames": 5, "height": 64,
+                         "width": 64, "guidance": 5.0, "devices": ["cpu"]})
 
 
 @pytest.fixture(scope="module")

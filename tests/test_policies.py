@@ -11,7 +11,7 @@ import vidrt
 from vidrt.models import get_adapter
 from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats
 from vidrt.engine.policies import policy_from_config
-from vidrt.engine.policies.base import rel_error
+from vidrt.engine.policies.history import rel_error
 from vidrt.engine.policies.trained import EarlyExit, LearnedInterpolation
 
 STEPS = 8
@@ -182,7 +182,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
     import gc
     import weakref
 
-    from vidrt.engine.policies.base import _controller
+    from vidrt.engine.policies import _controller
 
     policy = make()
     enable_policy(wan, policy)
@@ -200,7 +200,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
 
 
 def test_taylor_history_min_gap():
-    from vidrt.engine.policies.base import TaylorHistory
+    from vidrt.engine.policies.history import TaylorHistory
 
     h = TaylorHistory(max_order=1, min_gap=3)
     for step in range(5):

@@ -4,41 +4,39 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from types import SimpleNamespace as NS
 
 import pytest
 import torch
 
 from vidrt.core.errors import VidrtError
-from vidrt.memory import simulate
+from vidrt.memory.simulate import simulate
 from vidrt.memory.simulate import KNOWN_MODELS, MemorySettings, build_module, components_from_folder, known_dir
 
 
 def _config(family, path, frames, height, width, guidance=5.0, image=None, dtype="float32"):
-    return NS(model=NS(family=family, path=path, dtype=dtype, motion_adapter=None), frames=frames, height=height,
-              width=width, guidance=guidance, image=image, devices=["cpu"], memory=NS(budget=None))
+    from vidrt.config import parse_config
+
+    return parse_config({"model": {"family": family, "path": path, "dtype": dtype}, "prompt": "p", "frames": frames,
+                         "height": height, "width": width, "guidance": guidance, "image": image, "devices": ["cpu"]})
 
 
 @pytest.mark.parametrize("family", ["wan", "animatediff"])
 def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
     from rich.console import Console
 
-    from vidrt.memory import MemoryTracker
+    from vidrt.memory.tracker import MemoryTracker
     from vidrt.models import get_adapter
     from vidrt.models.base import RenderRequest
-    from vidrt.run.render import run_stages
+    from vidrt.run.memory_setup import apply_settings
+    from vidrt.run.stages import run_stages
 
     adapter = get_adapter(family)
     pipe = adapter.tiny(0)
     frames = 5 if family == "wan" else 4
     req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=64, width=64,
                         steps=1, guidance=5.0, seed=0)
-    try:  # what a render applies before running (VAE slicing / frame buffer with tiling off)
-        from vidrt.engine.slicing import apply_memory_config
-    except ImportError:
-        apply_memory_config = None
-    if apply_memory_config is not None:
-        apply_memory_config(pipe, {"slicing": "off", "offload": "none", "vae_tiling": "off"}, torch.device("cpu"))
+    # what a render applies before running (VAE slicing / frame buffer with tiling off)
+    apply_settings(pipe, MemorySettings(), torch.device("cpu"), 64, 64)
     mem = MemoryTracker("cpu")
     with mem:
         run_stages(pipe, adapter, req, torch.device("cpu"), mem, Console(file=io.StringIO()), show_progress=False)
@@ -89,7 +87,7 @@ def test_parameter_placement_follows_offload_and_text_encoder_settings():
 
     pipe = get_adapter("wan").tiny(0)
     cfg = _config("wan", "tiny", 5, 32, 32)
-    cfg.devices = ["cuda"]  # dry runs budget for the accelerator, also without one
+    cfg = cfg.model_copy(update={"devices": ["cuda"]})  # dry runs budget for the accelerator, also without one
     base = simulate(cfg, MemorySettings(), pipe=pipe, track_modules=False)
     te_cpu = simulate(cfg, MemorySettings(text_encoder="cpu"), pipe=pipe, track_modules=False)
     model = simulate(cfg, MemorySettings(offload="model"), pipe=pipe, track_modules=False)
@@ -123,7 +121,7 @@ def test_parameter_placement_follows_offload_and_text_encoder_settings():
 def test_wan_13b_480p_transformer_activations_match_the_measured_figure():
     """METHODS.md §9: one Wan 1.3B forward at 81x480x832 bf16 (SDPA, no CFG) peaks at 1.50 GiB of activations."""
     cfg = _config("wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 81, 480, 832, guidance=1.0, dtype="bfloat16")
-    cfg.devices = ["auto"]
+    cfg = cfg.model_copy(update={"devices": ["auto"]})
     rep = simulate(cfg, MemorySettings())
     act = rep.stage("denoise")["activation_bytes"]
     assert abs(act - 1.50 * 2**30) <= 0.10 * 1.50 * 2**30, act / 2**30

@@ -10,7 +10,8 @@ from torch import nn
 
 import vidrt
 from vidrt.models import get_adapter
-from vidrt.engine.slicing import apply_memory_config, disable_slicing, enable_slicing
+from vidrt.engine.offload import OffloadConfig
+from vidrt.engine.slicing import disable_slicing, enable_slicing
 from vidrt_dev.counting import peak_activation_bytes
 
 FAMILIES = ["wan", "animatediff", "i2vgen-xl"]
@@ -284,8 +285,14 @@ def test_works_under_fake_tensor_mode():
 
 
 # ------------------------------------------------------------------------------------------ memory config
-def test_apply_memory_config_reports_json_and_keeps_frames():
+def test_memory_settings_report_json_and_keep_frames():
+    from vidrt.config import parse_config
+    from vidrt.core.errors import VidrtError
+    from vidrt.memory.settings import settings_from_config
+    from vidrt.run.memory_setup import apply_settings
+
     pipe = get_adapter("wan").tiny(0)
+    base = {"model": {"family": "wan", "path": "x"}, "prompt": "p", "height": 32, "width": 32}
 
     def run():
         g = torch.Generator().manual_seed(0)
@@ -294,25 +301,25 @@ def test_apply_memory_config_reports_json_and_keeps_frames():
 
     with torch.no_grad():
         ref = run()
-        applied = apply_memory_config(pipe, {"slicing": {"tokens": 13, "frames": None, "positions": None},
-                                             "offload": "group", "vae_tiling": "auto"}, "cpu")
+        cfg = parse_config({**base, "memory": {"slicing": {"tokens": 13}, "offload": "group", "vae_tiling": "auto"}})
+        applied = apply_settings(pipe, settings_from_config(cfg), torch.device("cpu"), 32, 32)
         out = run()
     json.dumps(applied)
     assert applied["slicing"]["tokens"] == 13 and applied["slicing"]["frames"] == "auto"
     assert applied["offload"]["offload"] == "group"
     assert applied["vae"]["vae_frame_buffer"] is True
     assert (out - ref).abs().max().item() <= 1e-4
-    from vidrt.core.errors import VidrtError
-
     with pytest.raises(VidrtError, match="memory.slicing"):
-        apply_memory_config(pipe, {"slicing": {"rows": 2}}, "cpu")
+        parse_config({**base, "memory": {"slicing": {"rows": 2}}})
     with pytest.raises(VidrtError, match="memory.offload"):
-        apply_memory_config(pipe, {"slicing": "off", "offload": "disk"}, "cpu")
+        parse_config({**base, "memory": {"slicing": "off", "offload": "disk"}})
+    with pytest.raises(VidrtError, match="memory.offload"):
+        OffloadConfig("disk")
 
 
 def test_release_text_encoder_and_wan_vae_buffer():
     from vidrt.engine.offload import release_text_encoder
-    from vidrt.engine.slicing.vae import apply_vae_settings, reset_vae
+    from vidrt.engine.vae import VaeConfig, disable_vae_settings, enable_vae_settings
 
     pipe = get_adapter("wan").tiny(0)
     assert release_text_encoder(pipe, "cpu") == {"text_encoder": "unchanged"}
@@ -321,9 +328,9 @@ def test_release_text_encoder_and_wan_vae_buffer():
     z = torch.randn(1, 16, 3, 8, 8)
     with torch.no_grad():
         ref = pipe.vae.decode(z, return_dict=False)[0]
-        apply_vae_settings(pipe.vae, "auto", 64, 64)
+        enable_vae_settings(pipe, VaeConfig("auto", 64, 64))
         out = pipe.vae.decode(z, return_dict=False)[0]
-        reset_vae(pipe.vae)
+        disable_vae_settings(pipe)
     assert torch.equal(out, ref)
     assert "_decode" not in pipe.vae.__dict__
 
@@ -332,7 +339,7 @@ def test_release_text_encoder_and_wan_vae_buffer():
                                        ((48, 64), 32)])                  # tiles that do not overlap
 def test_wan_tiled_decode_via_host_is_bit_identical(hw, stride):
     """The tile-at-a-time decode (blends on the host) equals diffusers' tiled_decode, through decode_stream."""
-    from vidrt.engine.slicing.vae import tiled_decode_via_host, tiles_needed
+    from vidrt.models.wan_vae import tiled_decode_via_host, tiles_needed
 
     adapter = get_adapter("wan")
     pipe = adapter.tiny(0)

@@ -14,20 +14,35 @@ _EXPORTS = {
     "RenderConfig": "vidrt.config",
     "load_config": "vidrt.config",
     "render": "vidrt.run.render",
-    # memory engine
+    # features attached to a pipeline: a frozen config each, and a pair of verbs
+    "SlicingConfig": "vidrt.engine.slicing",
     "enable_slicing": "vidrt.engine.slicing",
     "disable_slicing": "vidrt.engine.slicing",
-    # profiler / simulator / planner
-    "track_memory": "vidrt.memory",
-    "simulate": "vidrt.memory",
-    "plan": "vidrt.memory",
-    # step policies
     "enable_policy": "vidrt.engine.policies",
     "disable_policy": "vidrt.engine.policies",
     "policy_stats": "vidrt.engine.policies",
     "TaylorGate": "vidrt.engine.policies",
     "StepRehash": "vidrt.engine.policies",
     "AdaptiveSkip": "vidrt.engine.policies",
+    "OffloadConfig": "vidrt.engine.offload",
+    "enable_offload": "vidrt.engine.offload",
+    "disable_offload": "vidrt.engine.offload",
+    "LongVideoConfig": "vidrt.engine.long",
+    "enable_long_video": "vidrt.engine.long",
+    "disable_long_video": "vidrt.engine.long",
+    "OomFallbackConfig": "vidrt.engine.oom",
+    "enable_oom_fallback": "vidrt.engine.oom",
+    "disable_oom_fallback": "vidrt.engine.oom",
+    "VaeConfig": "vidrt.engine.vae",
+    "enable_vae_settings": "vidrt.engine.vae",
+    "disable_vae_settings": "vidrt.engine.vae",
+    "DistributedConfig": "vidrt.engine.distributed",
+    "enable_distributed": "vidrt.engine.distributed",
+    "disable_distributed": "vidrt.engine.distributed",
+    # profiler / simulator / planner
+    "track_memory": "vidrt.memory.tracker",
+    "simulate": "vidrt.memory.simulate",
+    "plan": "vidrt.memory.planner",
 }
 
 __all__ = sorted(_EXPORTS)

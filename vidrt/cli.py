@@ -87,18 +87,18 @@ def render(
 @app.command()
 def models():
     """List the supported model families and what each needs."""
-    from vidrt.models import ADAPTERS
+    from vidrt.models.specs import SPECS
 
     table = Table(title="vidrt model families")
     for col in ("family", "pipeline", "needs", "frames", "size", "native frames"):
         table.add_column(col)
-    for a in ADAPTERS.values():
+    for a in SPECS.values():
         needs = "image" if a.needs_image else ("image optional (I2V)" if a.optional_image else "prompt")
         frames = "4k+1" if a.frame_rule == "4k+1" else "any"
         table.add_row(a.family, " / ".join(a.pipeline_class_names), needs, frames,
                       f"multiple of {a.size_multiple}", str(a.native_frames))
     out.print(table)
-    for a in ADAPTERS.values():
+    for a in SPECS.values():
         out.print(f"[bold]{a.family}[/]: {a.description}", highlight=False)
 
 

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vidrt.core.dtypes import DTYPE_NAMES
 from vidrt.core.errors import VidrtError
-
-DTYPES = ("float32", "float16", "bfloat16")
+from vidrt.models.specs import SPECS, get_spec
 
 
 class _Strict(BaseModel):
@@ -20,11 +20,18 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    family: Literal["wan", "animatediff", "i2vgen-xl"]
+    family: str
     path: str
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal[DTYPE_NAMES] = "float32"
     motion_adapter: str | None = None  # AnimateDiff: MotionAdapter folder or hub id
     allow_pickle: bool = False         # load .bin/.pt weights (runs pickle: only for trusted files)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in SPECS:
+            raise ValueError(f"unknown family; known: {', '.join(SPECS)}")
+        return value
 
 
 class SlicingChunks(_Strict):
@@ -50,6 +57,12 @@ class MemoryConfig(_Strict):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def slicing_chunks(self) -> SlicingChunks | None:
+        """None when slicing is off; chunk sizes otherwise (a None size: chosen at call time)."""
+        if self.slicing == "off":
+            return None
+        return SlicingChunks() if self.slicing == "auto" else self.slicing
 
 
 class AccelerationConfig(BaseModel):
@@ -103,18 +116,14 @@ class RenderConfig(_Strict):
 
     @model_validator(mode="after")
     def _family_rules(self) -> RenderConfig:
-        from vidrt.models import get_adapter
-
-        adapter = get_adapter(self.model.family)
-        m = adapter.size_multiple
-        for key in ("height", "width"):
-            value = getattr(self, key)
-            if value % m:
-                raise ValueError(f"{key}: {value} is not a multiple of {m} (required by {adapter.family})")
-        if self.frames is not None and adapter.frame_rule == "4k+1" and (self.frames - 1) % 4:
-            raise ValueError(f"frames: {self.frames} is not 4k+1 (required by {adapter.family}, e.g. 17, 33, 81)")
-        if adapter.needs_image and not self.image:
-            raise ValueError(f"image: the {adapter.family} family needs a conditioning image")
+        spec = get_spec(self.model.family)
+        problems = [spec.size_error(key, getattr(self, key)) for key in ("height", "width")]
+        problems.append(spec.frames_error(self.frames) if self.frames is not None else None)
+        if spec.needs_image and not self.image:
+            problems.append(f"image: the {spec.family} family needs a conditioning image")
+        for problem in problems:
+            if problem:
+                raise ValueError(problem)
         return self
 
 

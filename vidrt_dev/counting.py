@@ -8,10 +8,10 @@ parameters and inputs existed before and are not counted. Works on real CPU tens
 """
 from __future__ import annotations
 
-from vidrt.memory.tracker import _LiveCounter
+from vidrt.memory.counter import LiveCounter
 
 
-class peak_activation_bytes(_LiveCounter):
+class peak_activation_bytes(LiveCounter):
     def __init__(self):
         super().__init__(owner=None, device_type=None)
 

@@ -83,7 +83,7 @@ def pipeline_latents(pipe, adapter, guidance: float, steps: int = 2, frames: int
                      image=None):
     from vidrt.models.base import RenderRequest
 
-    frames = frames or (5 if adapter.frame_rule == "4k+1" else 4)
+    frames = frames or (5 if adapter.spec.frame_rule == "4k+1" else 4)
     req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=size,
                         width=size, steps=steps, guidance=guidance, seed=0, image=image)
     embeds = adapter.encode_prompt(pipe, req)

@@ -6,24 +6,23 @@ the adapter's `attention_api`: Wan's processors dispatch through diffusers' atte
 (`set_attention_backend`), and vidrt's sliced Wan forward passes the processor's backend on, so the choice holds
 sliced too; the UNet families' processors ignore backends, so they get diffusers' xformers processors
 (`enable_xformers_memory_efficient_attention`), which the sliced UNet blocks call like any processor.
-Not run here: no CUDA on this machine or in CI, and the lent GPU cannot install the xformers wheel.
 """
 from __future__ import annotations
 
 import importlib.util
 
 import torch
-from torch import nn
 
 from vidrt.core.errors import VidrtError
+from vidrt.models import adapter_for, denoisers_of
 
 
 def xformers_usable(device: torch.device) -> bool:
     return torch.device(device).type == "cuda" and importlib.util.find_spec("xformers") is not None
 
 
-def apply_attention(denoiser: nn.Module, choice: str, device: torch.device, api: str) -> str:
-    """Set the denoiser's attention kernel; returns the one in use ("sdpa" or "xformers")."""
+def set_attention(pipe, choice: str, device: torch.device) -> str:
+    """Set the attention kernel of `pipe`'s denoiser(s); returns the one in use ("sdpa" or "xformers")."""
     if choice not in ("auto", "sdpa", "xformers"):
         raise VidrtError(f"memory.attention: {choice!r} is not one of auto, sdpa, xformers")
     usable = xformers_usable(device)
@@ -32,8 +31,9 @@ def apply_attention(denoiser: nn.Module, choice: str, device: torch.device, api:
                          "(pip install 'vidrt[cuda]'); use auto or sdpa")
     if choice == "sdpa" or not usable:
         return "sdpa"
-    if api == "backend":
-        denoiser.set_attention_backend("xformers")
-    else:
-        denoiser.enable_xformers_memory_efficient_attention()
+    for denoiser in denoisers_of(pipe):
+        if adapter_for(denoiser).attention_api == "backend":
+            denoiser.set_attention_backend("xformers")
+        else:
+            denoiser.enable_xformers_memory_efficient_attention()
     return "xformers"

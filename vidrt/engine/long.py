@@ -1,32 +1,98 @@
 """Long videos: overlapping context windows along time, blended every step.
 
-A denoiser evaluated on F latent frames costs activations proportional to F. Beyond the model's native
-length the wrapper below runs the denoiser on overlapping windows of the native length and blends the
-windows' outputs with weights that sum to 1 on every frame (linear ramps across each overlap), so activation
-memory stays that of one window however long the video is. The window inputs are the frame slices of every
-argument the adapter declares as carrying a frame axis (`adapter.frame_inputs`).
+    vidrt.enable_long_video(pipe, LongVideoConfig(window=21, overlap=5))    # latent frames
+    vidrt.disable_long_video(pipe)
 
-On an accelerator the windows can also keep the *loop* off it (`compute_device`): the pipeline's latents, both
-CFG predictions, the guided prediction and the scheduler's result are full-length tensors, and at 8x the native
-length six of them outweigh one window's activations (Wan 1.3B at 648 frames: 6 x 65 MB against ~0.33 GiB).
-With the loop on the host, each window's inputs are copied to `compute_device` and its blended output is
-accumulated on the host, so accelerator memory is that of one window whatever the length.
+A denoiser evaluated on F latent frames costs activations proportional to F. Beyond the model's native length
+the denoiser runs on overlapping windows of the native length whose outputs are blended with weights that sum
+to 1 on every frame (linear ramps across each overlap), so activation memory stays that of one window however
+long the video is. The window inputs are the frame slices of every argument the adapter declares as carrying a
+frame axis (`adapter.frame_inputs`).
 
-For the first window's noise to be reused by later windows (FreeNoise-style noise rescheduling, which keeps
-windows consistent), `reschedule_noise` permutes the first window's noise frames into the later frames.
+On an accelerator the *loop* can stay off it too (`loop_on_host`): the pipeline's latents, both CFG
+predictions, the guided prediction and the scheduler's result are full-length tensors that outweigh one
+window's activations at a few times the native length. With the loop on the host each window's inputs are
+copied to `compute_device` and its blended output accumulated on the host.
+
+FreeNoise-style noise rescheduling (`noise_seed`) permutes the first window's noise frames into the later
+frames, so every window starts from noise with the same statistics and content as its neighbours.
 """
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vidrt.engine.attach import ArgumentsHook, get_hook, remove_hook, replace_hook
+from vidrt.core.errors import VidrtError
+from vidrt.engine import attach
+from vidrt.engine.attach import ArgumentsHook
+from vidrt.models import adapter_for, denoisers_of
 
 BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
 FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
+FEATURE = "long"
 
+
+@dataclass(frozen=True)
+class LongVideoConfig:
+    """Context windows over a long video, in latent frames.
+
+    window: latent frames per denoiser call (the model's native length by default, see `window_plan`);
+    overlap: latent frames shared by neighbouring windows (< window);
+    loop_on_host: keep the pipeline's loop tensors in host memory, run only each window on `compute_device`
+        (a pipeline, not a bare denoiser; for text-to-video pipelines, whose loop device is free to choose);
+    compute_device: where the windows run when the loop is on the host;
+    noise_seed: when set, FreeNoise noise rescheduling of the initial latents with this seed (the adapter says
+        whether its family wants it: `long_noise_reschedule`).
+    """
+
+    window: int
+    overlap: int
+    loop_on_host: bool = False
+    compute_device: str | None = None
+    noise_seed: int | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.overlap < self.window:
+            raise VidrtError(f"long.overlap: {self.overlap} latent frames is not shorter than the window "
+                             f"({self.window})")
+
+
+@dataclass
+class WindowState:
+    """calls: denoiser evaluations on a window since the last reset."""
+
+    calls: int = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    window: int            # latent frames
+    overlap: int
+    total: int
+
+    @property
+    def windows(self) -> int:
+        return len(window_starts(self.total, self.window, self.overlap))
+
+
+def window_plan(spec, frames: int, native_frames: int, window_frames: int | None = None,
+                overlap_frames: int | None = None) -> WindowPlan:
+    """Video frames -> latent-frame windows: the window defaults to the native length, the overlap to a quarter
+    of the window (at least one latent frame); an overlap in video frames rounds up to latent frames."""
+    window_px = window_frames or native_frames
+    window = spec.latent_frames(window_px)
+    if overlap_frames is not None:
+        overlap = -(-overlap_frames // spec.temporal_compression)
+    else:
+        overlap = max(1, window // 4)
+    if overlap >= window:
+        raise VidrtError(f"long.overlap: {overlap_frames} frames is not shorter than the window ({window_px} frames)")
+    return WindowPlan(window, overlap, spec.latent_frames(frames))
 
 
 def window_starts(total: int, window: int, overlap: int) -> list[int]:
@@ -58,22 +124,19 @@ def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
     return (raw / raw.sum(0, keepdim=True)).float()
 
 
-HOOK_NAME = "vidrt_context_windows"
-
-
 class ContextWindowHook(ArgumentsHook):
     """A diffusers hook (outermost on the denoiser): memory slicing and offload hooks installed below it keep
     working, and re-slicing (e.g. after an OOM) is picked up because the inner forward is looked up per call."""
 
     def __init__(self, frame_inputs: dict[str, str], window: int, overlap: int,
-                 compute_device: torch.device | str | None = None):
+                 compute_device: torch.device | str | None = None, state: WindowState | None = None):
         super().__init__()
+        self.state = state or WindowState()
         self.frame_inputs = dict(frame_inputs)
         self.compute_device = torch.device(compute_device) if compute_device is not None else None
         self.main = next(iter(frame_inputs))
         self.window = window
         self.overlap = overlap
-        self.calls = 0  # denoiser evaluations on a window (for tests and stats)
 
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
@@ -100,7 +163,7 @@ class ContextWindowHook(ArgumentsHook):
             if total is None:
                 total = torch.zeros(*piece.shape[:2], frames, *piece.shape[3:], dtype=torch.float32, device=host)
             total[:, :, start:stop] += piece.float() * weights[i, start:stop].view(1, 1, -1, 1, 1)
-            self.calls += 1
+            self.state.calls += 1
             del piece, call
         result = total if sample.dtype == torch.float32 else total.to(sample.dtype)
         if isinstance(out, tuple):
@@ -132,37 +195,42 @@ def slice_frames(value, layout: str, frames: int, start: int, stop: int):
     return value
 
 
-def enable_context_windows(denoiser: nn.Module, frame_inputs: dict[str, str], window: int, overlap: int,
-                           compute_device: torch.device | str | None = None) -> None:
-    """Run `denoiser` on overlapping windows of `window` latent frames whenever its input is longer.
+def enable_long_video(obj, config: LongVideoConfig) -> WindowState:
+    """Run `obj`'s denoiser(s) on overlapping windows whenever the input is longer than `config.window`; on a
+    pipeline also keep its loop on the host and reschedule its initial noise when the config asks."""
+    state = WindowState()
+    adapter = adapter_for(obj)
+    is_pipeline = not isinstance(obj, nn.Module)
+    if (config.loop_on_host or config.noise_seed is not None) and not is_pipeline:
+        raise ValueError("loop_on_host and noise rescheduling need a pipeline, not a bare denoiser")
+    compute = config.compute_device if config.loop_on_host else None
+    for den in denoisers_of(obj):
+        attach.wrap_module(den, ContextWindowHook(adapter.frame_inputs, config.window, config.overlap, compute,
+                                                  state), FEATURE)
+        attach.set_state(den, FEATURE, state)
+    if config.loop_on_host:
+        # diffusers pipelines put their loop tensors on `_execution_device`; only the denoiser runs elsewhere
+        attach.override_attribute(obj, "_execution_device", property(lambda self: torch.device("cpu")), FEATURE)
+    if config.noise_seed is not None and adapter.long_noise_reschedule:
+        shuffle = torch.Generator().manual_seed(config.noise_seed)
 
-    `frame_inputs` maps forward-argument names to their frame layout; the first one names the main input.
-    `compute_device`: where the windows run when the caller's tensors live elsewhere (the loop on the host).
-    """
-    replace_hook(denoiser, ContextWindowHook(frame_inputs, window, overlap, compute_device), HOOK_NAME)
+        def prepare_latents(call, *args, **kwargs):
+            out = call(*args, **kwargs)
+            if isinstance(out, tuple):
+                return (reschedule_noise(out[0], config.window, config.overlap, shuffle), *out[1:])
+            return reschedule_noise(out, config.window, config.overlap, shuffle)
+
+        attach.wrap_method(obj, "prepare_latents", prepare_latents, FEATURE)
+    return state
 
 
-@contextlib.contextmanager
-def loop_on_host(pipe):
-    """The pipeline's own loop (latents, CFG, scheduler step) runs on the CPU for the duration: diffusers
-    pipelines put their loop tensors on `_execution_device`, overridden here by a class swap that is undone
-    on exit. Only the denoiser must run elsewhere (its context-window hook moves each window there)."""
-    cls = type(pipe)
-    pipe.__class__ = type(cls.__name__, (cls,), {"_execution_device": property(lambda self: torch.device("cpu")),
-                                                 "__module__": cls.__module__})
-    try:
-        yield
-    finally:
-        pipe.__class__ = cls
+def disable_long_video(obj) -> None:
+    attach.detach(obj, FEATURE)
 
 
-def disable_context_windows(denoiser: nn.Module) -> None:
-    remove_hook(denoiser, HOOK_NAME)
-
-
-def window_calls(denoiser: nn.Module) -> int:
-    hook = get_hook(denoiser, HOOK_NAME)
-    return hook.calls if hook is not None else 0
+def window_state(obj) -> WindowState | None:
+    dens = denoisers_of(obj)
+    return attach.get_state(dens[0], FEATURE) if dens else None
 
 
 def reschedule_noise(latents: torch.Tensor, window: int, overlap: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -2,39 +2,45 @@
 
 - `release_text_encoder(pipe, device)`: after the prompts are encoded the text encoder (UMT5-XXL is
   10.6 GiB in bf16) is not needed on the accelerator; move it to the CPU (or delete it).
-- `enable_offload(pipe, "group", device)`: the denoiser streams its weights through diffusers' group
+- `enable_offload(pipe, OffloadConfig("group", device))`: the denoiser streams its weights through diffusers' group
   offloading (a CUDA stream prefetches the next group when the accelerator is CUDA): block by block when it
   is a stack of many small blocks (a DiT), layer by layer otherwise (a UNet, where one up block holds a
   quarter of the weights; see `offload_granularity`); the text/image encoders stream leaf by leaf; the VAE
   sits on the device.
-- `enable_offload(pipe, "model", device)`: diffusers' model CPU offload (whole models move on use).
-- "none": everything on the device.
-
-Apply slicing first, offload second (vidrt.engine.slicing.apply_memory_config does): slicing replaces the
-innermost computation and the offload hooks wrap it either way, but a fixed order keeps state simple.
+- `OffloadConfig("model", device)`: diffusers' model CPU offload (whole models move on use).
+- "none": everything on the device. ("shard", weights split over torchrun ranks, is vidrt.engine.distributed's.)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from vidrt.core.errors import VidrtError
+from vidrt.core.tensors import module_bytes
+from vidrt.engine.attach import STREAMING_HOOKS
+from vidrt.models import denoisers_of
+from vidrt.models.layout import stream_units
+
 OFFLOAD_MODES = ("none", "model", "group", "shard")   # shard: FSDP2 over torchrun ranks (vidrt.engine.distributed)
 _ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
-
 
 BLOCK_SHARE_MAX = 1 / 8  # block-level streaming keeps two blocks resident: fine while each is a small share
 
 
-def outermost_blocks(module: nn.Module) -> list[nn.Module]:
-    """The blocks diffusers' block-level group offloading streams: elements of the module's direct
-    ModuleList / Sequential children (everything else stays resident)."""
-    return [b for child in module.children() if isinstance(child, (nn.ModuleList, nn.Sequential)) for b in child]
+@dataclass(frozen=True)
+class OffloadConfig:
+    """mode: none | model | group | shard (see the module docstring); device: the accelerator weights are
+    streamed to (None: the CPU, where offloading is a no-op)."""
 
+    mode: str = "none"
+    device: str | None = None
 
-def _param_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    def __post_init__(self):
+        if self.mode not in OFFLOAD_MODES:
+            raise VidrtError(f"memory.offload: expected one of {', '.join(OFFLOAD_MODES)}, got {self.mode!r}")
 
 
 def offload_granularity(module: nn.Module, total_bytes: int | None = None) -> str:
@@ -43,11 +49,11 @@ def offload_granularity(module: nn.Module, total_bytes: int | None = None) -> st
     UNet has an up block of 0.6 GiB (fp16) and its mid block is no block at all, so two blocks in flight
     cost more than the sliced activations; there each layer streams alone. `total_bytes`: the full model's
     weight bytes when `module` is a reduced copy (the simulator drops repeated layers)."""
-    blocks = outermost_blocks(module)
+    blocks = stream_units(module)
     if not blocks:
         return "leaf_level"
-    total = total_bytes if total_bytes is not None else _param_bytes(module)
-    largest = max(_param_bytes(b) for b in blocks)
+    total = total_bytes if total_bytes is not None else module_bytes([module])
+    largest = max(module_bytes([b]) for b in blocks)
     return "block_level" if total and largest <= BLOCK_SHARE_MAX * total else "leaf_level"
 
 
@@ -91,11 +97,10 @@ def release_text_encoder(pipe, device=None, *, delete: bool = False) -> dict[str
     return info
 
 
-def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
+def enable_offload(pipe, config: OffloadConfig = OffloadConfig()) -> dict[str, Any]:
     """Apply an offload mode to a diffusers pipeline. Returns a JSON-able summary."""
-    if mode not in OFFLOAD_MODES:
-        raise ValueError(f"memory.offload: expected one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
-    dev = _device(device)
+    mode = config.mode
+    dev = _device(config.device)
     info: dict[str, Any] = {"offload": mode}
     if mode == "none":
         return info
@@ -110,8 +115,6 @@ def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
         return info
 
     from diffusers.hooks import apply_group_offloading
-
-    from vidrt.engine.slicing import denoisers_of
 
     use_stream = dev.type == "cuda" and torch.cuda.is_available()
     streamed, granularity = [], {}
@@ -135,7 +138,7 @@ def enable_offload(pipe, mode: str, device=None) -> dict[str, Any]:
 
 
 def disable_offload(pipe) -> None:
-    """Remove group-offloading hooks vidrt added (model offload: diffusers' remove_all_hooks)."""
+    """Remove the group-offloading hooks (and diffusers' model-offload hooks) from every component."""
     from diffusers.hooks import HookRegistry
 
     for name, module in list(getattr(pipe, "components", {}).items()):
@@ -144,7 +147,7 @@ def disable_offload(pipe) -> None:
         for sub in module.modules():
             reg = getattr(sub, "_diffusers_hook", None)
             if isinstance(reg, HookRegistry):
-                for hook in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+                for hook in STREAMING_HOOKS:
                     if hook in reg.hooks:
                         reg.remove_hook(hook, recurse=False)
     if hasattr(pipe, "remove_all_hooks"):

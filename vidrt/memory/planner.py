@@ -15,38 +15,20 @@ If nothing fits, a VidrtError says how much the smallest plan needs.
 """
 from __future__ import annotations
 
-import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.units import parse_bytes
 from vidrt.memory.simulate import MemorySettings, _account, run_session
-from vidrt.memory.tracker import format_bytes, stage_table
+from vidrt.core.units import format_bytes
+from vidrt.memory.report import stage_table
 
-UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3,
-         "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
 OFFLOAD_COST = {"none": 0.0, "model": 0.05, "group": 0.5, "shard": 0.15}   # shard: all-gather per block per call
 TEXT_ENCODER_COST = {"accelerator": 0.0, "cpu": 0.15}
 TILING_COST = 0.1
 SLICE_COST = 0.02
-
-
-def parse_bytes(value: Any, key: str = "memory.budget") -> int:
-    """'8GiB' / '12GB' / '512MiB' / '1.5 GiB' / a plain number of bytes -> bytes (> 0)."""
-    if isinstance(value, bool):
-        raise VidrtError(f"{key}: {value!r} is not a size like 8GiB, 12GB or 512MiB")
-    if isinstance(value, (int, float)):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
-        if not m or m.group(2).lower() not in UNITS:
-            raise VidrtError(f"{key}: {value!r} is not a size like 8GiB, 12GB or 512MiB")
-        n = float(m.group(1)) * UNITS[m.group(2).lower()]
-    if not math.isfinite(n) or n <= 0:
-        raise VidrtError(f"{key}: {value!r} must be a positive size such as 8GiB")
-    return int(n)
 
 
 @dataclass
@@ -159,7 +141,7 @@ def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5, g
     from vidrt.models import get_adapter
 
     adapter = get_adapter(config.model.family)
-    frames = int(getattr(config, "frames", None) or adapter.native_frames)
+    frames = int(getattr(config, "frames", None) or adapter.spec.native_frame_count(config.model.path))
     slicings = slicing_candidates(config, adapter.family, frames, int(config.height), int(config.width))
     tilings = [False, True]
     key = (id(pipe) if pipe is not None else str(config.model.path), adapter.family, str(config.model.dtype),

@@ -25,11 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
-from vidrt.memory.tracker import MemoryTracker, format_bytes, module_bytes, stage_table
+from vidrt.memory.settings import MemorySettings, settings_from_config
+from vidrt.core.tensors import module_bytes
+from vidrt.core.units import format_bytes
+from vidrt.memory.report import stage_table
+from vidrt.memory.tracker import MemoryTracker
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 KNOWN_MODELS = (
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
@@ -47,65 +50,6 @@ STAGE_MODULES = {
     "denoise": ("denoiser",),
     "vae_decode": ("vae",),
 }
-
-
-# ---- settings ----------------------------------------------------------------------------------------
-@dataclass
-class MemorySettings:
-    """Concrete memory decisions for one run (what the planner chooses, what simulate evaluates)."""
-
-    slicing: bool = False
-    chunk_frames: int | None = None
-    chunk_tokens: int | None = None
-    chunk_positions: int | None = None
-    offload: str = "none"              # none | model | group | shard (several GPUs)
-    text_encoder: str = "accelerator"  # accelerator | cpu
-    vae_tiling: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        sl = "off"
-        if self.slicing:
-            parts = [f"{k}={getattr(self, 'chunk_' + k) or 'auto'}" for k in ("frames", "tokens", "positions")]
-            sl = ",".join(parts)
-        return (f"slicing {sl}; offload {self.offload}; text encoder on {self.text_encoder}; "
-                f"vae tiling {'on' if self.vae_tiling else 'off'}")
-
-
-def settings_from_config(config) -> MemorySettings:
-    mem = getattr(config, "memory", None)
-    s = MemorySettings()
-    if mem is None:
-        return s
-    slicing = getattr(mem, "slicing", "auto")
-    if slicing == "auto":
-        s.slicing = True
-    elif slicing in ("off", None, False):
-        s.slicing = False
-    else:
-        get = slicing.get if isinstance(slicing, dict) else (lambda k, d=None: getattr(slicing, k, d))
-        s.slicing = True
-        s.chunk_frames, s.chunk_tokens, s.chunk_positions = get("frames"), get("tokens"), get("positions")
-    s.offload = str(getattr(mem, "offload", "none") or "none")
-    from vidrt.engine.offload import OFFLOAD_MODES
-
-    if s.offload not in OFFLOAD_MODES:
-        raise VidrtError(f"memory.offload: {s.offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
-    tiling = getattr(mem, "vae_tiling", "auto")
-    if tiling == "auto":  # the runner's rule (vidrt.engine.slicing.vae): tile from 720x1280 up
-        try:
-            from vidrt.engine.slicing.vae import AUTO_TILING_PIXELS
-        except ImportError:
-            AUTO_TILING_PIXELS = 720 * 1280
-        s.vae_tiling = int(config.height) * int(config.width) >= AUTO_TILING_PIXELS
-    else:
-        s.vae_tiling = tiling == "on"
-    te = getattr(mem, "text_encoder", None)
-    if te in ("cpu", "accelerator"):
-        s.text_encoder = te
-    return s
 
 
 # ---- component configs -------------------------------------------------------------------------------
@@ -276,17 +220,18 @@ def _group_resident(mod: nn.Module, total_bytes: int) -> int:
     """Resident bytes of a denoiser under vidrt's group offloading (vidrt.engine.offload): block level keeps what
     is outside the outermost blocks plus two blocks (the one running and the one being prefetched); leaf
     level keeps two leaves. `total_bytes` counts the layers a reduced simulation model dropped."""
-    from vidrt.engine.offload import offload_granularity, outermost_blocks
+    from vidrt.engine.offload import offload_granularity
+    from vidrt.models.layout import stream_units
 
     if offload_granularity(mod, total_bytes) == "leaf_level":
         return _leaf_resident(mod)
-    sizes = sorted((module_bytes([b]) for b in outermost_blocks(mod)), reverse=True)
+    sizes = sorted((module_bytes([b]) for b in stream_units(mod)), reverse=True)
     return module_bytes([mod]) - sum(sizes) + sum(sizes[:2])
 
 
 def _frames(config, adapter) -> int:
     frames = getattr(config, "frames", None)
-    return int(frames) if frames else adapter.native_frames
+    return int(frames) if frames else adapter.spec.native_frame_count(config.model.path)
 
 
 def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None, track_modules: bool = True,
@@ -346,18 +291,13 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
 
     adapter = get_adapter(config.model.family)
     dtype_name = str(getattr(config.model, "dtype", "float32"))
-    if dtype_name not in DTYPES:
-        raise VidrtError(f"model.dtype: {dtype_name!r} is not one of float32, float16, bfloat16")
-    dtype = DTYPES[dtype_name]
+    dtype = torch_dtype(dtype_name)
     comps = components_from_pipe(pipe) if pipe is not None else resolve_components(config)
     frames, height, width = _frames(config, adapter), int(config.height), int(config.width)
     guidance = float(getattr(config, "guidance", 5.0))
-    with_image = bool(getattr(config, "image", None)) or adapter.needs_image
+    with_image = bool(getattr(config, "image", None)) or adapter.spec.needs_image
     accel = _accelerator(config)
-    try:
-        from vidrt.engine.slicing import disable_slicing, enable_slicing
-    except ImportError:  # the memory engine is optional here: profile what exists
-        enable_slicing = disable_slicing = None
+    from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     with fake, torch.no_grad():
@@ -366,27 +306,16 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
 
         def slicer(st: MemorySettings):
             def setup():
-                if enable_slicing is None:
-                    return
                 disable_slicing(den)
                 if st.slicing:
-                    enable_slicing(den, chunk_frames=st.chunk_frames, chunk_tokens=st.chunk_tokens,
-                                   chunk_positions=st.chunk_positions)
+                    enable_slicing(den, SlicingConfig(st.chunk_frames, st.chunk_tokens, st.chunk_positions))
             return setup
 
-        try:  # the runner's VAE settings (tiling, VAE slicing, Wan's frame-buffer decode) when present
-            from vidrt.engine.slicing.vae import apply_vae_settings
-        except ImportError:
-            apply_vae_settings = None
+        from vidrt.engine.vae import VaeConfig, enable_vae_settings
 
         def tiler(on: bool):
             def setup():
-                if apply_vae_settings is not None:
-                    apply_vae_settings(vae, "on" if on else "off", height, width)
-                elif on and hasattr(vae, "enable_tiling"):
-                    vae.enable_tiling()
-                elif hasattr(vae, "disable_tiling"):
-                    vae.disable_tiling()
+                enable_vae_settings(vae, VaeConfig("on" if on else "off", height, width))
             return setup
 
         den_variants = [slicer(v) for v in slicing_variants]
@@ -408,7 +337,10 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
             import vidrt.engine.distributed as vdist
             from vidrt.engine.distributed.comm import simulated_context
 
-            layout = vdist.apply(holder, adapter, simulated_context(ranks), guidance=guidance, mode=mode)
+            state = vdist.enable_distributed(holder, simulated_context(ranks),
+                                             vdist.DistributedConfig.from_env(guidance=guidance, mode=mode),
+                                             adapter=adapter)
+            layout = state.described if state is not None else None
         try:
             with tracker:
                 runner(tracker, mods, adapter, SimpleNamespace(
@@ -417,7 +349,7 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                     decode_variants=dec_variants, fast_cfg=fast))
         finally:
             if layout is not None:
-                vdist.remove(holder, adapter)
+                vdist.disable_distributed(holder, adapter)
         extra = mods["_extra_params"]
         params = {k: module_bytes([v]) + extra.get(k, 0) for k, v in named.items()}
         group = {k: (_leaf_resident(v) if k in ENCODERS else params[k] if k == "vae" else
@@ -687,7 +619,7 @@ def _run_wan(tracker, mods, adapter, p):
             del pred
     del embeds, condition, image_embeds
     latents = latents.to(p.dtype)
-    from vidrt.engine.slicing.vae import decode_host
+    from vidrt.models.wan_vae import decode_host
 
     for name, setup in _variants(p.decode_variants, "vae_decode"):
         setup()

@@ -16,16 +16,17 @@ meta device takes the math path (an S x S score matrix per head), a small share 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vidrt.engine.long import enable_context_windows, loop_on_host as host_loop, window_starts
-from vidrt.memory.tracker import _LiveCounter
-from vidrt.models import get_adapter
+from vidrt.engine.long import LongVideoConfig, enable_long_video, window_plan, window_starts
+from vidrt.engine.slicing import enable_slicing
+from vidrt.memory.counter import LiveCounter
+from vidrt.models.loading import read_index
+from vidrt.models.specs import family_of_class, get_spec
 
 STAND_IN = "meta"   # the simulated accelerator's device type
 
@@ -58,31 +59,28 @@ def wan_long_loop_peak(folder: str | Path, *, frames: int, height: int, width: i
     from diffusers import WanPipeline, WanTransformer3DModel
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    adapter = get_adapter("wan")
     folder = Path(folder)
+    spec = get_spec(family_of_class(read_index(folder).get("_class_name", "")) or "")
     config = {k: v for k, v in json.loads((folder / "transformer" / "config.json").read_text()).items()
               if not k.startswith("_")}
-    meta = json.loads((folder / "vidrt.json").read_text()) if (folder / "vidrt.json").is_file() else {}
-    window = adapter.latent_frames(window_frames or int(meta.get("native_frames", adapter.native_frames)))
-    overlap = max(1, window // 4) if overlap is None else overlap
-    total = adapter.latent_frames(frames)
+    plan = window_plan(spec, frames, spec.native_frame_count(folder), window_frames)
+    window, total = plan.window, plan.total
+    overlap = plan.overlap if overlap is None else overlap
     scheduler = _scheduler(3.0)      # (built outside fake mode: its constructor reads values)
     with torch.device("meta"):       # no init kernels: the weights' values do not matter
         den = WanTransformer3DModel(**config).eval()
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         den = den.to_empty(device=STAND_IN)
         if slicing:
-            from vidrt.engine.slicing import enable_slicing
             enable_slicing(den)
         pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=den, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
-        enable_context_windows(den, adapter.frame_inputs, window, overlap,
-                               compute_device=STAND_IN if loop_on_host else None)
+        enable_long_video(pipe, LongVideoConfig(window, overlap, loop_on_host=loop_on_host, compute_device=STAND_IN))
         embeds = [torch.randn(1, text_len, config["text_dim"], device=STAND_IN) for _ in range(2)]
-        with _LiveCounter(device_type=STAND_IN) as counter:
-            with host_loop(pipe) if loop_on_host else contextlib.nullcontext():
-                out = pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], num_frames=frames,
-                           height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-                           output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+        with LiveCounter(device_type=STAND_IN) as counter:
+            out = pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], num_frames=frames,
+                       height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                       output_type="latent", generator=torch.Generator().manual_seed(0)).frames
     return {"accelerator_peak_bytes": int(counter.peak_bytes), "latent_frames": total,
-            "windows": len(window_starts(total, window, overlap)), "loop_device": out.device.type}
+            "windows": plan.windows if overlap == plan.overlap else len(window_starts(total, window, overlap)),
+            "loop_device": out.device.type}

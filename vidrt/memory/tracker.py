@@ -15,118 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-__all__ = ["MemoryTracker", "track_memory", "format_bytes", "module_bytes"]
+from vidrt.core.tensors import module_bytes
+from vidrt.memory.counter import LiveCounter
+from vidrt.memory.report import stage_table
 
-GiB = 1024 ** 3
+__all__ = ["MemoryTracker", "track_memory"]
+
 MAX_TIMELINE = 200_000
-
-
-def format_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("GiB", GiB), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def _device_matches(dev: torch.device, want: torch.device) -> bool:
-    if dev.type != want.type:
-        return False
-    if want.type == "cuda" and want.index is not None and dev.index is not None:
-        return dev.index == want.index
-    return True
-
-
-def module_bytes(modules: Iterable[nn.Module], device: torch.device | None = None,
-                 seen: set[int] | None = None) -> int:
-    """Bytes of the unique parameter/buffer storages of `modules` (optionally only those on `device`)."""
-    seen = set() if seen is None else seen
-    total = 0
-    for mod in modules:
-        if mod is None:
-            continue
-        tensors = list(mod.parameters()) + list(mod.buffers()) if isinstance(mod, nn.Module) else [mod]
-        for t in tensors:
-            if not isinstance(t, torch.Tensor):
-                continue
-            if device is not None and not _device_matches(t.device, device):
-                continue
-            st = t.untyped_storage()
-            key = st._cdata
-            if key in seen:
-                continue
-            seen.add(key)
-            total += st.nbytes()
-    return total
-
-
-class _LiveCounter(TorchDispatchMode):
-    """Counts bytes of storages that ops create (on one device type, or on any when `device_type` is None)
-    while the mode is active; `peak_bytes` is their high-water mark. Storages that existed before (parameters,
-    inputs) are never counted. `owner` (a MemoryTracker) is told of every change."""
-
-    def __init__(self, owner: MemoryTracker | None = None, device_type: str | None = None):
-        super().__init__()
-        self.owner = owner
-        self.device_type = device_type
-        self.live: dict[int, tuple[weakref.ref, int]] = {}
-        self.live_bytes = 0
-        self.peak_bytes = 0
-
-    def _changed(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        if self.owner is not None:
-            self.owner._on_change(self.live_bytes)
-
-    def _freed(self, key: int) -> None:
-        entry = self.live.pop(key, None)
-        if entry is not None:
-            self.live_bytes -= entry[1]
-            self._changed()
-
-    def track(self, t: torch.Tensor, skip: set[int]) -> None:
-        if self.device_type is not None and t.device.type != self.device_type:
-            return
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # sparse / nested / opaque tensors
-            return
-        key = st._cdata
-        if key in skip or key in self.live:
-            return
-        nbytes = st.nbytes()
-        if nbytes == 0:
-            return
-        self.live[key] = (weakref.ref(st, lambda _ref, k=key: self._freed(k)), nbytes)
-        self.live_bytes += nbytes
-        self._changed()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        if outs:
-            skip: set[int] = set()
-            for a in tree_flatten((args, kwargs))[0]:
-                if isinstance(a, torch.Tensor):
-                    try:
-                        skip.add(a.untyped_storage()._cdata)
-                    except (RuntimeError, NotImplementedError):
-                        pass
-            for o in outs:
-                self.track(o, skip)
-        return out
 
 
 class MemoryTracker:
@@ -209,7 +110,7 @@ class MemoryTracker:
         self._peak = 0
         self._t0 = time.perf_counter()
         self._stage: dict[str, Any] | None = None
-        self._counter: _LiveCounter | None = None
+        self._counter: LiveCounter | None = None
         self._hooks: list[Any] = []
         self._mod_stack: list[list[Any]] = []  # [name, live_at_entry, max_live]
         self._resident_modules: list[nn.Module] = []
@@ -226,7 +127,7 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._peak = torch.cuda.memory_allocated(self.device)
         if not self.use_allocator or self._track_modules:
-            self._counter = _LiveCounter(self, self.count_device)
+            self._counter = LiveCounter(self, self.count_device)
             self._counter.__enter__()
         if self._track_modules:
             from torch.nn.modules import module as _m
@@ -400,31 +301,6 @@ class MemoryTracker:
     def table(self, title: str | None = None):
         return stage_table(self.stages, self.modules, peak_bytes=self.peak_bytes,
                            title=title or f"memory on {self.device}")
-
-
-def stage_table(stages: list[dict], modules: list[dict] | None = None, *, peak_bytes: int | None = None,
-                host_peak_bytes: int | None = None, title: str = "memory"):
-    """A rich Table: one row per stage (peak, params, activations, seconds), then the top modules."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("stage", "peak", "params", "activations", "seconds"):
-        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True, overflow="ellipsis",
-                         max_width=32 if col == "stage" else None)
-    for s in stages:
-        secs = s.get("seconds")
-        table.add_row(str(s["name"]), format_bytes(s.get("peak_bytes")), format_bytes(s.get("param_bytes")),
-                      format_bytes(s.get("activation_bytes")), "-" if secs is None else f"{secs:.2f}")
-    if peak_bytes is not None:
-        table.add_row("[bold]run peak[/bold]", f"[bold]{format_bytes(peak_bytes)}[/bold]", "", "", "")
-    if host_peak_bytes:
-        table.add_row("host peak", format_bytes(host_peak_bytes), "", "", "")
-    if modules:
-        table.add_section()
-        table.add_row("[italic]top modules[/italic]", "", "", "", "")
-    for m in modules or []:
-        table.add_row(f"  {m['name']}", "", "", format_bytes(m["activation_bytes"]), "")
-    return table
 
 
 @contextlib.contextmanager

@@ -1,27 +1,23 @@
-"""Model families. Each is an adapter (see base.py); this module maps family names to adapters."""
+"""Model families. Each is an adapter that owns every per-family fact: its static requirements (specs.py, light:
+no torch) and how to load, run, decode and simulate it (wan.py, animatediff.py, i2vgen.py, imported on first
+use). This module finds the adapter of a family name, a pipeline or a bare denoiser."""
 from __future__ import annotations
 
-from vidrt.core.errors import VidrtError
-from vidrt.models.animatediff import AnimateDiffAdapter
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest
-from vidrt.models.i2vgen import I2VGenXLAdapter
-from vidrt.models.wan import WanAdapter
+import importlib
+from typing import TYPE_CHECKING
 
-ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (WanAdapter(), AnimateDiffAdapter(), I2VGenXLAdapter())}
+from vidrt.core.errors import VidrtError
+from vidrt.models.specs import SPECS, FamilySpec, family_of_class, get_spec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from vidrt.models.base import ModelAdapter
 
 
 def get_adapter(family: str) -> ModelAdapter:
-    try:
-        return ADAPTERS[family]
-    except KeyError:
-        raise VidrtError(f"model.family: unknown family {family!r}; known: {', '.join(ADAPTERS)}") from None
-
-
-def family_of_class(class_name: str) -> str | None:
-    for adapter in ADAPTERS.values():
-        if class_name in adapter.pipeline_class_names:
-            return adapter.family
-    return None
+    """The family's adapter (its module, which imports torch and diffusers, loads on first use)."""
+    return importlib.import_module(get_spec(family).adapter).ADAPTER
 
 
 def adapter_for(obj) -> ModelAdapter:
@@ -31,18 +27,31 @@ def adapter_for(obj) -> ModelAdapter:
     if isinstance(obj, DiffusionPipeline):
         fam = family_of_class(type(obj).__name__)
         if fam:
-            return ADAPTERS[fam]
+            return get_adapter(fam)
         raise VidrtError(f"unsupported pipeline class {type(obj).__name__}")
-    name = type(obj).__name__
-    denoisers = {"WanTransformer3DModel": "wan", "UNetMotionModel": "animatediff", "I2VGenXLUNet": "i2vgen-xl"}
     for cls in type(obj).__mro__:   # (wrappers such as FSDP2's FSDPWanTransformer3DModel subclass the model)
-        if cls.__name__ in denoisers:
-            return ADAPTERS[denoisers[cls.__name__]]
-    raise VidrtError(f"unsupported model class {name}")
+        for spec in SPECS.values():
+            if cls.__name__ in spec.denoiser_class_names:
+                return get_adapter(spec.family)
+    raise VidrtError(f"unsupported model class {type(obj).__name__}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ModuleRoles", "RenderRequest", "adapter_for", "family_of_class",
-           "get_adapter"]
+def denoisers_of(obj) -> list[nn.Module]:
+    """The denoiser(s) of a pipeline (Wan 2.2 has two), or [obj] for a bare denoiser."""
+    from diffusers import DiffusionPipeline
+    from torch import nn
+
+    if isinstance(obj, DiffusionPipeline):
+        adapter = adapter_for(obj)
+        found = [adapter.denoiser(obj)]
+        extra = getattr(obj, "transformer_2", None)
+        if isinstance(extra, nn.Module):
+            found.append(extra)
+        return [d for d in found if d is not None]
+    if isinstance(obj, nn.Module):
+        adapter_for(obj)  # raises a clear error for unsupported models
+        return [obj]
+    raise TypeError(f"expected a diffusers pipeline or a denoiser module, got {type(obj).__name__}")
 
 
 def load(family: str, path: str, dtype=None, device: str = "cpu", *, image: bool = False,
@@ -54,3 +63,6 @@ def load(family: str, path: str, dtype=None, device: str = "cpu", *, image: bool
     adapter = get_adapter(family)
     kwargs = {"motion_adapter": motion_adapter} if motion_adapter else {}
     return adapter.load(path, dtype or torch.float32, device, with_image=image, allow_pickle=allow_pickle, **kwargs)
+
+
+__all__ = ["SPECS", "FamilySpec", "adapter_for", "denoisers_of", "family_of_class", "get_adapter", "get_spec", "load"]

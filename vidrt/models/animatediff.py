@@ -7,19 +7,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
-from vidrt.models.roles import outermost
+from vidrt.models.image_vae import decode_per_frame
+from vidrt.models.layout import outermost
 from vidrt.models.tokenizers import word_tokenizer
 
 
 class AnimateDiffAdapter(ModelAdapter):
-    family = "animatediff"
-    description = ("AnimateDiff: SD1.5 UNet + MotionAdapter (model.path = SD1.5 folder or AnimateDiff pipeline; "
-                   "model.motion_adapter = adapter folder/hub id). size multiple of 8")
-    size_multiple = 8
-    native_frames = 16
+    spec = SPECS["animatediff"]
     denoiser_attr = "unet"
-    pipeline_class_names = ("AnimateDiffPipeline", "StableDiffusionPipeline")
     frame_inputs = {"sample": "bcfhw", "encoder_hidden_states": "rows"}
     long_noise_reschedule = True
     frame_parallel = True
@@ -103,14 +100,4 @@ class AnimateDiffAdapter(ModelAdapter):
         return decode_per_frame(pipe.vae, latents, chunk_frames)
 
 
-def decode_per_frame(vae, latents: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
-    """Decode (B, C, F, h, w) latents with a 2-D image VAE, `chunk_frames` frames at a time, yielding
-    (B, 3, f, H, W) chunks — the same arithmetic as the pipelines' `decode_latents`."""
-    b, c, f, h, w = latents.shape
-    scaled = (1 / vae.config.scaling_factor * latents).to(vae.dtype)  # same arithmetic as diffusers
-    for start in range(0, f, chunk_frames):
-        part = scaled[:, :, start:start + chunk_frames]
-        n = part.shape[2]
-        flat = part.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w)
-        video = vae.decode(flat).sample
-        yield video.reshape(b, n, *video.shape[1:]).permute(0, 2, 1, 3, 4).float()
+ADAPTER = AnimateDiffAdapter()

@@ -6,8 +6,6 @@ test a family's name.
 """
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,8 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
+from vidrt.models.loading import first_line, looks_like_hub_id, read_index, refuse_pickle_only
+from vidrt.models.specs import FamilySpec, family_of_class
 
 # Module roles the slicer understands.
 SPATIAL = "spatial"      # treats each frame independently: slice the batch*frames axis
@@ -61,24 +61,28 @@ class RenderRequest:
 class ModelAdapter:
     """One model family. Subclasses fill the class attributes and the hooks below."""
 
-    family: ClassVar[str]
-    description: ClassVar[str]
-    needs_image: ClassVar[bool] = False
-    optional_image: ClassVar[bool] = False
-    frame_rule: ClassVar[str] = "any"       # "4k+1" for Wan's causal VAE
-    size_multiple: ClassVar[int] = 8
-    native_frames: ClassVar[int] = 16
+    spec: ClassVar[FamilySpec]              # the family's static facts (vidrt.models.specs)
     denoiser_attr: ClassVar[str] = "unet"
     text_encoder_attr: ClassVar[str] = "text_encoder"
     image_encoder_attr: ClassVar[str | None] = None
-    pipeline_class_names: ClassVar[tuple[str, ...]] = ()
     # denoiser forward arguments that carry a frame axis, by layout (see vidrt.engine.long); the first is the input
     frame_inputs: ClassVar[dict[str, str]] = {}
-    temporal_compression: ClassVar[int] = 1   # pixel frames per latent frame (Wan: 4, after the first)
     long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
     frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.engine.distributed.unet_fp)
-    attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend (vidrt.engine.attention)
+    attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend
     stages: ClassVar[tuple[Stage, ...]] = ()
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def pipeline_class_names(self) -> tuple[str, ...]:
+        return self.spec.pipeline_class_names
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.spec.temporal_compression
 
     # ---- loading -------------------------------------------------------------------------------
     def pipeline_class(self, with_image: bool):
@@ -90,7 +94,7 @@ class ModelAdapter:
         cls = self.pipeline_class(with_image)
         local = Path(path)
         if local.exists():
-            check_folder(local, self, allow_pickle=allow_pickle)
+            self.check_folder(local, allow_pickle=allow_pickle)
         elif not looks_like_hub_id(str(path)):
             raise VidrtError(f"model.path: no such folder {path}")
         try:
@@ -106,6 +110,18 @@ class ModelAdapter:
 
     def load_kwargs(self, path, dtype, allow_pickle) -> dict[str, Any]:
         return {}
+
+    def check_folder(self, folder: Path, *, allow_pickle: bool) -> dict:
+        """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""
+        meta = read_index(folder)
+        class_name = meta.get("_class_name", "")
+        if class_name not in self.pipeline_class_names:
+            other = family_of_class(class_name)
+            hint = f"a {other!r} pipeline" if other else f"a {class_name or 'unknown'} pipeline"
+            raise VidrtError(f"model.family: {folder} holds {hint}, not {self.family!r}")
+        if not allow_pickle:
+            refuse_pickle_only(folder)
+        return meta
 
     def prepare(self, pipe):
         """Family-specific fixes applied to every pipeline (loaded or tiny)."""
@@ -128,10 +144,12 @@ class ModelAdapter:
         raise NotImplementedError
 
     def native_frame_count(self, pipe=None) -> int:
-        return self.native_frames
+        """The native length of this pipeline's model (a trained sample's vidrt.json beside its weights)."""
+        folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
+        return self.spec.native_frame_count(folder)
 
     def latent_frames(self, frames: int) -> int:
-        return (frames - 1) // self.temporal_compression + 1
+        return self.spec.latent_frames(frames)
 
     # ---- running -------------------------------------------------------------------------------
     def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
@@ -155,47 +173,3 @@ class ModelAdapter:
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device
         return torch.Generator(device=gen_device).manual_seed(req.seed)
-
-
-def looks_like_hub_id(path: str) -> bool:
-    """`org/name` with no local folder `org/` — anything else that does not exist is a missing folder."""
-    parts = path.split("/")
-    return (len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts)
-            and not Path(parts[0]).exists())
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def check_folder(folder: Path, adapter: ModelAdapter, *, allow_pickle: bool) -> dict:
-    """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""
-    index = folder / "model_index.json"
-    if not folder.is_dir():
-        raise VidrtError(f"model.path: {folder} is not a folder")
-    if not index.is_file():
-        raise VidrtError(f"model.path: {folder} has no model_index.json (not a diffusers pipeline folder)")
-    try:
-        meta = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise VidrtError(f"model.path: {index} is not valid JSON ({exc.msg})") from None
-    class_name = meta.get("_class_name", "")
-    if class_name not in adapter.pipeline_class_names:
-        from vidrt.models import family_of_class
-
-        other = family_of_class(class_name)
-        hint = f"a {other!r} pipeline" if other else f"a {class_name or 'unknown'} pipeline"
-        raise VidrtError(f"model.family: {folder} holds {hint}, not {adapter.family!r}")
-    if not allow_pickle:
-        for sub in folder.iterdir():
-            if not sub.is_dir():
-                continue
-            pickles = [p for p in sub.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-            tensors = [p for p in sub.iterdir() if p.suffix == ".safetensors"]
-            if pickles and not tensors:
-                raise VidrtError(
-                    f"model.allow_pickle: {sub} has only pickle weights ({pickles[0].name}); "
-                    "convert to safetensors or set model.allow_pickle: true if you trust the file"
-                )
-    return meta

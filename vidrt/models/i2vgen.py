@@ -12,21 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidrt.models.animatediff import decode_per_frame
+from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
-from vidrt.models.roles import outermost
+from vidrt.models.image_vae import decode_per_frame
+from vidrt.models.layout import outermost
 from vidrt.models.tokenizers import word_tokenizer
 
 
 class I2VGenXLAdapter(ModelAdapter):
-    family = "i2vgen-xl"
-    description = "I2VGen-XL: image + text to video (needs `image`). size multiple of 8"
-    needs_image = True
-    size_multiple = 8
-    native_frames = 16
+    spec = SPECS["i2vgen-xl"]
     denoiser_attr = "unet"
     image_encoder_attr = "image_encoder"
-    pipeline_class_names = ("I2VGenXLPipeline",)
     frame_inputs = {"sample": "bcfhw", "image_latents": "bcfhw"}
     stages = (
         Stage("text_encode", ("text_encoder",)),
@@ -106,3 +102,6 @@ class I2VGenXLAdapter(ModelAdapter):
 
     def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)
+
+
+ADAPTER = I2VGenXLAdapter()

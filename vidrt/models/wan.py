@@ -1,34 +1,24 @@
 """Wan 2.1 (text-to-video via WanPipeline, image-to-video via WanImageToVideoPipeline)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
-from vidrt.models.roles import outermost
+from vidrt.models.layout import outermost
+from vidrt.models.wan_vae import decode_stream
 from vidrt.models.tokenizers import word_tokenizer
 
-SAMPLE_META = "vidrt.json"  # written beside a pipeline trained by vidrt (native frame count, size)
-
-
 class WanAdapter(ModelAdapter):
-    family = "wan"
-    description = "Wan 2.1 DiT (T2V 1.3B/14B; I2V 14B when `image` is given). frames 4k+1, size multiple of 16"
-    optional_image = True
-    frame_rule = "4k+1"
-    size_multiple = 16
-    native_frames = 81
+    spec = SPECS["wan"]
     denoiser_attr = "transformer"
     image_encoder_attr = "image_encoder"
-    pipeline_class_names = ("WanPipeline", "WanImageToVideoPipeline")
     frame_inputs = {"hidden_states": "bcfhw"}
     attention_api = "backend"
-    temporal_compression = 4
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),
@@ -40,13 +30,6 @@ class WanAdapter(ModelAdapter):
         from diffusers import WanImageToVideoPipeline, WanPipeline
 
         return WanImageToVideoPipeline if with_image else WanPipeline
-
-    def native_frame_count(self, pipe=None) -> int:
-        folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
-        if folder and (Path(folder) / SAMPLE_META).is_file():
-            meta = json.loads((Path(folder) / SAMPLE_META).read_text())
-            return int(meta.get("native_frames", self.native_frames))
-        return self.native_frames
 
     def tiny(self, seed: int = 0, *, with_image: bool = False, num_layers: int = 2, text_len: int = 16, **_: Any):
         from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
@@ -110,41 +93,8 @@ class WanAdapter(ModelAdapter):
             kwargs["image"] = req.image
         return kwargs
 
-    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
-        """Decode Wan latents one latent frame at a time through the causal VAE, yielding video chunks
-        (B, C, f, H, W) in [-1, 1] as they are produced, so the whole video never sits in memory.
+    def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        return decode_stream(pipe.vae, latents)
 
-        The VAE's own `_decode` runs the same per-frame loop with its causal feature cache but
-        concatenates every output before returning; this yields the identical pieces instead. With VAE
-        tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
-        tiles one at a time and blends them on the host (identical result), so the device holds one tile.
-        """
-        from vidrt.engine.slicing.vae import tiled_decode_via_host, tiles_needed
 
-        vae = pipe.vae
-        z = vae.config.z_dim
-        latents = latents.to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        latents = latents / inv_std + mean
-        if getattr(vae, "use_tiling", False) and vae.config.patch_size is None and tiles_needed(vae, latents):
-            for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
-                yield chunk.float()
-            return
-        if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
-            yield vae.decode(latents, return_dict=False)[0].float()
-            return
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-        vae.clear_cache()
-        try:
-            x = vae.post_quant_conv(latents)
-            for i in range(x.shape[2]):
-                vae._conv_idx = [0]
-                out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                  first_chunk=i == 0)
-                if vae.config.patch_size is not None:
-                    out = unpatchify(out, patch_size=vae.config.patch_size)
-                yield out.clamp(-1.0, 1.0).float()
-        finally:
-            vae.clear_cache()
+ADAPTER = WanAdapter()

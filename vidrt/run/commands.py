@@ -16,10 +16,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from vidrt.core.errors import VidrtError
-from vidrt.memory.tracker import MemoryTracker, format_bytes, stage_table
+from vidrt.memory.planner import plan
+from vidrt.memory.settings import settings_from_config
+from vidrt.memory.simulate import simulate
+from vidrt.memory.report import stage_table
+from vidrt.memory.tracker import MemoryTracker
+from vidrt.models import get_adapter
+from vidrt.run.memory_setup import apply_settings
+from vidrt.run.plot import render_plot
+from vidrt.run.render import load_pipeline, request_from, resolve_device
+from vidrt.run.stages import run_stages
+from vidrt.run.video import load_image
 
 STAGE_KEYS = ("name", "peak_bytes", "param_bytes", "activation_bytes", "seconds")
 
@@ -62,8 +73,6 @@ def _budget_settings(config):
     budget = getattr(getattr(config, "memory", None), "budget", None)
     if budget is None:
         return None, None
-    from vidrt.memory.planner import plan
-
     p = plan(config, budget)
     return p, p.settings
 
@@ -78,8 +87,6 @@ def profile_command(config, dry_run: bool = False, json_path: Path | None = None
     plot_path = _check_output(plot_path, "--plot")
     chosen, settings = _budget_settings(config)
     if dry_run:
-        from vidrt.memory.simulate import simulate
-
         rep = simulate(config, settings, timeline=plot_path is not None, ranks=gpus)
         result = rep.to_dict(timeline=True)
         table = rep.table()
@@ -99,34 +106,12 @@ def profile_command(config, dry_run: bool = False, json_path: Path | None = None
 
 def _profile_real(config, settings) -> tuple[dict[str, Any], Any]:
     """Load the pipeline and run its stages (one tracked render, no file written)."""
-    import torch
-
-    from vidrt.models import get_adapter
-    from vidrt.run.render import load_pipeline, request_from, resolve_device, run_stages
-
     adapter = get_adapter(config.model.family)
     device = resolve_device(list(config.devices))
-    image = None
-    if getattr(config, "image", None):
-        from vidrt.run.video import load_image
-
-        image = load_image(config.image)
+    image = load_image(config.image) if config.image else None
     pipe = load_pipeline(config, device, with_image=image is not None)
     req = request_from(config, adapter, pipe, image)
-    memory_dict = config.memory.as_dict() if hasattr(config.memory, "as_dict") else dict(vars(config.memory))
-    if settings is not None:
-        from vidrt.memory.planner import Plan  # noqa: F401
-
-        memory_dict = dict(memory_dict)
-        memory_dict.update({"slicing": ({"frames": settings.chunk_frames, "tokens": settings.chunk_tokens,
-                                         "positions": settings.chunk_positions} if settings.slicing else "off"),
-                            "offload": settings.offload, "vae_tiling": "on" if settings.vae_tiling else "off"})
-    try:
-        from vidrt.engine.slicing import apply_memory_config
-
-        apply_memory_config(pipe, memory_dict, device)
-    except ImportError:
-        pass
+    apply_settings(pipe, settings or settings_from_config(config), device, req.height, req.width)
     mem = MemoryTracker(device, track_modules=pipe, timeline=True)
     with mem:
         run_stages(pipe, adapter, req, device, mem, Console(file=io.StringIO()), show_progress=False)
@@ -143,63 +128,7 @@ def _profile_real(config, settings) -> tuple[dict[str, Any], Any]:
     return result, table
 
 
-def render_plot(result: dict[str, Any]) -> bytes:
-    """PNG bytes: memory over time with a band per stage, and the top modules' activation peaks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gib = 2 ** 30
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    timeline = result.get("timeline") or []
-    simulated = result.get("simulated")
-    if timeline:
-        ts = [t for t, _, _ in timeline]
-        bs = [b / gib for _, b, _ in timeline]
-        ax1.step(ts, bs, where="post", color="black", lw=1)
-        colors = ["#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#ead1dc"]
-        spans: list[list[Any]] = []
-        for t, _, s in timeline:
-            if s is None:
-                continue
-            if spans and spans[-1][0] == s:
-                spans[-1][2] = t
-            else:
-                spans.append([s, t, t])
-        for i, (name, a, b) in enumerate(spans):
-            ax1.axvspan(a, max(b, a + 1e-6), color=colors[i % len(colors)], alpha=0.7, lw=0)
-            ax1.text((a + b) / 2, max(bs) * 1.02 if bs else 0, name, ha="center", va="bottom", fontsize=8)
-        ax1.set_xlabel("simulation time (s)" if simulated else "time (s)")
-        ax1.set_ylim(0, max(bs) * 1.12 if bs and max(bs) > 0 else 1)
-    else:  # no timeline: stage peaks as steps
-        stages = result.get("stages", [])
-        ax1.bar([s["name"] for s in stages], [s["peak_bytes"] / gib for s in stages], color="#6fa8dc")
-    if simulated:
-        ax1.set_title(f"simulated tensor memory (activations; peak {format_bytes(result.get('peak_bytes'))} incl. params)",
-                      fontsize=9)
-    else:
-        ax1.set_title(f"memory on {result.get('device', '?')} (peak {format_bytes(result.get('peak_bytes'))})", fontsize=9)
-    ax1.set_ylabel("GiB")
-    mods = result.get("modules") or []
-    if mods:
-        names = [m["name"] for m in mods][::-1]
-        vals = [m["activation_bytes"] / gib for m in mods][::-1]
-        ax2.barh(range(len(names)), vals, color="#e69138")
-        ax2.set_yticks(range(len(names)))
-        ax2.set_yticklabels(names, fontsize=7)
-        ax2.set_xlabel("activation peak (GiB)")
-    ax2.set_title("top modules", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plan_command(config, budget: str | None = None, console: Console | None = None, gpus: int = 1):
-    from vidrt.memory.planner import plan
-
     console = console or Console()
     p = plan(config, budget, gpus=gpus)
     console.print(p.table())

@@ -1,7 +1,7 @@
 """Slices across several GPUs (or CPU processes) with torch.distributed.
 
-    ctx = vidrt.engine.distributed.setup_from_env()        # None unless launched by torchrun with WORLD_SIZE > 1
-    vidrt.engine.distributed.apply(pipe, adapter, ctx, guidance=5.0)
+    ctx = setup_from_env()                      # None unless launched by torchrun with WORLD_SIZE > 1
+    enable_distributed(pipe, ctx, DistributedConfig(guidance=5.0))
 
 Every rank runs the same pipeline loop (same seed, same scheduler); hooks on the denoiser split each step's
 work and all-gather the results, so every rank holds identical noise predictions and latents:
@@ -16,17 +16,21 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from vidrt.engine.distributed.comm import Context, DistributedError, agree, make_groups
 from vidrt.core.errors import VidrtError
+from vidrt.engine import attach
+from vidrt.engine.distributed.comm import Context, DistributedError, agree, make_groups
+from vidrt.models import adapter_for
 
-__all__ = ["Context", "DistributedError", "setup_from_env", "apply", "remove", "shutdown", "agree", "plan_layout", "guard"]
+__all__ = ["Context", "DistributedConfig", "DistributedError", "DistributedState", "agree", "disable_distributed",
+           "distributed_state", "enable_distributed", "guard", "plan_layout", "setup_from_env", "shutdown"]
 
-_APPLIED = "_vidrt_distributed"
+FEATURE = "distributed"
 
 
 def setup_from_env(timeout_s: float | None = None, device_type: str | None = None) -> Context | None:
@@ -98,73 +102,97 @@ def plan_layout(world: int, guidance: float | None, sequence_capable: bool, mode
     return cfg, sp
 
 
-def apply(pipe, adapter, ctx: Context | None, *, guidance: float | None = None, mode: str | None = None,
-          head_groups: int | None = None, attention: str | None = None,
-          shard: bool = False) -> dict[str, Any] | None:
-    """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). Returns what
-    was applied (for the sidecar), None for a single-process run. `mode` (default: env VIDRT_DIST_MODE,
-    else auto): auto | cfg | sequence; `head_groups` (default: env VIDRT_DIST_HEAD_GROUPS, else one per
-    head): how many pieces a block's self-attention K/V is all-gathered in under sequence parallel;
-    `attention` (default: env VIDRT_DIST_ATTENTION, else auto): auto | ulysses | gather - sequence-parallel
-    self-attention by all-to-all over heads (auto: when the heads divide by the ranks) or by K/V all-gather;
-    `shard`: the denoiser's weights sharded over all ranks with FSDP2 (vidrt.engine.distributed.shard; permanent:
-    `remove` leaves them sharded)."""
+@dataclass(frozen=True)
+class DistributedConfig:
+    """How one denoiser call is split over the ranks of a torchrun.
+
+    mode: auto | cfg | sequence (see `plan_layout`);
+    head_groups: how many pieces a block's self-attention K/V is all-gathered in under sequence parallel
+        (None: one per head);
+    attention: auto | ulysses | gather - sequence-parallel self-attention by all-to-all over heads (auto: when
+        the heads divide by the ranks) or by K/V all-gather;
+    shard: the denoiser's weights sharded over all ranks with FSDP2 (vidrt.engine.distributed.shard; permanent:
+        disabling leaves them sharded);
+    guidance: the CFG scale (CFG parallel needs a second stream).
+    """
+
+    mode: str = "auto"
+    head_groups: int | None = None
+    attention: str = "auto"
+    shard: bool = False
+    guidance: float | None = None
+
+    @classmethod
+    def from_env(cls, **overrides) -> DistributedConfig:
+        """Defaults from VIDRT_DIST_MODE / VIDRT_DIST_HEAD_GROUPS / VIDRT_DIST_ATTENTION, then `overrides`."""
+        env = {"mode": os.environ.get("VIDRT_DIST_MODE", "auto"),
+               "head_groups": int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None,
+               "attention": os.environ.get("VIDRT_DIST_ATTENTION", "auto")}
+        return cls(**{**env, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class DistributedState:
+    """What was applied (`described`, for the sidecar) and the hooks by kind (their call counters)."""
+
+    described: dict[str, Any]
+    hooks: dict[str, Any] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        for hook in self.hooks.values():
+            for key in getattr(hook, "calls", {}):
+                hook.calls[key] = 0
+
+
+def enable_distributed(pipe, ctx: Context | None, config: DistributedConfig = DistributedConfig(), *,
+                       adapter=None) -> DistributedState | None:
+    """Attach the distributed hooks to `pipe`'s denoiser (collective: every rank calls it). None for a
+    single-process run. `adapter`: for a stand-in pipeline (the simulator's), which names no family."""
     if ctx is None or ctx.world <= 1:
         return None
-    mode = mode or os.environ.get("VIDRT_DIST_MODE", "auto")
-    head_groups = head_groups or int(os.environ.get("VIDRT_DIST_HEAD_GROUPS", "0") or 0) or None
-    attention = attention or os.environ.get("VIDRT_DIST_ATTENTION", "auto")
     from vidrt.engine.distributed import cfg as cfg_mod
     from vidrt.engine.distributed import unet_fp, wan_sp
 
+    adapter = adapter or adapter_for(pipe)
     denoiser = adapter.denoiser(pipe)
-    remove(pipe, adapter)
+    disable_distributed(pipe, adapter)
     tokens = bool(adapter.roles(denoiser).token) and wan_sp.supports(denoiser)
     frames = adapter.frame_parallel and unet_fp.supports(adapter, denoiser)
-    n_cfg, n_sp = plan_layout(ctx.world, guidance, tokens or frames, mode)
+    n_cfg, n_sp = plan_layout(ctx.world, config.guidance, tokens or frames, config.mode)
     make_groups(ctx, n_cfg, n_sp)
-    undo = []
     hooks: dict[str, Any] = {}
-    # Registration order = nesting: the sequence hook first (innermost), the CFG hook around it.
+    ulysses = False
     if n_sp > 1 and tokens:
-        ulysses = wan_sp.uses_ulysses(denoiser.config.num_attention_heads, n_sp, attention)
-        hooks["sequence"] = wan_sp.enable(denoiser, ctx, head_groups, "ulysses" if ulysses else "gather")
-        undo.append(lambda: wan_sp.disable(denoiser))
+        ulysses = wan_sp.uses_ulysses(denoiser.config.num_attention_heads, n_sp, config.attention)
+        hooks["sequence"] = wan_sp.enable(denoiser, ctx, config.head_groups, "ulysses" if ulysses else "gather")
     elif n_sp > 1:
         hooks["frames"] = unet_fp.enable(denoiser, adapter, ctx)
-        undo.append(lambda: unet_fp.disable(denoiser, adapter))
     if n_cfg > 1:
         hooks["cfg"] = cfg_mod.enable(denoiser, ctx, next(iter(adapter.frame_inputs)))
-        undo.append(lambda: cfg_mod.disable(denoiser))
-        undo.append(cfg_mod.capture_negative(pipe, hooks["cfg"]))
+        cfg_mod.capture_negative(pipe, hooks["cfg"])
     sharded = None
-    if shard:
+    if config.shard:
         from vidrt.engine.distributed import shard as shard_mod
 
         sharded = (shard_mod.shard_weights(denoiser, ctx) if not shard_mod.is_sharded(denoiser)
                    else {"shards": ctx.world})
-    object.__setattr__(denoiser, _APPLIED, (undo, hooks))
     described = {**ctx.describe(), "weights": {"sharded": sharded} if sharded else "replicated"}
     if n_sp > 1 and tokens:
         described["sequence_attention"] = "ulysses" if ulysses else "gather"
         if not ulysses:
-            described["head_groups"] = head_groups or "per head"
+            described["head_groups"] = config.head_groups or "per head"
     elif n_sp > 1:
         described["frame_parallel"] = n_sp
-    return described
+    return attach.set_state(denoiser, FEATURE, DistributedState(described, hooks))
 
 
-def hooks_of(pipe, adapter) -> dict[str, Any]:
-    state = adapter.denoiser(pipe).__dict__.get(_APPLIED)
-    return state[1] if state else {}
+def distributed_state(pipe, adapter=None) -> DistributedState | None:
+    return attach.get_state((adapter or adapter_for(pipe)).denoiser(pipe), FEATURE)
 
 
-def remove(pipe, adapter) -> None:
-    denoiser = adapter.denoiser(pipe)
-    state = denoiser.__dict__.pop(_APPLIED, None)
-    if state:
-        for u in reversed(state[0]):
-            u()
+def disable_distributed(pipe, adapter=None) -> None:
+    attach.detach((adapter or adapter_for(pipe)).denoiser(pipe), FEATURE)
+    attach.detach(pipe, FEATURE)
 
 
 def shutdown(ctx: Context | None, failed: bool = False) -> None:
@@ -191,6 +219,6 @@ def guard(ctx: Context | None, pipe=None, adapter=None):
         yield
         failed = False
     finally:
-        if pipe is not None and adapter is not None:
-            remove(pipe, adapter)
+        if pipe is not None:
+            disable_distributed(pipe, adapter)
         shutdown(ctx, failed=failed)

@@ -18,28 +18,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
+from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from torch import nn
 
+from vidrt.engine import attach
+from vidrt.engine.attach import ContextHook
 from vidrt.engine.distributed import comm
-from vidrt.engine.attach import ArgumentsHook, remove_hook, replace_hook
 
-HOOK_NAME = "vidrt_cfg_parallel"
-
-
-class _NoState(BaseState):
-    def reset(self, *args, **kwargs) -> None:
-        pass
+PART = "cfg"
 
 
-class CfgParallelHook(ArgumentsHook):
-    _is_stateful = True   # so diffusers hands us the cache context ("cond" / "uncond") of each call
-
+class CfgParallelHook(ContextHook):
     def __init__(self, ctx: comm.Context, main_input: str):
         super().__init__()
         self.ctx = ctx
         self.main_input = main_input
-        self.state = StateManager(_NoState)
         self.negative: torch.Tensor | None = None   # captured uncond embeddings (pair mode)
         self.pending: tuple[Any, Any] | None = None  # (key, uncond output) waiting for the uncond call
         self.calls = {"pair": 0, "pair_reused": 0, "batch": 0, "replicated": 0}
@@ -52,7 +45,7 @@ class CfgParallelHook(ArgumentsHook):
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
         bound = self.arguments(module, args, kwargs)
-        context = self.state._context
+        context = self.cache_context
         name = context.name if context is not None else None
         sample = bound.get(self.main_input)
         n = self.ctx.cfg
@@ -124,23 +117,17 @@ def unpack_output(out):
     return out.sample, (lambda t: type(out)(sample=t))
 
 
-def capture_negative(pipe, hook: CfgParallelHook):
+def capture_negative(pipe, hook: CfgParallelHook) -> None:
     """Wrap `pipe.encode_prompt` so the hook learns the negative embeddings the pipeline will use."""
-    original = pipe.encode_prompt
 
-    def encode_prompt(*args, **kwargs):
-        out = original(*args, **kwargs)
+    def encode_prompt(call, *args, **kwargs):
+        out = call(*args, **kwargs)
         if isinstance(out, tuple) and len(out) >= 2:
             hook.negative = out[1]
         return out
 
-    pipe.encode_prompt = encode_prompt
-    return lambda: pipe.__dict__.pop("encode_prompt", None)
+    attach.wrap_method(pipe, "encode_prompt", encode_prompt, "distributed")
 
 
 def enable(denoiser: nn.Module, ctx: comm.Context, main_input: str) -> CfgParallelHook:
-    return replace_hook(denoiser, CfgParallelHook(ctx, main_input), HOOK_NAME)
-
-
-def disable(denoiser: nn.Module) -> None:
-    remove_hook(denoiser, HOOK_NAME)
+    return attach.wrap_module(denoiser, CfgParallelHook(ctx, main_input), "distributed", PART)

@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
+from vidrt.core.tensors import module_bytes
 from vidrt.engine.distributed import comm
-from vidrt.memory.tracker import module_bytes
-from vidrt.engine.offload import outermost_blocks
+from vidrt.models.layout import stream_units
 
 
 def rank_weight_bytes(denoiser: nn.Module, ranks: int, total_bytes: int | None = None) -> int:
@@ -28,7 +28,7 @@ def rank_weight_bytes(denoiser: nn.Module, ranks: int, total_bytes: int | None =
     block (FSDP2 all-gathers the next block while one runs). `total_bytes`: the full model's weight bytes when
     `denoiser` is a reduced copy (the simulator drops repeated layers)."""
     total = module_bytes([denoiser]) if total_bytes is None else total_bytes
-    largest = max((module_bytes([b]) for b in outermost_blocks(denoiser)), default=0)
+    largest = max((module_bytes([b]) for b in stream_units(denoiser)), default=0)
     return -(-total // ranks) + 2 * largest
 
 
@@ -37,7 +37,7 @@ def shard_weights(denoiser: nn.Module, ctx: comm.Context) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world,))
-    blocks = outermost_blocks(denoiser)
+    blocks = stream_units(denoiser)
     summary = {"shards": ctx.world, "units": len(blocks) + 1, "weight_bytes": module_bytes([denoiser]),
                "per_rank_bytes": rank_weight_bytes(denoiser, ctx.world)}
     for block in blocks:

@@ -19,14 +19,14 @@ import contextlib
 import torch
 from torch import nn
 
+from vidrt.engine import attach
+from vidrt.engine.attach import ArgumentsHook
 from vidrt.engine.distributed import comm
 from vidrt.engine.distributed.cfg import unpack_output
-from vidrt.engine.attach import ArgumentsHook, remove_hook, replace_hook
 from vidrt.engine.long import slice_frames
 from vidrt.engine.slicing.groupnorm import group_norm_forward, statistics_reduced_by
 
-HOOK_NAME = "vidrt_frame_parallel"
-TEMPORAL_HOOK_NAME = "vidrt_frame_parallel_temporal"
+PART, TEMPORAL_PART = "frames", "temporal"
 
 
 class _Active:
@@ -89,18 +89,8 @@ class TemporalExchangeHook(ArgumentsHook):
         with contextlib.ExitStack() as stack:
             stack.enter_context(statistics_reduced_by(act.reduce))
             for m in norms:
-                # (an instance-level forward may be an offloading hook's: put back exactly what was there)
-                previous = m.__dict__.get("forward")
-                m.forward = (lambda m: lambda t: group_norm_forward(m, t))(m)
-                stack.callback(_restore_forward, m, previous)
+                stack.enter_context(attach.replaced_computation(m, group_norm_forward, "distributed"))
             return inner(hidden_states=x, **{**bound, "num_frames": frames})
-
-
-def _restore_forward(module: nn.Module, previous) -> None:
-    if previous is None:
-        module.__dict__.pop("forward", None)
-    else:
-        module.forward = previous
 
 
 class FrameParallelHook(ArgumentsHook):
@@ -145,13 +135,7 @@ def supports(adapter, denoiser: nn.Module) -> bool:
 
 
 def enable(denoiser: nn.Module, adapter, ctx: comm.Context) -> FrameParallelHook:
-    hook = replace_hook(denoiser, FrameParallelHook(ctx, adapter.frame_inputs), HOOK_NAME)
+    hook = attach.wrap_module(denoiser, FrameParallelHook(ctx, adapter.frame_inputs), "distributed", PART)
     for name in adapter.roles(denoiser).temporal:
-        replace_hook(denoiser.get_submodule(name), TemporalExchangeHook(hook), TEMPORAL_HOOK_NAME)
+        attach.wrap_module(denoiser.get_submodule(name), TemporalExchangeHook(hook), "distributed", TEMPORAL_PART)
     return hook
-
-
-def disable(denoiser: nn.Module, adapter) -> None:
-    for name in adapter.roles(denoiser).temporal:
-        remove_hook(denoiser.get_submodule(name), TEMPORAL_HOOK_NAME)
-    remove_hook(denoiser, HOOK_NAME)

@@ -25,15 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidrt.core.chunks import ranges
+from vidrt.core.errors import VidrtError
+from vidrt.engine import attach
+from vidrt.engine.attach import ArgumentsHook
 from vidrt.engine.distributed import comm
 from vidrt.engine.distributed.shard import gathered
-from vidrt.core.errors import VidrtError
-from vidrt.engine.attach import ArgumentsHook, remove_hook, replace_hook
-from vidrt.engine.slicing.wan import (ChunkedRope, _attend, _blocks_hooked, _modulation, _proj, _ranges, _rotate,
-                               auto_chunk_tokens, block_supported, cross_attention_kv, cross_attention_out,
-                               output_head, unpatchify, wan_conditioning)
+from vidrt.engine.slicing import slicing_state
+from vidrt.engine.slicing.auto import auto_chunk_tokens
+from vidrt.engine.slicing.wan_ops import (ChunkedRope, attend, block_supported, blocks_hooked, cross_attention_kv,
+                                          cross_attention_out, modulation, output_head, project, rotate, unpatchify,
+                                          wan_conditioning)
 
-HOOK_NAME = "vidrt_sequence_parallel"
+PART = "sequence"
 
 
 def _proj_cols(attn, x: torch.Tensor, which: str, c0: int, c1: int) -> torch.Tensor:
@@ -42,7 +46,7 @@ def _proj_cols(attn, x: torch.Tensor, which: str, c0: int, c1: int) -> torch.Ten
         lin = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}[which]
         b = None if lin.bias is None else lin.bias[c0:c1]
         return F.linear(x, lin.weight[c0:c1], b)
-    return _proj(attn, x, which)[..., c0:c1]
+    return project(attn, x, which)[..., c0:c1]
 
 
 def _rms_stat(norm: nn.Module, y: torch.Tensor):
@@ -82,7 +86,7 @@ def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes
 
         def full_sequence(which: str) -> torch.Tensor:
             local = attn_out.new_empty((n, B, n_local, k, dh))
-            for s, e in _ranges(n_local, chunk):
+            for s, e in ranges(n_local, chunk):
                 h = modulated(s, e)
                 for j, (h0, h1) in enumerate(owned):
                     local[j, :, s:e] = heads_of(which, h, s, e, h0, h1)
@@ -92,8 +96,8 @@ def _ulysses_attention(attn1, modulated, heads_of, attn_out: torch.Tensor, sizes
         key, value = full_sequence("k"), full_sequence("v")
         query = full_sequence("q")
         out = attn_out.new_empty((B, query.shape[1], k * dh))
-        for s, e in _ranges(query.shape[1], chunk):
-            out[:, s:e] = _attend(attn1, query[:, s:e], key, value)
+        for s, e in ranges(query.shape[1], chunk):
+            out[:, s:e] = attend(attn1, query[:, s:e], key, value)
         del query, key, value
         back = comm.all_to_all_shaped([out[:, st:st + size] for st, size in zip(starts, sizes)],
                                       [(B, n_local, k * dh)] * n, group)
@@ -107,7 +111,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
              sizes: list[int], group, chunk: int, head_groups: int, ulysses: bool = False) -> torch.Tensor:
     """One WanTransformerBlock on this rank's tokens [g0, g0 + x.shape[1]) of `n_tokens`; written in place."""
     B, n_local, dim = x.shape
-    mods, at = _modulation(block, temb, n_tokens)
+    mods, at = modulation(block, temb, n_tokens)
     shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
     attn1, attn2 = block.attn1, block.attn2
     heads = attn1.heads
@@ -125,12 +129,12 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
     if isinstance(attn1.norm_q, nn.RMSNorm) or isinstance(attn1.norm_k, nn.RMSNorm):
         stat_q = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_q, nn.RMSNorm) else None
         stat_k = x.new_empty((B, n_local, 1), dtype=torch.float32) if isinstance(attn1.norm_k, nn.RMSNorm) else None
-        for s, e in _ranges(n_local, chunk):
+        for s, e in ranges(n_local, chunk):
             n = modulated(s, e)
             if stat_q is not None:
-                stat_q[:, s:e] = _rms_stat(attn1.norm_q, _proj(attn1, n, "q"))
+                stat_q[:, s:e] = _rms_stat(attn1.norm_q, project(attn1, n, "q"))
             if stat_k is not None:
-                stat_k[:, s:e] = _rms_stat(attn1.norm_k, _proj(attn1, n, "k"))
+                stat_k[:, s:e] = _rms_stat(attn1.norm_k, project(attn1, n, "k"))
             del n
 
     def heads_of(which: str, n: torch.Tensor, s: int, e: int, h0: int, h1: int) -> torch.Tensor:
@@ -141,12 +145,12 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
             norm, stat = (attn1.norm_q, stat_q) if which == "q" else (attn1.norm_k, stat_k)
             generic = generic_q if which == "q" else generic_k
             y = _norm_cols(norm, y, None if stat is None else stat[:, s:e], c0, c1,
-                           full=_proj(attn1, n, which) if generic else None)
+                           full=project(attn1, n, which) if generic else None)
         y = y.unflatten(2, (h1 - h0, dh))
         if which == "v":
             return y
         cos, sin = rope.chunk(g0 + s, g0 + e)
-        return _rotate(y, cos, sin)
+        return rotate(y, cos, sin)
 
     attn_out = x.new_empty((B, n_local, dim))
     if ulysses:
@@ -157,7 +161,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
             if h0 == h1:
                 continue
             kv = x.new_empty((2, B, n_local, h1 - h0, dh))
-            for s, e in _ranges(n_local, chunk):
+            for s, e in ranges(n_local, chunk):
                 n = modulated(s, e)
                 kv[0, :, s:e] = heads_of("k", n, s, e, h0, h1)
                 kv[1, :, s:e] = heads_of("v", n, s, e, h0, h1)
@@ -165,9 +169,9 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
             full = comm.all_gather_cat(kv, 2, group, sizes)   # (2, B, n_tokens, h, dh)
             del kv
             key, value = full[0], full[1]
-            for s, e in _ranges(n_local, chunk):
+            for s, e in ranges(n_local, chunk):
                 n = modulated(s, e)
-                attn_out[:, s:e, h0 * dh:h1 * dh] = _attend(attn1, heads_of("q", n, s, e, h0, h1), key, value)
+                attn_out[:, s:e, h0 * dh:h1 * dh] = attend(attn1, heads_of("q", n, s, e, h0, h1), key, value)
                 del n
             del full, key, value
 
@@ -175,7 +179,7 @@ def sp_block(block, x: torch.Tensor, encoder_hidden_states, temb, rope: ChunkedR
     ck, cv, ck_img, cv_img = cross_attention_kv(attn2, encoder_hidden_states, heads)
 
     # Everything else per local token chunk, in place into the rank's residual stream.
-    for s, e in _ranges(n_local, chunk):
+    for s, e in ranges(n_local, chunk):
         gs, ge = g0 + s, g0 + e
         xs = x[:, s:e]
         xf = xs.float()
@@ -205,7 +209,7 @@ class SequenceParallelHook(ArgumentsHook):
         bound = self.arguments(module, args, kwargs)
         extra = set(bound) - {"hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_image",
                               "return_dict", "attention_kwargs"}
-        if (extra or torch.is_grad_enabled() or _blocks_hooked(module)
+        if (extra or torch.is_grad_enabled() or blocks_hooked(module)
                 or not all(block_supported(b) for b in module.blocks)):
             # Same decision on every rank (same module state): compute the whole call on each rank.
             self.calls["replicated"] += 1
@@ -228,8 +232,6 @@ def uses_ulysses(heads: int, ranks: int, attention: str) -> bool:
 
 def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
              return_dict, head_groups: int | None, attention: str = "auto"):
-    from vidrt.engine.slicing import slicing_state
-
     group, n, r = ctx.groups["sp"], ctx.sp, ctx.sp_rank
     batch_size, _, num_frames, height, width = hidden_states.shape
     p_t, p_h, p_w = model.config.patch_size
@@ -239,10 +241,10 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     sizes = [e - s for s, e in (comm.split_range(n_tokens, n, i) for i in range(n))]
     g0, g1 = comm.split_range(n_tokens, n, r)
     dim = model.config.num_attention_heads * model.config.attention_head_dim
-    state = slicing_state(model) or {}
+    state = slicing_state(model)
     # auto: 1/N of the single-process chunk (whose floor of 1024 tokens would otherwise keep a rank's FFN
     # chunk as large as one process's), at least 256 tokens
-    chunk = state.get("chunk_tokens") or min(max(1, g1 - g0), max(256, auto_chunk_tokens(
+    chunk = (state.config.chunk_tokens if state is not None else None) or min(max(1, g1 - g0), max(256, auto_chunk_tokens(
         n_tokens, dim, model.config.ffn_dim) // n))
     heads = model.config.num_attention_heads
     ulysses = uses_ulysses(heads, n, attention)
@@ -281,8 +283,4 @@ def supports(denoiser: nn.Module) -> bool:
 
 def enable(denoiser: nn.Module, ctx: comm.Context, head_groups: int | None = None,
            attention: str = "auto") -> SequenceParallelHook:
-    return replace_hook(denoiser, SequenceParallelHook(ctx, head_groups, attention), HOOK_NAME)
-
-
-def disable(denoiser: nn.Module) -> None:
-    remove_hook(denoiser, HOOK_NAME)
+    return attach.wrap_module(denoiser, SequenceParallelHook(ctx, head_groups, attention), "distributed", PART)

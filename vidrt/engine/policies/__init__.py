@@ -1,104 +1,110 @@
-"""Step policies: decide whether a denoiser step, or its deep blocks, run. See docs/POLICIES.md."""
+"""Step policies: decide whether a denoiser step, or its deep blocks, run. See docs/POLICIES.md.
+
+    vidrt.enable_policy(pipe, vidrt.TaylorGate())      # a policy, or a list to compose
+    vidrt.policy_stats(pipe)                           # the last generation's counts
+    vidrt.disable_policy(pipe)
+"""
 from __future__ import annotations
 
-import inspect
+import weakref
 from typing import Any
 
+from torch import nn
+
 from vidrt.core.errors import VidrtError
+from vidrt.engine import attach
 from vidrt.engine.policies.adaptive import AdaptiveSkip
-from vidrt.engine.policies.base import Policy, disable_policy, enable_policy, policy_stats
+from vidrt.engine.policies.contract import CallInfo, Layout, Policy
+from vidrt.engine.policies.controller import FEATURE, Controller
+from vidrt.engine.policies.from_config import POLICIES, policy_from_config
 from vidrt.engine.policies.rehash import StepRehash
 from vidrt.engine.policies.taylor_gate import TaylorGate
+from vidrt.models import adapter_for
 
-POLICIES: dict[str, type[Policy]] = {
-    "taylor_gate": TaylorGate,
-    "step_rehash": StepRehash,
-    "adaptive": AdaptiveSkip,
-}
-ALIASES = {
-    "taylorgate": "taylor_gate", "cg_taylor": "taylor_gate", "taylor": "taylor_gate",
-    "rehash": "step_rehash", "steprehash": "step_rehash", "deepcache": "step_rehash",
-    "adaptive_skip": "adaptive", "adaptiveskip": "adaptive", "adaptivediffusion": "adaptive",
-}
-NONE_NAMES = ("none", "off", "", "null")
+__all__ = ["AdaptiveSkip", "CallInfo", "Layout", "POLICIES", "Policy", "StepRehash", "TaylorGate",
+           "attached_policies", "disable_policy", "enable_policy", "policy_from_config", "policy_stats"]
 
 
-def _canonical(name: Any, key: str) -> str | None:
-    if name is None:
+def _resolve(target):
+    """(denoiser, scheduler) of a pipeline of any supported family, or of a bare denoiser."""
+    if isinstance(target, nn.Module):
+        return target, None
+    try:
+        den = adapter_for(target).denoiser(target)
+    except VidrtError:
+        den = None
+        for attr in ("transformer", "unet"):
+            if isinstance(getattr(target, attr, None), nn.Module):
+                den = getattr(target, attr)
+                break
+        if den is None:
+            raise
+    return den, getattr(target, "scheduler", None)
+
+
+def _controller(target) -> Controller | None:
+    try:
+        den, _ = _resolve(target)
+    except VidrtError:
         return None
-    if not isinstance(name, str):
-        raise VidrtError(f"{key}: expected a policy name, got {name!r}")
-    low = name.strip().lower().replace("-", "_")
-    if low in NONE_NAMES:
-        return None
-    low = ALIASES.get(low, low)
-    if low not in POLICIES:
-        raise VidrtError(f"{key}: unknown policy {name!r}; known: none, {', '.join(POLICIES)}")
-    return low
+    return attach.get_state(den, FEATURE)
 
 
-def _params(cls: type[Policy]) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+def enable_policy(pipe, policy, *, num_steps: int | None = None):
+    """Attach `policy` (a Policy, a list of them, or None) to `pipe`'s denoiser (or to a bare denoiser).
 
-
-def policy_from_config(acceleration: dict[str, Any] | None) -> Policy | list[Policy] | None:
-    """A policy (or a list to compose, or None) from the config's `acceleration` mapping.
-
-    {"policy": "taylor_gate", "threshold": 0.2, "warmup": 3}
-    {"policy": ["adaptive", "taylor_gate"], "delta": 0.01, "threshold": 0.2}   # flat keys go to every policy
-                                                                                # that takes them
-    {"policy": ["adaptive", "taylor_gate"], "taylor_gate": {"warmup": 4}}      # or per-policy sub-mappings
-    {"policy": "none"}
-    Errors are one-line VidrtErrors naming the key (acceleration.<key>).
+    Replaces any policy attached before. `num_steps` only matters for a bare denoiser called by hand (the
+    last step is then known; pipelines report it themselves). Returns `pipe`.
     """
-    if acceleration is None:
-        return None
-    if hasattr(acceleration, "as_dict"):
-        acceleration = acceleration.as_dict()
-    elif hasattr(acceleration, "model_dump"):
-        acceleration = acceleration.model_dump()
-    if not isinstance(acceleration, dict):
-        raise VidrtError(f"acceleration: expected a mapping, got {type(acceleration).__name__}")
-    raw = acceleration.get("policy", "none")
-    names_raw = raw if isinstance(raw, (list, tuple)) else [raw]
-    names = [n for n in (_canonical(r, "acceleration.policy") for r in names_raw) if n is not None]
-    if len(set(names)) != len(names):
-        raise VidrtError(f"acceleration.policy: a policy is listed twice in {list(names_raw)!r}")
-    rest = {k: v for k, v in acceleration.items() if k != "policy"}
-    if not names:
-        if any(v is not None for v in rest.values()):
-            key = next(k for k, v in rest.items() if v is not None)
-            raise VidrtError(f"acceleration.{key}: set, but acceleration.policy is none")
-        return None
-    accepted = {n: _params(POLICIES[n]) for n in names}
-    for key in rest:
-        if key in POLICIES or key in ALIASES:
-            if _canonical(key, f"acceleration.{key}") not in names:
-                raise VidrtError(f"acceleration.{key}: settings for a policy that acceleration.policy does not list")
-            continue
-        if not any(key in params for params in accepted.values()):
-            known = sorted({p for params in accepted.values() for p in params})
-            raise VidrtError(f"acceleration.{key}: unknown setting for {'+'.join(names)}; known: {', '.join(known)}")
-    built = []
-    for n in names:
-        settings = {k: v for k, v in rest.items() if k in accepted[n] and v is not None}
-        origin = {k: "acceleration." for k in settings}
-        for key, val in rest.items():
-            if (key in POLICIES or key in ALIASES) and _canonical(key, "acceleration") == n:
-                if not isinstance(val, dict):
-                    raise VidrtError(f"acceleration.{key}: expected a mapping of {n} settings, got {val!r}")
-                for sub in val:
-                    if sub not in accepted[n]:
-                        raise VidrtError(f"acceleration.{key}.{sub}: unknown setting; known: {', '.join(accepted[n])}")
-                    origin[sub] = f"acceleration.{key}."
-                settings.update(val)
-        try:
-            built.append(POLICIES[n](**settings))
-        except ValueError as exc:
-            msg = str(exc).splitlines()[0]
-            raise VidrtError(f"{origin.get(msg.split(':')[0], 'acceleration.')}{msg}") from None
-    return built[0] if len(built) == 1 else built
+    disable_policy(pipe)
+    if policy is None:
+        return pipe
+    policies = list(policy) if isinstance(policy, (list, tuple)) else [policy]
+    for p in policies:
+        if not isinstance(p, Policy):
+            raise VidrtError(f"acceleration.policy: {p!r} is not a vidrt policy")
+    if not policies:
+        return pipe
+    den, sched = _resolve(pipe)
+    ctl = Controller(den, policies, scheduler=sched, num_steps=num_steps)
+    ctl.install()
+    return pipe
 
 
-__all__ = ["AdaptiveSkip", "Policy", "StepRehash", "TaylorGate", "disable_policy", "enable_policy",
-           "policy_from_config", "policy_stats"]
+_LAST_STATS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def disable_policy(pipe) -> None:
+    """Detach the policy; the denoiser, its blocks and the scheduler are exactly as before.
+
+    The stats of the last generation stay readable through `policy_stats` (kept outside the module)."""
+    ctl = _controller(pipe)
+    if ctl is not None:
+        if ctl.gen.steps:
+            _LAST_STATS[ctl.den] = ctl.stats()
+        ctl.uninstall()
+        for p in ctl.policies:
+            p.release()
+
+
+def policy_stats(pipe) -> dict[str, Any]:
+    """Flat stats of the last generation: name, steps_total/full/skipped, blocks_total/evaluated (+ extras).
+
+    With a policy attached: its current/last generation. After `disable_policy`: the last generation run
+    under the policy that was attached. Never had a policy: name "none" and zeros. JSON-safe values."""
+    ctl = _controller(pipe)
+    if ctl is not None:
+        return ctl.stats()
+    try:
+        den, _ = _resolve(pipe)
+    except VidrtError:
+        den = None
+    if den is not None and den in _LAST_STATS:
+        return dict(_LAST_STATS[den])
+    return {"name": "none", "steps_total": 0, "steps_full": 0, "steps_skipped": 0, "blocks_total": 0,
+            "blocks_evaluated": 0}
+
+
+def attached_policies(pipe) -> list[Policy]:
+    ctl = _controller(pipe)
+    return list(ctl.policies) if ctl else []

@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from vidrt.engine.policies.base import CallInfo, Policy, check_number, tensors_nbytes
+from vidrt.core.tensors import tensors_nbytes
+from vidrt.engine.policies.checks import check_number
+from vidrt.engine.policies.contract import CallInfo, Policy
 
 
 class AdaptiveSkip(Policy):

@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
-from vidrt.engine.policies.base import CallInfo, Layout, Policy, Structure, check_number, fp32_copy, rel_error
+from vidrt.engine.policies.checks import check_number
+from vidrt.engine.policies.contract import CallInfo, Layout, Policy
+from vidrt.engine.policies.history import fp32_copy, rel_error
+from vidrt.models.layout import CallOrder
 
 
 class _Stream:
@@ -48,7 +51,7 @@ class StepRehash(Policy):
         self._drifts: list[tuple[int, str, float]] = []
         self._residual = False
 
-    def layout(self, s: Structure) -> Layout:
+    def layout(self, s: CallOrder) -> Layout:
         if s.kind == "dit":
             tail = min(self.tail, max(s.n - 2, 0))
             self._residual = True

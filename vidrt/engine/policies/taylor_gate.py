@@ -35,8 +35,10 @@ from typing import Any
 
 import torch
 
-from vidrt.engine.policies.base import (CallInfo, Layout, Policy, Structure, TaylorHistory, check_number, fp32_copy,
-                                 rel_error)
+from vidrt.engine.policies.checks import check_number
+from vidrt.engine.policies.contract import CallInfo, Layout, Policy
+from vidrt.engine.policies.history import TaylorHistory, fp32_copy, rel_error
+from vidrt.models.layout import CallOrder
 
 
 class _Stream:
@@ -68,7 +70,7 @@ class TaylorGate(Policy):
         self._errors: list[tuple[int, str, float]] = []
         self._coasted = 0
 
-    def layout(self, s: Structure) -> Layout:
+    def layout(self, s: CallOrder) -> Layout:
         # DiT: forecast the last block; UNet: forecast up_blocks[-2] (the tail up_blocks[-1] always runs)
         if s.kind == "dit":
             return Layout(deep_end=s.n, decide_after=(0,), decide_before=self.coast > 0)

@@ -23,7 +23,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from vidrt.core.errors import VidrtError
-from vidrt.engine.policies.base import CallInfo, Layout, Policy, Structure, check_number, fp32_copy
+from vidrt.engine.policies.checks import check_number
+from vidrt.engine.policies.contract import CallInfo, Layout, Policy
+from vidrt.engine.policies.history import fp32_copy
+from vidrt.models.layout import CallOrder
 
 
 @runtime_checkable
@@ -59,7 +62,7 @@ class EarlyExit(Policy):
         self._exit_index: int | None = None
         self.exits: list[tuple[int, str, int]] = []
 
-    def layout(self, s: Structure) -> Layout:
+    def layout(self, s: CallOrder) -> Layout:
         if s.kind != "dit":
             raise VidrtError("acceleration.policy: early_exit needs a transformer (DiT) denoiser")
         return Layout(deep_end=s.n, decide_after=tuple(range(self.min_blocks - 1, s.n - 1)))
@@ -107,7 +110,7 @@ class LearnedInterpolation(Policy):
         self.final_full = bool(final_full)
         self.reset()
 
-    def layout(self, s: Structure) -> Layout:
+    def layout(self, s: CallOrder) -> Layout:
         deep_end = s.n if s.kind == "dit" else s.n - 1
         if self.at_block >= deep_end - 1:
             raise VidrtError(f"acceleration.at_block: {self.at_block} leaves no block to replace (denoiser has {s.n})")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from vidrt.core.chunks import ranges
+
 # When set (vidrt.engine.distributed's frame parallel: each rank holds a range of positions), partial sums are
 # summed over the ranks, so the statistics are those of the whole tensor.
 _reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -30,9 +32,6 @@ def statistics_reduced_by(reduce: Callable[[torch.Tensor], torch.Tensor]) -> Ite
         _reduce = previous
 
 
-def _ranges(n: int, chunk: int):
-    for s in range(0, n, max(1, int(chunk))):
-        yield s, min(n, s + chunk)
 
 
 def group_stats(x: torch.Tensor, num_groups: int, eps: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +40,7 @@ def group_stats(x: torch.Tensor, num_groups: int, eps: float, chunk: int) -> tup
     g = num_groups
     count = (c // g) * f * p
     total = None
-    for s, e in _ranges(p, chunk):
+    for s, e in ranges(p, chunk):
         part = x[..., s:e].float().reshape(b, g, -1).sum(-1)
         total = part if total is None else total + part
     if _reduce is not None:
@@ -50,7 +49,7 @@ def group_stats(x: torch.Tensor, num_groups: int, eps: float, chunk: int) -> tup
     mean = total / count
     sq = None
     m = mean.view(b, g, 1, 1, 1)
-    for s, e in _ranges(p, chunk):
+    for s, e in ranges(p, chunk):
         d = x[..., s:e].float().reshape(b, g, c // g, f, e - s) - m
         part = (d * d).reshape(b, g, -1).sum(-1)
         sq = part if sq is None else sq + part

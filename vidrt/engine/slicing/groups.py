@@ -27,15 +27,12 @@ import inspect
 
 import torch
 
-from vidrt.engine.slicing.patching import call_original
+from vidrt.core.chunks import ranges
+from vidrt.engine.attach import call_original
 
 IN_GROUP: contextvars.ContextVar = contextvars.ContextVar("vidrt_in_group", default=False)
 
 
-def _ranges(n: int, chunk: int):
-    chunk = max(1, int(chunk))
-    for s in range(0, n, chunk):
-        yield s, min(n, s + chunk)
 
 
 def is_groupable_up_block(block) -> bool:
@@ -177,7 +174,7 @@ def _run_spatial_group(group, h, skip, temb, ehs, cak, attn_kwargs, n: int, chun
     out = None
     token = IN_GROUP.set(True)
     try:
-        for s, e in _ranges(n, chunk):
+        for s, e in ranges(n, chunk):
             x = h[s:e] if upsample is None else upsample(h[s:e])
             for kind, mod in group:
                 if kind == "resnet":

@@ -13,38 +13,17 @@ In both UNets the hidden state is (batch*frames, C, H, W).
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 from torch import nn
 
+from vidrt.core.chunks import ranges
+from vidrt.engine.attach import call_original
+from vidrt.engine.slicing.auto import auto_chunk_positions, auto_chunk_samples
 from vidrt.engine.slicing.groups import IN_GROUP
 from vidrt.engine.slicing.groupnorm import group_stats, normalize_chunk
-from vidrt.engine.slicing.patching import call_original
 
 
-def _ranges(n: int, chunk: int):
-    chunk = max(1, int(chunk))
-    for s in range(0, n, chunk):
-        yield s, min(n, s + chunk)
-
-
-MIN_CHUNK_ELEMENTS = 1 << 18  # below ~256k elements per chunk, per-op overhead outweighs the memory saved
-
-
-def auto_chunk_samples(n: int, per_sample: int = 0) -> int:
-    """Samples (batch x frames) per spatial chunk when chunk_frames is None: 1/32 of the axis (one frame
-    for 16 frames with CFG), but at least MIN_CHUNK_ELEMENTS input elements per chunk. The un-sliceable
-    skip connections then dominate the UNet's peak."""
-    floor = math.ceil(MIN_CHUNK_ELEMENTS / per_sample) if per_sample else 1
-    return min(n, max(1, math.ceil(n / 32), floor))
-
-
-def auto_chunk_positions(p: int, per_position: int = 0) -> int:
-    """Positions per temporal chunk when chunk_positions is None: 1/64 of H x W, at least 64 positions and
-    MIN_CHUNK_ELEMENTS input elements per chunk."""
-    floor = math.ceil(MIN_CHUNK_ELEMENTS / per_position) if per_position else 1
-    return min(p, max(64, math.ceil(p / 64), floor))
 
 
 # ---------------------------------------------------------------------------------------------- spatial
@@ -105,7 +84,7 @@ def make_spatial_forward(chunk_frames: int | None):
         if chunk >= n:
             return call_original(module, *args, **kwargs)
         gather = _Gather(n)
-        for s, e in _ranges(n, chunk):
+        for s, e in ranges(n, chunk):
             a = [_cut(v, n, s, e) for v in args]
             kw = {k: _cut(v, n, s, e) for k, v in kwargs.items()}
             out = call_original(module, *a, **kw)
@@ -150,7 +129,7 @@ def make_temporal_conv_forward(chunk_positions: int | None):
             mean, rstd = group_stats(cur, norm.num_groups, norm.eps, chunk)
             last = i == len(stages) - 1
             nxt = None
-            for s, e in _ranges(p, chunk):
+            for s, e in ranges(p, chunk):
                 y = normalize_chunk(cur[..., s:e], norm, mean, rstd)
                 y = rest(y.unsqueeze(-1)).squeeze(-1)                       # (b, C', F, pc)
                 if last:
@@ -187,7 +166,7 @@ def make_temporal_transformer_forward(chunk_positions: int | None):
         norm = module.norm
         mean, rstd = group_stats(x, norm.num_groups, norm.eps, chunk)
         out = hidden_states.new_empty((b, f, c, p))
-        for s, e in _ranges(p, chunk):
+        for s, e in ranges(p, chunk):
             pc = e - s
             y = normalize_chunk(x[..., s:e], norm, mean, rstd)           # (b, C, F, pc)
             y = y.permute(0, 3, 2, 1).reshape(b * pc, f, c)

@@ -1,28 +1,21 @@
-"""VAE decode settings: frame slicing (exact) and spatial tiling (approximate, diffusers' blending).
+"""Wan's causal video VAE (`AutoencoderKLWan`) decoded without holding the video on the device.
 
-- Image VAEs (AnimateDiff / I2VGen-XL decode frame images with `AutoencoderKL`): `vae.enable_slicing()`
-  decodes one batch item at a time (exact); the adapters already decode a few frames per call.
-- Wan's causal video VAE (`AutoencoderKLWan`) already decodes one latent frame at a time with a causal
-  feature cache, but grows its output with `torch.cat` per latent frame, so at the end the whole video
-  exists twice (old + new buffer). `decode_into_buffer` runs the same loop writing each latent frame's
-  pixels into one preallocated output: bit-identical result, one full video less at the peak.
-- Tiling (`vae.enable_tiling()`) splits H x W into overlapping tiles blended linearly: not exact, so
-  "auto" turns it on only for frames of at least 720 x 1280 pixels; "on" always; "off" never.
-  diffusers' `tiled_decode` keeps every tile of the whole video on the device until it blends them, so its
-  peak grows with the video's length; `tiled_decode_via_host` decodes the same tiles one at a time and
-  blends them in host memory (bit-identical), so the device holds one tile whatever the length.
+- `decode_stream`: one latent frame at a time through the VAE's causal feature cache, each frame's pixels
+  handed on as they come out (the VAE's own `_decode` runs the same loop but concatenates every output first).
+- `decode_into_buffer`: diffusers' `_decode` with one preallocated output instead of a growing `torch.cat`
+  (bit-identical; at the end the whole video would otherwise exist twice).
+- `tiled_decode_via_host`: diffusers' `tiled_decode` with the device holding one tile at a time; the tiles are
+  blended in host memory (bit-identical). diffusers' tiled decoder keeps every tile of the whole video on the
+  device until it blends them, so its peak grows with the video's length (see bench/results/gpu_long.md).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import types
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-_ORIG = "_vidrt_orig_decode"
-AUTO_TILING_PIXELS = 720 * 1280
 _HOST = contextvars.ContextVar("vidrt_vae_host", default="cpu")
 
 
@@ -37,8 +30,45 @@ def decode_host(device):
         _HOST.reset(token)
 
 
-def _is_causal_video_vae(vae) -> bool:
+def is_causal_video_vae(vae) -> bool:
     return hasattr(vae, "clear_cache") and hasattr(vae, "_feat_map") and hasattr(vae, "decoder")
+
+
+def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Decode Wan latents one latent frame at a time through the causal VAE, yielding video chunks
+    (B, C, f, H, W) in [-1, 1] as they are produced, so the whole video never sits in memory.
+
+    The VAE's own `_decode` runs the same per-frame loop with its causal feature cache but
+    concatenates every output before returning; this yields the identical pieces instead. With VAE
+    tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
+    tiles one at a time and blends them on the host (identical result), so the device holds one tile.
+    """
+    z = vae.config.z_dim
+    latents = latents.to(vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    latents = latents / inv_std + mean
+    if getattr(vae, "use_tiling", False) and vae.config.patch_size is None and tiles_needed(vae, latents):
+        for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
+            yield chunk.float()
+        return
+    if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
+        yield vae.decode(latents, return_dict=False)[0].float()
+        return
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(latents)
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                              first_chunk=i == 0)
+            if vae.config.patch_size is not None:
+                out = unpatchify(out, patch_size=vae.config.patch_size)
+            yield out.clamp(-1.0, 1.0).float()
+    finally:
+        vae.clear_cache()
 
 
 def decode_into_buffer(vae, z: torch.Tensor, return_dict: bool = True):
@@ -86,48 +116,6 @@ def decode_into_buffer(vae, z: torch.Tensor, return_dict: bool = True):
     return DecoderOutput(sample=out)
 
 
-def apply_vae_settings(vae, mode: str = "auto", height: int | None = None, width: int | None = None) -> dict:
-    """Apply `vae_tiling` = auto|on|off to a pipeline's VAE; returns what was set (JSON-able)."""
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"memory.vae_tiling: expected auto, on or off, got {mode!r}")
-    info: dict = {"vae_tiling": False, "vae_slicing": False, "vae_frame_buffer": False}
-    if vae is None:
-        return info
-    tile = mode == "on" or (mode == "auto" and height is not None and width is not None
-                            and height * width >= AUTO_TILING_PIXELS)
-    if tile and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-        info["vae_tiling"] = True
-    elif hasattr(vae, "disable_tiling"):
-        vae.disable_tiling()
-    if hasattr(vae, "enable_slicing"):
-        vae.enable_slicing()
-        info["vae_slicing"] = True
-    if _is_causal_video_vae(vae) and _ORIG not in vae.__dict__:
-        object.__setattr__(vae, _ORIG, vae.__dict__.get("_decode"))
-        vae._decode = types.MethodType(decode_into_buffer, vae)
-        info["vae_frame_buffer"] = True
-    elif _ORIG in vae.__dict__:
-        info["vae_frame_buffer"] = True
-    return info
-
-
-def reset_vae(vae) -> None:
-    """Undo apply_vae_settings: diffusers' own decode, no tiling, no slicing."""
-    if vae is None:
-        return
-    if _ORIG in vae.__dict__:
-        orig = vae.__dict__[_ORIG]
-        if orig is None:
-            del vae._decode
-        else:
-            vae._decode = orig
-        object.__delattr__(vae, _ORIG)
-    for name in ("disable_tiling", "disable_slicing"):
-        if hasattr(vae, name):
-            getattr(vae, name)()
-
-
 def tiles_needed(vae, z: torch.Tensor) -> bool:
     """Whether diffusers' AutoencoderKLWan would decode `z` tiled (its own test, in latent pixels)."""
     ratio = vae.spatial_compression_ratio
@@ -142,10 +130,8 @@ def tiled_decode_via_host(vae, z: torch.Tensor, chunk_frames: int = 16) -> Itera
     host memory as they come out and are blended there (diffusers' blend_v / blend_h, in place, in the same
     order and dtype) into one host output, yielded as (B, C, f, H, W) chunks of `chunk_frames` frames clamped
     to [-1, 1]. Only the strips a later tile blends with are kept (bottom rows of the row above, right columns
-    of the tile to the left). Bit-identical to tiled_decode. Why: tiled_decode holds every tile of the whole
-    video on the device until it blends them (H200, Wan 1.3B 480x832: 1.39 GiB at 81 frames, 4.78 GiB at 333,
-    bench/results/gpu_long.md). The host then holds the decoded video once (fp32: 1.6 GB for 333 frames at
-    480x832). Wan 2.1 layout only (no patch_size); the caller keeps diffusers' path otherwise.
+    of the tile to the left). Bit-identical to tiled_decode. The host then holds the decoded video once.
+    Wan 2.1 layout only (no patch_size); the caller keeps diffusers' path otherwise.
     """
     if vae.config.patch_size is not None:
         raise ValueError("tiled_decode_via_host: VAEs with patch_size (Wan 2.2) are not supported")

@@ -1,0 +1,134 @@
+"""What happens around each denoising step of a render: progress, per-step checkpoints, resuming mid-trajectory
+and stopping after a step on Ctrl-C. Attached as the "run" feature (vidrt.engine.attach): every supported
+pipeline calls `scheduler.step` once per step and `scheduler.set_timesteps` once per generation."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from vidrt.core.errors import VidrtError
+from vidrt.engine import attach
+from vidrt.models.base import ModelAdapter, RenderRequest
+from vidrt.run.checkpoint import Checkpoint, StepCheckpointer, restore_scheduler
+
+FEATURE = "run"
+
+
+class RenderInterrupted(VidrtError):
+    """Ctrl-C: the render stopped after a complete step whose checkpoint is on disk."""
+
+
+@dataclass
+class StepControl:
+    """What happens around each scheduler step: progress, checkpoints, resume and interrupt."""
+
+    total_steps: int
+    checkpointer: StepCheckpointer | None = None
+    resume: Checkpoint | None = None
+    policy: Any = None
+    on_step: Callable[[int, int], None] | None = None   # (done, total), for progress
+    interrupted: bool = False      # set by the SIGINT handler
+    loop_device: torch.device | None = None  # where the pipeline's loop tensors live (None: the render device)
+
+    @property
+    def done_before(self) -> int:
+        return self.resume.step if self.resume is not None else 0
+
+
+class CallOnce(ModelHook):
+    """Runs `fn()` before the first call of a module (a stage boundary, the end of a resumed schedule's cut)."""
+
+    def __init__(self, fn: Callable[[], None]):
+        super().__init__()
+        self.fn: Callable[[], None] | None = fn
+
+    def pre_forward(self, module, *args, **kwargs):
+        if self.fn is not None:
+            fn, self.fn = self.fn, None
+            fn()
+        return args, kwargs
+
+
+@contextlib.contextmanager
+def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, generator, control: StepControl,
+               device: torch.device) -> Iterator[None]:
+    """Wrap `scheduler.step` to checkpoint, report progress and honour an interrupt, and - when resuming -
+    `scheduler.set_timesteps` to restore the saved scheduler state and start the loop at the next step."""
+    scheduler = pipe.scheduler
+    done = control.done_before
+
+    def step(call, *args, **kwargs):
+        nonlocal done
+        out = call(*args, **kwargs)
+        done += 1
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        if control.checkpointer is not None:
+            control.checkpointer.save(done, control.total_steps, adapter.pipeline_latents(latents, req), scheduler,
+                                      generator, policy_state(control.policy))
+        if control.on_step is not None:
+            control.on_step(done, control.total_steps)
+        if control.interrupted and done < control.total_steps:
+            raise RenderInterrupted(f"interrupted after step {done}/{control.total_steps}")
+        return out
+
+    attach.wrap_method(scheduler, "step", step, FEATURE)
+    if control.resume is not None:
+        ckpt = control.resume
+
+        def set_timesteps(call, *args, **kwargs):
+            call(*args, **kwargs)
+            restore_scheduler(scheduler, ckpt.scheduler, device)
+            full = scheduler.timesteps
+            scheduler.timesteps = full[ckpt.step:]  # the pipeline's loop starts at the next step ...
+
+            def restore_full():                     # ... while the scheduler itself sees the whole schedule
+                scheduler.timesteps = full
+
+            attach.wrap_module(denoiser, CallOnce(restore_full), FEATURE, "resume")
+
+        attach.wrap_method(scheduler, "set_timesteps", set_timesteps, FEATURE)
+        if generator is not None and ckpt.generator is not None:
+            generator.set_state(ckpt.generator)
+        set_policy_state(control.policy, ckpt.policy)
+    try:
+        yield
+    finally:
+        attach.detach(scheduler, FEATURE)
+        attach.unwrap_module(denoiser, FEATURE, "resume")
+
+
+def policy_state(policy) -> Any:
+    getter = getattr(policy, "state_dict", None)
+    return getter() if callable(getter) else None
+
+
+def set_policy_state(policy, state) -> None:
+    setter = getattr(policy, "load_state_dict", None)
+    if callable(setter) and state is not None:
+        setter(state)
+
+
+@contextlib.contextmanager
+def interrupt_after_step(control: StepControl) -> Iterator[None]:
+    """First Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if control.interrupted:
+            raise KeyboardInterrupt
+        control.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
