@@ -19,6 +19,8 @@ what was there. Four kinds, one per kind of thing a pipeline lets us wrap:
   `_execution_device`), through a subclass made for that object and dropped with its last override.
 
 A feature may also keep one state object per target (`set_state` / `get_state`), removed by `detach`.
+
+Why this file is long: the four kinds share one ledger and one undo; split, each would reach into the others'.
 """
 from __future__ import annotations
 

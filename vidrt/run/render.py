@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,7 @@ def versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    import vidrt
-
-    return {"vidrt": vidrt.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+    return {"vidrt": metadata.version("vidrt"), "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 

@@ -1,7 +1,7 @@
 """CFG parallel: the guidance streams of a step run on different ranks; every rank ends up with the same
 noise predictions, so every rank runs the same pipeline loop and scheduler and stays in lockstep.
 
-Two shapes of CFG exist in the supported pipelines (docs METHODS §7):
+Two shapes of CFG exist in the supported pipelines:
 - *pair*: WanPipeline calls the denoiser twice per step, inside `cache_context("cond")` then `("uncond")`,
   with the same latents and timestep and the prompt / negative-prompt embeddings. On the "cond" call rank i
   of the CFG group runs stream i (0 = cond, 1 = uncond, whose embeddings were captured from

@@ -1,12 +1,8 @@
 """`devices: [cuda:0, cuda:1]` (or `--set devices=[cuda:0,cuda:1]`) without torchrun: re-run the same command
 under torchrun, one rank per listed device.
 
-For the CLI (vidrt/cli.py, owned by the lead), after the config is loaded:
-
-    from vidrt.engine.distributed.launch import relaunch_if_needed
-    code = relaunch_if_needed(cfg.devices, sys.argv[1:])
-    if code is not None:
-        raise typer.Exit(code)
+The CLI calls `relaunch_if_needed(cfg.devices, sys.argv[1:])` after loading the config; a non-None result is
+the exit code of the torchrun it started.
 """
 from __future__ import annotations
 

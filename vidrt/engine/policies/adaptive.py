@@ -1,4 +1,4 @@
-"""AdaptiveSkip: skip whole denoiser calls where the latent trajectory is smooth (AdaptiveDiffusion, METHODS §5).
+"""AdaptiveSkip: skip whole denoiser calls where the latent trajectory is smooth (AdaptiveDiffusion; docs/POLICIES.md).
 
 The latents a step starts from are the denoiser's input (x_{k-1}, the result of the previous scheduler step),
 so the policy observes them at the first call of each step, in fp32, and keeps

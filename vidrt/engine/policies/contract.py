@@ -88,7 +88,7 @@ class Policy:
 
     def release(self) -> None:
         """The policy was detached: drop the tensors it holds between steps (the records of the last generation,
-        e.g. TaylorGate.gate_errors, stay readable). On a GPU these are up to ~1 GiB (Wan 1.3B at 480p)."""
+        e.g. TaylorGate.gate_errors, stay readable): on a GPU they can be a large share of the memory."""
 
     # step-level
     def wrap_call(self, info: CallInfo, run: Callable[[], Any]) -> Any:

@@ -1,4 +1,4 @@
-"""StepRehash: cache the deep feature on key steps, reuse it on the others (Streamlined Inference, METHODS §3).
+"""StepRehash: cache the deep feature on key steps, reuse it on the others (Streamlined Inference; docs/POLICIES.md).
 
 Key steps are picked adaptively, not by a fixed stride: on every call the shallow head runs (DiT: block 0;
 UNet: down_blocks[0]) and its output is compared with the head output of the last key step,

@@ -1,4 +1,4 @@
-"""TaylorGate: last-block Taylor forecast + first-block confidence gate (CG-Taylor, METHODS §4).
+"""TaylorGate: last-block Taylor forecast + first-block confidence gate (CG-Taylor; docs/POLICIES.md).
 
 Per CFG stream, fp32 divided-difference histories by step index of
   f - the output of the FIRST block (order `gate_order`, default 3) and
@@ -8,7 +8,7 @@ the forecast f̂_t: e_t = mean|f̂_t - f_t| / mean|f_t| (per batch half, the wor
 blocks 2..N do not run and the last block's output is the forecast ĥ_t; else all blocks run and the
 histories are refreshed. Always full during `warmup` steps and on the last step.
 
-Refinements over the published gate (each measured on the trained sample model, bench/results/policies.md):
+Refinements over the published gate (their effect on the sample model: bench/results/policies.md):
   min_gap (default 5) - differences are taken against a full step at least this many steps back (see
       TaylorHistory): adjacent-step secants are noisy and extrapolate worse than holding the value.
   max_skips (default 6; None = the gate alone decides) - the forecast horizon cap: at most this many steps since
@@ -18,10 +18,8 @@ Refinements over the published gate (each measured on the trained sample model, 
       flow matching takes ~9x longer steps at the end than at the start; 0 = the published test.
   coast (default 0.75; 0 = always gate) - after a gate error below coast*τ the stream's next step is forecast
       without running the first block at all (never two such steps in a row). DiT only.
-Defaults (τ=0.2, warmup=3, max_skips=6, coast=0.75, step_size_power=0.5) were chosen on 16 (prompt, seed) cases of
-the sample model at 50 steps (3.26x fewer block evaluations at 34.5 dB pooled PSNR); on the benchmark's 8 cases
-3.30x at 34.1 dB, the plain gate (coast=0, step_size_power=0) 2.78x at 32.0 dB, the paper's Wan setting (plain,
-warmup 6, no cap) 2.49x at 27.2 dB.
+The defaults were chosen on held-out (prompt, seed) cases of the sample model (docs/POLICIES.md says how);
+`coast=0, step_size_power=0` is the published gate.
 
 UNet families (AnimateDiff, I2VGen-XL): "first block" = down_blocks[0] (its hidden output is the gate
 signal f), "last block" = up_blocks[-2] (the deepest branch's output, forecast as h); the skipped part is

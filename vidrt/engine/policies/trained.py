@@ -1,4 +1,4 @@
-"""Slots for trained acceleration methods (METHODS §6). vidrt ships the plumbing, no weights.
+"""Slots for trained acceleration methods (docs/POLICIES.md). vidrt ships the plumbing, no weights.
 
 * `ExitHead` / `EarlyExit` - AdaDiff (seed 003): a small uncertainty-estimation module (UEM) sits after each
   transformer block; at inference, when the head's uncertainty for the current hidden state is below a
