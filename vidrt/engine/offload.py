@@ -32,15 +32,25 @@ BLOCK_SHARE_MAX = 1 / 8  # block-level streaming keeps two blocks resident: fine
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    """mode: none | model | group | shard (see the module docstring); device: the accelerator weights are
-    streamed to (None: the CPU, where offloading is a no-op)."""
+    """mode: none | model | group | shard (see the module docstring);
+    device: the accelerator weights are streamed to (None: the CPU, where offloading is a no-op);
+    granularity: for "group": "auto" (block level when every outermost block is small, see
+        `offload_granularity`), "block" or "leaf";
+    disk_path: for "group": stream the weights from safetensors files in this folder instead of pinned host
+        memory (for machines whose RAM cannot hold the weights; diffusers writes the files on first use).
+    On CUDA the weights of the next group are copied on a side stream while the current group runs (pinned
+    host memory, `record_stream` so no synchronisation is needed to free them)."""
 
     mode: str = "none"
     device: str | None = None
+    granularity: str = "auto"
+    disk_path: str | None = None
 
     def __post_init__(self):
         if self.mode not in OFFLOAD_MODES:
             raise VidrtError(f"memory.offload: expected one of {', '.join(OFFLOAD_MODES)}, got {self.mode!r}")
+        if self.granularity not in ("auto", "block", "leaf"):
+            raise VidrtError(f"memory.offload granularity: expected auto, block or leaf, got {self.granularity!r}")
 
 
 def offload_granularity(module: nn.Module, total_bytes: int | None = None) -> str:
@@ -117,23 +127,28 @@ def enable_offload(pipe, config: OffloadConfig = OffloadConfig()) -> dict[str, A
     from diffusers.hooks import apply_group_offloading
 
     use_stream = dev.type == "cuda" and torch.cuda.is_available()
+    streaming = {"use_stream": use_stream, "record_stream": use_stream}
+    if config.disk_path is not None:
+        streaming["offload_to_disk_path"] = str(config.disk_path)
     streamed, granularity = [], {}
     for den in denoisers_of(pipe):
-        kind = offload_granularity(den)
+        kind = offload_granularity(den) if config.granularity == "auto" else f"{config.granularity}_level"
         apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"), offload_type=kind,
-                               num_blocks_per_group=1 if kind == "block_level" else None, use_stream=use_stream)
+                               num_blocks_per_group=1 if kind == "block_level" else None, **streaming)
         streamed.append(type(den).__name__)
         granularity[type(den).__name__] = kind
     for name in _ENCODERS:
         module = getattr(pipe, name, None)
         if isinstance(module, nn.Module) and not _has_hooks(module):
             apply_group_offloading(module, onload_device=dev, offload_device=torch.device("cpu"),
-                                   offload_type="leaf_level", use_stream=use_stream)
+                                   offload_type="leaf_level", **streaming)
             streamed.append(name)
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, nn.Module):
         vae.to(dev)
     info.update({"streamed": streamed, "use_stream": use_stream, "offload_type": granularity})
+    if config.disk_path is not None:
+        info["disk_path"] = str(config.disk_path)
     return info
 
 

@@ -31,7 +31,7 @@ from vidrt.engine import attach
 from vidrt.engine.attach import ArgumentsHook
 from vidrt.engine.distributed import comm
 from vidrt.engine.distributed.shard import gathered
-from vidrt.engine.slicing import slicing_state
+from vidrt.engine.slicing import SlicingConfig, slicing_state
 from vidrt.engine.slicing.auto import auto_chunk_tokens
 from vidrt.engine.slicing.wan_ops import (ChunkedRope, attend, block_supported, blocks_hooked, cross_attention_kv,
                                           cross_attention_out, modulation, output_head, project, rotate, unpatchify,
@@ -242,10 +242,11 @@ def sp_model(model, ctx: comm.Context, hidden_states, timestep, encoder_hidden_s
     g0, g1 = comm.split_range(n_tokens, n, r)
     dim = model.config.num_attention_heads * model.config.attention_head_dim
     state = slicing_state(model)
-    # auto: 1/N of the single-process chunk (whose floor of 1024 tokens would otherwise keep a rank's FFN
-    # chunk as large as one process's), at least 256 tokens
-    chunk = (state.config.chunk_tokens if state is not None else None) or min(max(1, g1 - g0), max(256, auto_chunk_tokens(
-        n_tokens, dim, model.config.ffn_dim) // n))
+    config = state.config if state is not None else SlicingConfig()
+    # auto: 1/N of the single-process chunk (whose floor would otherwise keep a rank's FFN chunk as large as one
+    # process's), at least 256 tokens
+    chunk = config.chunk_tokens or min(max(1, g1 - g0), max(256, auto_chunk_tokens(
+        n_tokens, dim, model.config.ffn_dim, config.on_accelerator(hidden_states.device)) // n))
     heads = model.config.num_attention_heads
     ulysses = uses_ulysses(heads, n, attention)
     # gather: K/V in `groups` head groups (default one per head); Ulysses: `groups` rounds (default one head per

@@ -10,7 +10,7 @@ spatial / temporal / token-wise comes from the model family's adapter (vidrt.mod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,7 +18,8 @@ from torch import nn
 
 from vidrt.engine import attach
 from vidrt.engine.slicing import groups, unet, wan
-from vidrt.engine.slicing.auto import auto_chunk_positions, auto_chunk_samples, auto_chunk_tokens
+from vidrt.engine.kernels import BACKENDS
+from vidrt.engine.slicing.auto import auto_chunk_positions, auto_chunk_samples, auto_chunk_tokens, on_accelerator
 from vidrt.models import adapter_for, denoisers_of
 
 FEATURE = "slicing"
@@ -33,22 +34,37 @@ class SlicingConfig:
     chunk_frames: samples (batch x frames) per chunk of a UNet's spatial ops, and frames per chunk of a DiT's
         patch embedding;
     chunk_tokens: query / token rows per chunk of a DiT block (self-attention keeps full K/V);
-    chunk_positions: spatial positions per chunk of a UNet's temporal ops.
+    chunk_positions: spatial positions per chunk of a UNet's temporal ops;
+
+    kernels: "torch" runs the block's elementwise groups as diffusers writes them (bit-identical); "auto" uses
+        vidrt's fused Triton kernels (vidrt.engine.kernels) on CUDA where they apply, "triton" insists;
+    accelerator: size automatic chunks for an accelerator (larger floors) or a CPU; None decides from the
+        device of each call's input (the simulator, whose fake CPU tensors stand for a GPU, says True).
     """
 
     chunk_frames: int | None = None
     chunk_tokens: int | None = None
     chunk_positions: int | None = None
+    kernels: str = "torch"
+    accelerator: bool | None = None
 
     def __post_init__(self):
         for name in ("chunk_frames", "chunk_tokens", "chunk_positions"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+        if self.kernels not in BACKENDS:
+            raise ValueError(f"kernels: expected one of {', '.join(BACKENDS)}, got {self.kernels!r}")
+
+    def on_accelerator(self, device) -> bool:
+        return self.accelerator if self.accelerator is not None else on_accelerator(device)
 
     def as_dict(self) -> dict[str, int | None]:
         return {"chunk_frames": self.chunk_frames, "chunk_tokens": self.chunk_tokens,
                 "chunk_positions": self.chunk_positions}
+
+    def with_chunks(self, **chunks) -> SlicingConfig:
+        return replace(self, **chunks)
 
 
 @dataclass
@@ -89,11 +105,11 @@ def _slice_denoiser(den: nn.Module, config: SlicingConfig) -> dict[str, int]:
     if roles.token:
         # A DiT: its blocks are token-wise; the model forward handles patch embedding / output projection.
         for name in roles.token:
-            put(modules[name], wan.make_block_forward(config.chunk_tokens), "token-block")
-        put(den, wan.make_model_forward(config.chunk_tokens, config.chunk_frames), "dit-model")
+            put(modules[name], wan.make_block_forward(config), "token-block")
+        put(den, wan.make_model_forward(config), "dit-model")
     else:
         for name in roles.spatial:
-            put(modules[name], unet.make_spatial_forward(config.chunk_frames), "spatial")
+            put(modules[name], unet.make_spatial_forward(config), "spatial")
         # Operator groups: [upsample ->] cat -> resnet (-> attention) per frame chunk in the up blocks.
         up_blocks = [m for name, m in modules.items() if name and groups.is_groupable_up_block(m)]
         for i, block in enumerate(up_blocks):
@@ -102,14 +118,13 @@ def _slice_denoiser(den: nn.Module, config: SlicingConfig) -> dict[str, int]:
             defer = nxt is not None and block.upsamplers is not None and _follows(den, block, nxt)
             previous = prev.upsamplers if prev is not None and prev.upsamplers is not None and \
                 _follows(den, prev, block) else None
-            put(block, groups.make_up_block_forward(config.chunk_frames, auto_chunk_samples, defer, previous),
-                "up-block-group")
+            put(block, groups.make_up_block_forward(config, defer, previous), "up-block-group")
     for name in roles.temporal:
         module = modules[name]
         if unet.is_temporal_conv(module):
-            put(module, unet.make_temporal_conv_forward(config.chunk_positions), "temporal-conv")
+            put(module, unet.make_temporal_conv_forward(config), "temporal-conv")
         else:
-            put(module, unet.make_temporal_transformer_forward(config.chunk_positions), "temporal-transformer")
+            put(module, unet.make_temporal_transformer_forward(config), "temporal-transformer")
     return counts
 
 
@@ -136,13 +151,14 @@ def chunks_for(denoiser: nn.Module, sample: torch.Tensor) -> dict[str, int]:
     state = slicing_state(denoiser)
     config = state.config if state is not None else SlicingConfig()
     roles = adapter_for(denoiser).roles(denoiser)
+    accel = config.on_accelerator(sample.device)
     b, _, f, h, w = sample.shape
     if roles.token:
         cfg = denoiser.config
         pt, ph, pw = cfg.patch_size
         tokens = (f // pt) * (h // ph) * (w // pw)
         dim = cfg.num_attention_heads * cfg.attention_head_dim
-        return {"chunk_tokens": config.chunk_tokens or auto_chunk_tokens(tokens, dim, cfg.ffn_dim),
+        return {"chunk_tokens": config.chunk_tokens or auto_chunk_tokens(tokens, dim, cfg.ffn_dim, accel),
                 "chunk_frames": config.chunk_frames or f}
-    return {"chunk_frames": config.chunk_frames or auto_chunk_samples(b * f),
-            "chunk_positions": config.chunk_positions or auto_chunk_positions(h * w)}
+    return {"chunk_frames": config.chunk_frames or auto_chunk_samples(b * f, accelerator=accel),
+            "chunk_positions": config.chunk_positions or auto_chunk_positions(h * w, accelerator=accel)}

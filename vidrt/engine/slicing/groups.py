@@ -29,6 +29,7 @@ import torch
 
 from vidrt.core.chunks import ranges
 from vidrt.engine.attach import call_original
+from vidrt.engine.slicing.auto import auto_chunk_samples
 
 IN_GROUP: contextvars.ContextVar = contextvars.ContextVar("vidrt_in_group", default=False)
 
@@ -59,8 +60,7 @@ def _cut(value, n: int, s: int, e: int):
     return value
 
 
-def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: bool = False,
-                          previous_upsamplers=None):
+def make_up_block_forward(config, defer_upsample: bool = False, previous_upsamplers=None):
     """`defer_upsample`: this block's upsampler runs inside the next block's first group (the next block is
     grouped too). `previous_upsamplers`: the upsamplers of the block before, applied here when its output
     arrives not yet upsampled."""
@@ -75,7 +75,7 @@ def make_up_block_forward(chunk_frames: int | None, auto_chunk, defer_upsample: 
         extra_args, extra_kwargs = a.pop("args", ()), a.pop("kwargs", {})
         freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
         if not (extra_args or extra_kwargs or freeu or torch.is_grad_enabled()):
-            return grouped_up_block(block, a, chunk_frames, auto_chunk, defer_upsample, previous_upsamplers)
+            return grouped_up_block(block, a, config, defer_upsample, previous_upsamplers)
         pending = _pending_upsample(a, previous_upsamplers)
         if pending is not None:  # the block before deferred its upsampler: apply it before the stock forward
             args, kwargs = _with_hidden_states(block, args, kwargs, _upsample(previous_upsamplers, *pending))
@@ -119,8 +119,7 @@ def _with_hidden_states(block, args, kwargs, h):
     return (h, *args[1:]), kwargs
 
 
-def grouped_up_block(block, a: dict, chunk_frames, auto_chunk, defer_upsample: bool = False,
-                     previous_upsamplers=None):
+def grouped_up_block(block, a: dict, config, defer_upsample: bool = False, previous_upsamplers=None):
     h = a["hidden_states"]
     skips = tuple(a["res_hidden_states_tuple"])
     temb = a.get("temb")
@@ -135,7 +134,7 @@ def grouped_up_block(block, a: dict, chunk_frames, auto_chunk, defer_upsample: b
         size = pending[1]
         upsample = lambda x: _upsample(previous_upsamplers, x, size)  # noqa: E731
     per_sample = h[:1].numel() * (4 if upsample is not None else 1)
-    chunk = chunk_frames or auto_chunk(n, per_sample)
+    chunk = config.chunk_frames or auto_chunk_samples(n, per_sample, config.on_accelerator(h.device))
 
     for layer in _layers(block):
         skip = skips[-1]

@@ -74,13 +74,13 @@ class _Gather:
         return self.kind(self.bufs)
 
 
-def make_spatial_forward(chunk_frames: int | None):
+def make_spatial_forward(config):
     def forward(module, *args, **kwargs):
         x = _first_tensor(args, kwargs)
         if x is None or x.ndim < 1 or torch.is_grad_enabled() or IN_GROUP.get():
             return call_original(module, *args, **kwargs)
         n = x.shape[0]
-        chunk = chunk_frames or auto_chunk_samples(n, x[:1].numel())
+        chunk = config.chunk_frames or auto_chunk_samples(n, x[:1].numel(), config.on_accelerator(x.device))
         if chunk >= n:
             return call_original(module, *args, **kwargs)
         gather = _Gather(n)
@@ -113,14 +113,14 @@ def _conv_stage_ok(seq: nn.Sequential) -> bool:
     return True
 
 
-def make_temporal_conv_forward(chunk_positions: int | None):
+def make_temporal_conv_forward(config):
     def forward(module, hidden_states, num_frames: int = 1, *args, **kwargs):
         stages = [getattr(module, f"conv{i}") for i in range(1, 5)]
         if args or kwargs or torch.is_grad_enabled() or module.training or not all(map(_conv_stage_ok, stages)):
             return call_original(module, hidden_states, num_frames, *args, **kwargs)
         bf, c, h, w = hidden_states.shape
         b, f, p = bf // num_frames, num_frames, h * w
-        chunk = chunk_positions or auto_chunk_positions(p, b * f * c)
+        chunk = config.chunk_positions or auto_chunk_positions(p, b * f * c, config.on_accelerator(hidden_states.device))
         x = hidden_states.reshape(b, f, c, p).permute(0, 2, 1, 3)  # (b, C, F, P), the identity branch
         cur = x
         out = None
@@ -147,7 +147,7 @@ def make_temporal_conv_forward(chunk_positions: int | None):
     return forward
 
 
-def make_temporal_transformer_forward(chunk_positions: int | None):
+def make_temporal_transformer_forward(config):
     def forward(module, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None,
                 num_frames: int = 1, cross_attention_kwargs=None, *args, **kwargs):
         wants_output = "return_dict" in inspect.signature(type(module).forward).parameters
@@ -160,7 +160,7 @@ def make_temporal_transformer_forward(chunk_positions: int | None):
                                  cross_attention_kwargs, **extra, **kwargs)
         bf, c, h, w = hidden_states.shape
         b, f, p = bf // num_frames, num_frames, h * w
-        chunk = chunk_positions or auto_chunk_positions(p, b * f * c)
+        chunk = config.chunk_positions or auto_chunk_positions(p, b * f * c, config.on_accelerator(hidden_states.device))
         residual = hidden_states.reshape(b, f, c, p)
         x = residual.permute(0, 2, 1, 3)  # (b, C, F, P)
         norm = module.norm

@@ -22,6 +22,7 @@ import torch
 
 from vidrt.core.chunks import ranges
 from vidrt.engine.attach import call_original
+from vidrt.engine.kernels import gate_residual, norm_modulate
 from vidrt.engine.slicing.auto import auto_chunk_tokens
 from vidrt.engine.slicing.wan_ops import (ChunkedRope, attend, block_supported, blocks_hooked, cross_attention_kv,
                                           cross_attention_out, ffn_dim, modulation, n_tokens, output_head, project,
@@ -30,19 +31,38 @@ from vidrt.engine.slicing.wan_ops import (ChunkedRope, attend, block_supported, 
 _OWNED: contextvars.ContextVar = contextvars.ContextVar("vidrt_wan_owned", default=None)
 
 
-def make_block_forward(chunk_tokens: int):
+def make_block_forward(config):
     def forward(block, hidden_states, encoder_hidden_states, temb, rotary_emb, *args, **kwargs):
         if (args or kwargs or torch.is_grad_enabled() or not block_supported(block)):
             if isinstance(rotary_emb, ChunkedRope):
                 rotary_emb = rotary_emb.full()
             return call_original(block, hidden_states, encoder_hidden_states, temb, rotary_emb, *args, **kwargs)
-        chunk = chunk_tokens or auto_chunk_tokens(hidden_states.shape[1], hidden_states.shape[-1], ffn_dim(block))
-        return sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk)
+        chunk = config.chunk_tokens or auto_chunk_tokens(hidden_states.shape[1], hidden_states.shape[-1],
+                                                         ffn_dim(block), config.on_accelerator(hidden_states.device))
+        return sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk, config.kernels)
 
     return forward
 
 
-def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk: int):
+def _modulated(norm, x, shift, scale, kernels: str):
+    """norm -> (1 + scale) -> + shift in fp32, x's dtype out: the block's own modules, or the fused kernel."""
+    if kernels == "torch":
+        return (norm(x.float()) * (1 + scale) + shift).type_as(x)
+    return norm_modulate(x, shift, scale, eps=norm.eps, weight=norm.weight, bias=norm.bias, backend=kernels)
+
+
+def _gated(x, f, gate, kernels: str, out=None):
+    """x + f * gate in fp32, x's dtype out (into `out` when given)."""
+    if kernels == "torch":
+        y = (x.float() + f.float() * gate).type_as(x)
+        if out is None:
+            return y
+        out.copy_(y)
+        return out
+    return gate_residual(x, f, gate, out=out, backend=kernels)
+
+
+def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk: int, kernels: str = "torch"):
     B, L, _ = hidden_states.shape
     mods, at = modulation(block, temb, L)
     shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mods
@@ -53,7 +73,7 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
     key = value = None
     for s, e in ranges(L, chunk):
         x = hidden_states[:, s:e]
-        n = (block.norm1(x.float()) * (1 + at(scale_msa, s, e)) + at(shift_msa, s, e)).type_as(x)
+        n = _modulated(block.norm1, x, at(shift_msa, s, e), at(scale_msa, s, e), kernels)
         k = attn1.norm_k(project(attn1, n, "k")).unflatten(2, (heads, -1))
         v = project(attn1, n, "v").unflatten(2, (heads, -1))
         del n
@@ -77,8 +97,7 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
     # Group B: everything else, per query chunk, into the residual stream.
     for s, e in ranges(L, chunk):
         x = hidden_states[:, s:e]
-        xf = x.float()
-        n = (block.norm1(xf) * (1 + at(scale_msa, s, e)) + at(shift_msa, s, e)).type_as(x)
+        n = _modulated(block.norm1, x, at(shift_msa, s, e), at(scale_msa, s, e), kernels)
         q = attn1.norm_q(project(attn1, n, "q")).unflatten(2, (heads, -1))
         del n
         rope = rope_chunk(rotary_emb, s, e)
@@ -87,35 +106,33 @@ def sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, 
         a = attend(attn1, q, key, value)
         del q
         a = attn1.to_out[1](attn1.to_out[0](a))
-        x = (xf + a * at(gate_msa, s, e)).type_as(x)
-        del xf, a
+        x = _gated(x, a, at(gate_msa, s, e), kernels)
+        del a
         # cross-attention
         a = cross_attention_out(block, x, heads, ck, cv, ck_img, cv_img)
         x = x + a
         del a
         # feed-forward
-        n = (block.norm3(x.float()) * (1 + at(c_scale, s, e)) + at(c_shift, s, e)).type_as(x)
+        n = _modulated(block.norm3, x, at(c_shift, s, e), at(c_scale, s, e), kernels)
         f = block.ffn(n)
         del n
-        x = (x.float() + f.float() * at(c_gate, s, e)).type_as(x)
-        del f
-        out[:, s:e] = x
-        del x
+        _gated(x, f, at(c_gate, s, e), kernels, out=out[:, s:e])
+        del f, x
     return out
 
 
-def make_model_forward(chunk_tokens: int, chunk_frames: int | None):
+def make_model_forward(config):
     def forward(model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
                 return_dict=True, attention_kwargs=None, *args, **kwargs):
         if args or kwargs or (torch.is_grad_enabled() and model.gradient_checkpointing) or \
                 getattr(model, "_parallel_config", None) is not None:
             return call_original(model, hidden_states, timestep, encoder_hidden_states,
-                                       encoder_hidden_states_image, return_dict, attention_kwargs, *args, **kwargs)
-        chunk = chunk_tokens or auto_chunk_tokens(n_tokens(model, hidden_states),
-                                                  model.config.num_attention_heads * model.config.attention_head_dim,
-                                                  model.config.ffn_dim)
+                                 encoder_hidden_states_image, return_dict, attention_kwargs, *args, **kwargs)
+        chunk = config.chunk_tokens or auto_chunk_tokens(
+            n_tokens(model, hidden_states), model.config.num_attention_heads * model.config.attention_head_dim,
+            model.config.ffn_dim, config.on_accelerator(hidden_states.device))
         return sliced_model(model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
-                            return_dict, chunk, chunk_frames)
+                            return_dict, chunk, config.chunk_frames)
 
     return forward
 
