@@ -126,7 +126,8 @@ def simulated(ranks=(2, 4, 8)) -> dict:
 
     from vidrt.config import RenderConfig
     from vidrt.engine.distributed import comm, wan_sp
-    from vidrt.memory.simulate import _reduced, build_module, cast_, resolve_components
+    from vidrt.memory.simulate.fake import cast_, reduced
+    from vidrt.models.known import build_module, resolve_components
     from vidrt.core.tensors import module_bytes
     from vidrt.memory.tracker import MemoryTracker
     from vidrt.models.layout import stream_units
@@ -135,7 +136,7 @@ def simulated(ranks=(2, 4, 8)) -> dict:
     cfg = RenderConfig.model_validate({"model": {"family": "wan", "path": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
                                                  "dtype": "bfloat16"}, "prompt": "x", "frames": 81,
                                        "height": 720, "width": 1280})
-    comp, _ = _reduced(resolve_components(cfg)["transformer"], keep=2)
+    comp, _ = reduced(resolve_components(cfg)["transformer"], keep=2)
     bf16 = torch.bfloat16
 
     out = {}

@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidrt.memory.simulate import build_module, cast_, components_from_folder, known_dir  # noqa: E402
+from vidrt.memory.simulate.fake import cast_  # noqa: E402
+from vidrt.models.known import build_module, components_from_folder, known_dir  # noqa: E402
 from vidrt.memory.tracker import MemoryTracker  # noqa: E402
 
 GiB = 1024 ** 3
@@ -52,7 +53,7 @@ def animatediff_case(device, fake: bool):
     sd = components_from_folder(known_dir("stable-diffusion-v1-5/stable-diffusion-v1-5"))
     adapter_cfg = __import__("json").loads(
         (known_dir("guoyww/animatediff-motion-adapter-v1-5-2") / "config.json").read_text())
-    from vidrt.memory.simulate import Component
+    from vidrt.models.known import Component
 
     unet2d = build_module(sd["unet"])
     motion = build_module(Component("diffusers", "MotionAdapter", adapter_cfg))
@@ -119,7 +120,8 @@ def pipeline_stages() -> list[str]:
     """Whole Wan 1.3B T2V run (UMT5-XXL text encoding with CFG, one denoising step = two transformer calls,
     VAE decode), 81x480x832 bf16, every model resident (offload none): the real stage peaks measured with
     vidrt's CUDA tracker vs `vidrt.simulate` of the same config."""
-    from vidrt.memory.simulate import MemorySettings, _build, _run_wan, simulate
+    from vidrt.memory.simulate import MemorySettings, simulate
+    from vidrt.memory.simulate.fake import build_modules
     from vidrt.models import get_adapter
 
     path = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -132,13 +134,13 @@ def pipeline_stages() -> list[str]:
     comps = components_from_folder(known_dir(path))
     torch.cuda.empty_cache()
     with torch.device("cuda"):
-        mods = _build(comps, adapter, torch.bfloat16, reduce=False)
+        mods = build_modules(comps, adapter, torch.bfloat16, reduce=False)
     gc.collect()  # building leaves fp32 originals in reference cycles (2.5 GiB here) until collected
     torch.cuda.empty_cache()
     mem = MemoryTracker("cuda", timeline=False)
     t0 = time.perf_counter()
     with torch.device("cuda"), torch.no_grad(), mem:
-        _run_wan(mem, mods, adapter, SimpleNamespace(
+        adapter.simulate_stages(mem, mods, SimpleNamespace(
             frames=81, height=480, width=832, cfg=True, guidance=5.0, dtype=torch.bfloat16, with_image=False,
             text_len=512, denoise_variants=None, decode_variants=None, fast_cfg=False))
     real_secs = time.perf_counter() - t0

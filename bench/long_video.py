@@ -93,7 +93,7 @@ def main() -> None:
     # the same loop on a simulated accelerator: pipeline loop tensors on it vs on the host (vidrt.engine.long.loop_on_host)
     sim_rows = []
     if base.model.family == "wan":
-        from vidrt.memory.simulate_long import wan_long_loop_peak
+        from vidrt.memory.simulate.long import wan_long_loop_peak
 
         for mult in (1, 4, 8):
             frames = frames_for(adapter, native, mult)

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vidrt.memory.planner import plan  # noqa: E402
-from vidrt.memory.simulate import MemorySettings, _account, run_session  # noqa: E402
+from vidrt.memory.simulate import MemorySettings, run_session  # noqa: E402
+from vidrt.memory.simulate.placement import account  # noqa: E402
 
 GiB = 2 ** 30
 
@@ -93,7 +94,7 @@ def main() -> None:
                              f"{gib(acts['denoise'])} | {gib(acts['vae_decode'])} | {secs:.0f} |")
             for label, kw in PLACEMENTS:
                 st = MemorySettings(slicing=i == 1, **kw)
-                stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device)
+                stages, peak, host = account(raw, sess.params, sess.group, st, sess.device)
                 by = {s["name"]: s["peak_bytes"] for s in stages}
                 lines.append(
                     f"| {name} | {frames}x{h}x{w} | {dtype} | {sl} | {label} | {gib(by.get('text_encode', 0))} | "

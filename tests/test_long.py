@@ -165,7 +165,7 @@ def test_loop_on_host_keeps_simulated_accelerator_memory_flat():
     """The real WanPipeline loop on a stand-in accelerator (FakeTensorMode, meta device): with the loop on the
     host the accelerator peak at 4x the native length stays within 1.2x of 1x; with the loop on the
     accelerator it grows (the full-length loop tensors), so the test can tell the difference."""
-    from vidrt.memory.simulate_long import wan_long_loop_peak
+    from vidrt.memory.simulate.long import wan_long_loop_peak
 
     def peak(frames, host):
         r = wan_long_loop_peak("samples/tiny-wan", frames=frames, height=64, width=64, loop_on_host=host, steps=1)

@@ -2,19 +2,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
+from vidrt.core.errors import VidrtError
 from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
+from vidrt.models.known import KNOWN_MOTION_ADAPTERS, Component, known_dir, read_json
 from vidrt.models.layout import outermost
+from vidrt.models.loading import first_line, hub_failure, local_or_hub
 from vidrt.models.tokenizers import word_tokenizer
+from vidrt.models.unet_sim import UNetSimulation
+
+DEFAULT_MOTION_ADAPTER = KNOWN_MOTION_ADAPTERS[0]
 
 
-class AnimateDiffAdapter(ModelAdapter):
+class AnimateDiffAdapter(UNetSimulation, ModelAdapter):
     spec = SPECS["animatediff"]
     denoiser_attr = "unet"
     frame_inputs = {"sample": "bcfhw", "encoder_hidden_states": "rows"}
@@ -36,8 +44,16 @@ class AnimateDiffAdapter(ModelAdapter):
             return {}
         from diffusers import MotionAdapter
 
-        return {"motion_adapter": MotionAdapter.from_pretrained(
-            str(motion_adapter), torch_dtype=dtype, use_safetensors=not allow_pickle or None)}
+        folder = local_or_hub(str(motion_adapter), "model.motion_adapter", index_file="config.json",
+                              kind="MotionAdapter")
+        try:
+            adapter = MotionAdapter.from_pretrained(str(motion_adapter), torch_dtype=dtype,
+                                                    use_safetensors=not allow_pickle or None)
+        except Exception as exc:  # missing files, corrupt weights, an unreachable hub: one line, no traceback
+            why = hub_failure(exc) if folder is None else f"{type(exc).__name__}: {first_line(exc)}"
+            raise VidrtError(f"model.motion_adapter: cannot load a MotionAdapter from {motion_adapter}: {why}") \
+                from None
+        return {"motion_adapter": adapter}
 
     def load(self, path, dtype=torch.float32, device="cpu", *, with_image=False, allow_pickle=False,
              motion_adapter: str | None = None, **kwargs):
@@ -84,8 +100,8 @@ class AnimateDiffAdapter(ModelAdapter):
             temporal=outermost(denoiser, (AnimateDiffTransformer3D,)),
         )
 
-    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
-        cond, uncond = pipe.encode_prompt(req.prompt, pipe._execution_device, 1, req.guidance > 1.0,
+    def encode_prompt(self, pipe, req: RenderRequest, device=None) -> dict[str, torch.Tensor]:
+        cond, uncond = pipe.encode_prompt(req.prompt, device or pipe._execution_device, 1, req.guidance > 1.0,
                                           negative_prompt=req.negative_prompt)
         out = {"prompt_embeds": cond}
         if uncond is not None:
@@ -98,6 +114,38 @@ class AnimateDiffAdapter(ModelAdapter):
 
     def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)
+
+    # ---- simulation: an SD1.5 folder's UNet2DConditionModel runs as a UNetMotionModel with the adapter ----
+    def simulation_components(self, model_cfg, comps: dict[str, Component]) -> dict[str, Component]:
+        if comps.get("unet") and comps["unet"].class_name == "UNet2DConditionModel":
+            comps["motion_adapter"] = Component("diffusers", "MotionAdapter", _motion_adapter_config(
+                getattr(model_cfg, "motion_adapter", None) or DEFAULT_MOTION_ADAPTER))
+        return comps
+
+    def build_simulated_denoiser(self, comps: dict[str, Component], build_module) -> nn.Module:
+        from diffusers import UNet2DConditionModel, UNetMotionModel
+
+        den = build_module(comps[self.denoiser_attr])
+        if "motion_adapter" in comps and type(den) is UNet2DConditionModel:
+            motion = build_module(comps["motion_adapter"])
+            # a stand-in: from_unet2d only reads the adapter's config when it loads no weights (and its `.to`
+            # cannot swap fake tensors)
+            stand_in = SimpleNamespace(config=dict(motion.config), to=lambda *a, **k: None)
+            den = UNetMotionModel.from_unet2d(den, stand_in, load_weights=False)
+            del motion
+        return den
+
+    def simulated_prompt_embeds(self, prompt: torch.Tensor, frames: int) -> torch.Tensor:
+        return prompt.repeat_interleave(repeats=frames, dim=0)   # AnimateDiffPipeline: one row per frame
+
+
+def _motion_adapter_config(motion_adapter: str) -> dict:
+    kd = known_dir(motion_adapter)
+    path = kd if kd is not None else Path(motion_adapter)
+    if not (path / "config.json").is_file():
+        raise VidrtError(f"model.motion_adapter: unknown motion adapter {motion_adapter!r} for a dry run "
+                         f"(known: {DEFAULT_MOTION_ADAPTER}, or a local folder with config.json)")
+    return read_json(path / "config.json")
 
 
 ADAPTER = AnimateDiffAdapter()

@@ -1,8 +1,10 @@
 """The adapter contract: what vidrt needs to know about a model family.
 
 Algorithms (slicing, policies, profiling) read an adapter's *description* of a pipeline: which module
-is the denoiser, which submodules are spatial / temporal / token-wise, what the stages are. They never
-test a family's name.
+is the denoiser, which submodules are spatial / temporal / token-wise, what the stages are and which models
+run in each, which axes the slicer chunks. They never test a family's name. The dry-run simulator
+(vidrt.memory.simulate) also asks the adapter how to build its pipeline from configs and to run its stages
+on fake tensors (the scripts live in wan_sim.py and unet_sim.py).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
-from vidrt.models.loading import first_line, looks_like_hub_id, read_index, refuse_pickle_only
+from vidrt.models.loading import first_line, hub_failure, looks_like_hub_id, read_index, refuse_pickle_only
 from vidrt.models.specs import FamilySpec, family_of_class
 
 # Module roles the slicer understands.
@@ -70,7 +72,8 @@ class ModelAdapter:
     long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
     frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.engine.distributed.unet_fp)
     attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend
-    stages: ClassVar[tuple[Stage, ...]] = ()
+    stages: ClassVar[tuple[Stage, ...]] = ()      # the simulator places each stage's models by these
+    latent_scale: ClassVar[int] = 8                # pixels per latent pixel on each side (the VAE's factor)
 
     @property
     def family(self) -> str:
@@ -103,8 +106,12 @@ class ModelAdapter:
         except VidrtError:
             raise
         except Exception as exc:  # corrupt or incomplete folders surface as many exception types
+            if not local.exists():   # a hub id: say why the hub did not give it (diffusers points to a traceback)
+                raise VidrtError(f"model.path: {path} is not a local folder, and loading it as a Hugging Face hub "
+                                 f"id failed: {hub_failure(exc)}") from None
+            reason = first_line(exc).split(" Please check out the root cause")[0]
             raise VidrtError(f"model.path: cannot load {self.family} pipeline from {path!s}: "
-                             f"{type(exc).__name__}: {first_line(exc)}") from None
+                             f"{type(exc).__name__}: {reason}") from None
         pipe.to(device)
         return self.prepare(pipe)
 
@@ -152,7 +159,9 @@ class ModelAdapter:
         return self.spec.latent_frames(frames)
 
     # ---- running -------------------------------------------------------------------------------
-    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
+    def encode_prompt(self, pipe, req: RenderRequest, device=None) -> dict[str, torch.Tensor]:
+        """The prompt (and negative prompt) embeddings, encoded on `device` (default: the pipeline's execution
+        device; the CPU for a text encoder kept on the host)."""
         raise NotImplementedError
 
     def call_kwargs(self, pipe, req: RenderRequest) -> dict[str, Any]:
@@ -173,3 +182,44 @@ class ModelAdapter:
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device
         return torch.Generator(device=gen_device).manual_seed(req.seed)
+
+    # ---- slicing -------------------------------------------------------------------------------
+    def denoiser_calls_per_step(self, cfg: bool) -> int:
+        """How many times the pipeline calls the denoiser per step (the UNet pipelines batch both CFG streams
+        into one call)."""
+        return 1
+
+    def slicing_axes(self, frames: int, height: int, width: int, batch: int) -> dict[str, int]:
+        """Lengths of the axes the slicer chunks for one denoiser call, by the SlicingConfig field they size
+        (the planner's candidates take halvings of each). `batch`: the rows of one call with CFG (2) or
+        without (1). Default: a UNet's spatial modules see batch * latent frames samples, its temporal
+        modules the latent positions."""
+        s = self.latent_scale
+        return {"frames": batch * self.latent_frames(frames), "positions": (height // s) * (width // s)}
+
+    # ---- simulation (vidrt.memory.simulate) ----------------------------------------------------
+    def simulation_components(self, model_cfg, comps: dict[str, Any]) -> dict[str, Any]:
+        """The components a dry run of `model_cfg` builds, given those of its folder or known id (the
+        family adds what loading would add)."""
+        return comps
+
+    def build_simulated_denoiser(self, comps: dict[str, Any], build_module) -> nn.Module:
+        """The denoiser as the pipeline runs it, from the component configs (`build_module(component)`)."""
+        return build_module(comps[self.denoiser_attr])
+
+    def simulated_text_len(self, comps: dict[str, Any], mods: dict[str, Any], pipe=None) -> int:
+        """The padded prompt length: the tokenizer's length capped at 512, as the T5 pipelines pad."""
+        if pipe is not None and getattr(pipe, "tokenizer", None) is not None:
+            return int(min(512, pipe.tokenizer.model_max_length or 512))
+        if "_tokenizer" in comps:  # a local folder's tokenizer
+            return int(min(512, comps["_tokenizer"].config["model_max_length"]))
+        return 512
+
+    def simulated_text_states(self, te: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder's output the pipeline keeps (a T5 encoder's last hidden state)."""
+        return te(ids, attention_mask=mask).last_hidden_state
+
+    def simulate_stages(self, tracker, mods: dict[str, Any], params) -> None:
+        """Run the pipeline's stages on the fake modules `mods` (text_encoder, image_encoder, vae, denoiser),
+        each inside `tracker.stage(name, params=...)`; `params`: a models.simulation.SimParams."""
+        raise NotImplementedError

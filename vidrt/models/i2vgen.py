@@ -17,9 +17,10 @@ from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.layout import outermost
 from vidrt.models.tokenizers import word_tokenizer
+from vidrt.models.unet_sim import UNetSimulation
 
 
-class I2VGenXLAdapter(ModelAdapter):
+class I2VGenXLAdapter(UNetSimulation, ModelAdapter):
     spec = SPECS["i2vgen-xl"]
     denoiser_attr = "unet"
     image_encoder_attr = "image_encoder"
@@ -77,9 +78,9 @@ class I2VGenXLAdapter(ModelAdapter):
             temporal=outermost(denoiser, (TemporalConvLayer, TransformerTemporalModel)),
         )
 
-    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
+    def encode_prompt(self, pipe, req: RenderRequest, device=None) -> dict[str, torch.Tensor]:
         pipe._guidance_scale = req.guidance  # encode_prompt reads it to decide on classifier-free guidance
-        cond, uncond = pipe.encode_prompt(req.prompt, pipe._execution_device, 1,
+        cond, uncond = pipe.encode_prompt(req.prompt, device or pipe._execution_device, 1,
                                           negative_prompt=req.negative_prompt, clip_skip=None)
         out = {"prompt_embeds": cond}
         if uncond is not None and req.guidance > 1.0:
@@ -102,6 +103,31 @@ class I2VGenXLAdapter(ModelAdapter):
 
     def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)
+
+    def simulate_image_inputs(self, tracker, mods, p, batch: int) -> dict[str, Any]:
+        """I2VGenXLPipeline's image conditioning: CLIP image embeddings, and the VAE latent of the image
+        followed by one mask frame per further frame."""
+        enc, vae = mods["image_encoder"], mods["vae"]
+        size = enc.config.image_size
+        with tracker.stage("image_encode", params={"image_encoder": enc, "vae": vae}):
+            pixels = torch.zeros(1, 3, size, size, dtype=p.dtype)
+            emb = enc(pixels).image_embeds.unsqueeze(1)
+            del pixels
+            if p.cfg:
+                emb = torch.cat([torch.zeros_like(emb), emb])
+            image = torch.zeros(1, 3, p.height, p.width, dtype=p.dtype)
+            lat = vae.encode(image).latent_dist.sample() * vae.config.scaling_factor
+            del image
+            lat = lat.unsqueeze(2)
+            masks = [torch.ones_like(lat[:, :, :1]) * ((i + 1) / max(1, p.frames - 1)) for i in range(p.frames - 1)]
+            if masks:
+                lat = torch.cat([lat, torch.cat(masks, dim=2)], dim=2)
+            del masks
+            if p.cfg:
+                lat = torch.cat([lat] * 2)
+            extra = {"fps": torch.tensor([16] * batch), "image_latents": lat, "image_embeddings": emb}
+            del lat, emb
+        return extra
 
 
 ADAPTER = I2VGenXLAdapter()

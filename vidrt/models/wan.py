@@ -12,6 +12,8 @@ from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.layout import outermost
 from vidrt.models.wan_vae import decode_stream
 from vidrt.models.tokenizers import word_tokenizer
+from vidrt.models import wan_sim
+
 
 class WanAdapter(ModelAdapter):
     spec = SPECS["wan"]
@@ -19,6 +21,7 @@ class WanAdapter(ModelAdapter):
     image_encoder_attr = "image_encoder"
     frame_inputs = {"hidden_states": "bcfhw"}
     attention_api = "backend"
+    patch_size = 2          # latent pixels per token on each side
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),
@@ -73,11 +76,11 @@ class WanAdapter(ModelAdapter):
     def max_sequence_length(self, pipe) -> int:
         return int(min(512, getattr(pipe.tokenizer, "model_max_length", 512) or 512))
 
-    def encode_prompt(self, pipe, req: RenderRequest) -> dict[str, torch.Tensor]:
+    def encode_prompt(self, pipe, req: RenderRequest, device=None) -> dict[str, torch.Tensor]:
         cond, uncond = pipe.encode_prompt(
             prompt=req.prompt, negative_prompt=req.negative_prompt,
             do_classifier_free_guidance=req.guidance > 1.0, num_videos_per_prompt=1,
-            max_sequence_length=self.max_sequence_length(pipe), device=pipe._execution_device,
+            max_sequence_length=self.max_sequence_length(pipe), device=device or pipe._execution_device,
             dtype=pipe.text_encoder.dtype,
         )
         out = {"prompt_embeds": cond}
@@ -95,6 +98,17 @@ class WanAdapter(ModelAdapter):
 
     def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         return decode_stream(pipe.vae, latents)
+
+    def denoiser_calls_per_step(self, cfg: bool) -> int:
+        return 2 if cfg else 1    # WanPipeline calls the transformer once per CFG stream
+
+    def slicing_axes(self, frames: int, height: int, width: int, batch: int) -> dict[str, int]:
+        """The blocks' token sequence (latent frames x patches); CFG runs as two calls, so no batch."""
+        s = self.latent_scale * self.patch_size
+        return {"tokens": self.latent_frames(frames) * (height // s) * (width // s)}
+
+    def simulate_stages(self, tracker, mods, params) -> None:
+        wan_sim.simulate_stages(self, tracker, mods, params)
 
 
 ADAPTER = WanAdapter()
