@@ -101,6 +101,10 @@ def assert_clean_failure(result, out_dir, *needles, progress_before=False):
     ({"model__path": "samples/tiny-random-animatediff"}, ("model.family", "'animatediff' pipeline", "not 'wan'")),
     ({"model__family": "i2vgen-xl", "model__path": "samples/tiny-random-i2vgen-xl"}, ("image", "needs")),
     ({"image": "samples/no-such.png"}, ("image", "no such file")),
+    ({"guidance": float("inf")}, ("guidance", "finite")),
+    ({"seed": 2 ** 64 + 1}, ("seed", "0..18446744073709551615")),
+    ({"promt": "x", "prompt": DELETE}, ("unknown key 'promt'", "did you mean 'prompt'")),
+    ({"image": "samples/cond.png"}, ("image", "text-to-video")),
 ])
 def test_bad_config_values(run_cli, tmp_path, changes, needles):
     out = tmp_path / "out"

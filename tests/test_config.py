@@ -1,6 +1,8 @@
 """Config schema: family rules, overrides, and one-line errors naming the key."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vidrt.config import load_config, parse_config
@@ -37,6 +39,24 @@ def test_overrides_parse_yaml_values():
     ({"devices": ["tpu"]}, "devices"),
     ({"model": {"family": "sora", "path": "x"}}, "model.family"),
     ({"model": {"family": "i2vgen-xl", "path": "x"}, "height": 32}, "image: the i2vgen-xl family needs"),
+    ({"guidance": float("inf")}, "guidance: Input should be a finite number (got inf)"),
+    ({"guidance": float("nan")}, "guidance: Input should be a finite number"),
+    ({"guidance": 1e30}, "guidance: Input should be less than or equal to 100"),
+    ({"seed": 2 ** 64}, "seed: 18446744073709551616 is outside 0..18446744073709551615"),
+    ({"seed": -1}, "seed: -1 is outside"),
+    ({"acceleration": {"policy": "taylor_gate", "threshold": float("inf")}}, "acceleration.threshold: inf is not"),
+    ({"memory": {"budget": "lots"}}, "memory.budget: 'lots' is not a size"),
+    ({"promt": "x"}, "unknown key 'promt'; did you mean 'prompt'?"),
+    ({"memory": {"slicng": "off"}}, "unknown key 'memory.slicng'; did you mean 'memory.slicing'?"),
+    ({"memory": {"slicing": {"fremes": 2}}},
+     "unknown key 'memory.slicing.fremes'; did you mean 'memory.slicing.frames'?"),
+    ({"memory": {"offload": "grup"}},
+     "memory.offload: Input should be 'auto', 'none', 'model', 'group' or 'shard' (got 'grup'); did you mean "
+     "'group'?"),
+    ({"model": {"family": "wna", "path": "x"}}, "did you mean 'wan'?"),
+    ({"model": {"family": "wan", "path": "x", "motion_adapter": "y"}}, "model.motion_adapter: only the animatediff"),
+    ({"model": {"family": "animatediff", "path": "x"}, "frames": 8, "image": "c.png"}, "image: the animatediff family "
+                                                                                       "renders from text only"),
 ])
 def test_bad_values_name_the_key(patch, message):
     with pytest.raises(VidrtError) as info:
@@ -74,3 +94,53 @@ def test_missing_config_file(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(VidrtError, match="--set: 'steps' is not key=value"):
         parse_config(BASE, ["steps"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("steps.x=1", "--set: steps.x: steps is a single value, not a group of keys; set it with --set steps=VALUE"),
+    ("model.path.x=1", "model.path is a single value"),
+    ("acceleration.policy.x=1", "acceleration.policy is a single value"),
+])
+def test_override_into_a_single_value(override, message):
+    with pytest.raises(VidrtError) as info:
+        parse_config({**BASE, "steps": 3}, [override])
+    assert message in str(info.value)
+    with pytest.raises(VidrtError, match="single value"):   # also when the file does not set the key
+        parse_config(BASE, [override])
+
+
+def test_overrides_that_build_groups():
+    cfg = parse_config({**BASE, "memory": {"slicing": "auto"}}, ["memory.slicing.frames=2", "long.window=9",
+                                                                 "acceleration.custom.depth=2"])
+    assert cfg.memory.slicing.frames == 2 and cfg.long.window == 9
+    assert cfg.acceleration.as_dict()["custom"] == {"depth": 2}
+
+
+def test_overrides_leave_the_callers_mapping_alone():
+    data = {**BASE, "memory": {"slicing": {"frames": 1}}}
+    parse_config(data, ["memory.slicing.frames=4"])
+    assert data["memory"]["slicing"] == {"frames": 1}
+
+
+def test_relative_paths_resolve_beside_the_config_then_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "cfg" / "model").mkdir(parents=True)
+    (tmp_path / "cfg" / "c.png").write_bytes(b"beside")
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "c.png").write_bytes(b"here")
+    (tmp_path / "cfg" / "c.yaml").write_text("model: {family: wan, path: model}\nprompt: p\nframes: 9\n"
+                                             "height: 32\nwidth: 32\nimage: c.png\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    cfg = load_config("../cfg/c.yaml")
+    assert cfg.model.path == str(tmp_path / "cfg" / "model")      # written in the file: beside it first
+    assert cfg.image == str(tmp_path / "cfg" / "c.png")
+    assert cfg.source == Path("../cfg/c.yaml")
+    cfg = load_config("../cfg/c.yaml", ["image=c.png"])
+    assert cfg.image == "c.png"                                  # given with --set: the working directory first
+    assert cfg.overrides == ("image=c.png",)
+    cfg = load_config("../cfg/c.yaml", ["model.path=org/name"])
+    assert cfg.model.path == "org/name"                           # found nowhere: a hub id, as written
+
+
+def test_config_path_is_a_folder(tmp_path):
+    with pytest.raises(VidrtError, match="is a folder"):
+        load_config(tmp_path)

@@ -1,9 +1,12 @@
 """Per-step checkpoints: a render killed after step k and resumed gives identical frames (max abs diff 0);
-checkpoints of another config or corrupt ones are refused; Ctrl-C stops after a step with a checkpoint."""
+checkpoints of another config (naming the field that differs), of other weights or corrupt ones are refused;
+Ctrl-C stops after a step with a checkpoint; checkpoints are device-independent (the generator's state is a
+CPU tensor saved with the kind of generator that made it)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import vidrt.run.render as runner
 from vidrt.run.checkpoint import StepCheckpointer, checkpoint_dir
@@ -73,7 +76,7 @@ def test_resume_refuses_other_config_and_corrupt_checkpoint(repo, tmp_path, monk
     with pytest.raises(Killed):
         runner.render(cfg, out, show_progress=False)
     other = load_config(SAMPLES["wan"], ["steps=3", "seed=7"])
-    with pytest.raises(VidrtError, match="made by another config"):
+    with pytest.raises(VidrtError, match=r"made by another config \(seed: checkpoint 0, now 7\)"):
         runner.render(other, out, show_progress=False, resume=True)
     (checkpoint_dir(out) / "state.pt").write_bytes(b"truncated")
     with pytest.raises(VidrtError, match="corrupt"):
@@ -121,3 +124,100 @@ def test_interrupt_stops_after_step_with_checkpoint(repo, tmp_path, monkeypatch)
     with pytest.raises(runner.RenderInterrupted, match=r"after step \d/4.*--resume"):
         runner.render(cfg, out, show_progress=False)
     assert not out.exists() and (checkpoint_dir(out) / "state.pt").is_file()
+
+
+class FakeScheduler:
+    def __init__(self):
+        self.step_index = 1
+        self.timesteps = torch.arange(4)
+
+
+def test_checkpoint_names_the_weights(repo, tmp_path):
+    """Same config, other weights in the model folder (here: a safetensors file whose header changed): refused,
+    naming the file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(repo / "samples" / "tiny-random-wan", folder)
+    cfg = load_config(repo / SAMPLES["wan"], [f"model.path={folder}"]).model_dump(mode="json")
+    StepCheckpointer(tmp_path / "x.mp4", cfg).save(1, 3, torch.zeros(2), FakeScheduler(), torch.Generator())
+    assert StepCheckpointer(tmp_path / "x.mp4", cfg).load().step == 1
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v.to(torch.float16) if k.endswith("bias") else v for k, v in tensors.items()}, weights)
+    with pytest.raises(VidrtError, match=r"weights \(transformer/diffusion_pytorch_model.safetensors differs\)"):
+        StepCheckpointer(tmp_path / "x.mp4", cfg).load()
+
+
+def test_generator_state_is_device_independent(tmp_path):
+    """The saved state is a CPU uint8 tensor with the kind of generator that made it; restored into a generator
+    of the render's device when the kinds match, else into a new generator of the saved kind (a CPU checkpoint
+    resumed on CUDA: the CUDA generator is left alone, as its set_state would refuse the CPU state)."""
+    from vidrt.run.checkpoint import restore_generator
+
+    cfg = {"model": {"family": "wan", "path": "nowhere/at-all"}, "seed": 0}
+    gen = torch.Generator().manual_seed(5)
+    torch.randn(3, generator=gen)   # advance it
+    StepCheckpointer(tmp_path / "x.mp4", cfg).save(1, 3, torch.zeros(2), FakeScheduler(), gen)
+    saved = StepCheckpointer(tmp_path / "x.mp4", cfg).load().generator
+    assert saved["device"] == "cpu"
+    assert saved["state"].device.type == "cpu" and saved["state"].dtype == torch.uint8
+    expected = torch.randn(4, generator=gen)
+
+    fresh = torch.Generator().manual_seed(0)          # the render device's generator (CPU here)
+    assert restore_generator(fresh, saved) is fresh
+    assert torch.equal(torch.randn(4, generator=fresh), expected)
+
+    class CudaGenerator:                               # what a CUDA render creates: refuses a CPU state
+        device = torch.device("cuda", 0)
+
+        def set_state(self, state):
+            raise RuntimeError("set_state: a CPU state in a CUDA generator")
+
+    resumed = restore_generator(CudaGenerator(), saved)
+    assert isinstance(resumed, torch.Generator) and resumed.device.type == "cpu"
+    assert torch.equal(torch.randn(4, generator=resumed), expected)
+
+    notes = []   # a CUDA state resumed where there is no CUDA: the render's generator goes on, with a note
+    cuda_state = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    if not torch.cuda.is_available():
+        fresh = torch.Generator()
+        assert restore_generator(fresh, cuda_state, warn=notes.append) is fresh and "CUDA" in notes[0]
+
+
+def test_scheduler_step_draws_from_the_restored_generator(tmp_path):
+    """On resume with a generator of another kind, the scheduler's own draws (`generator=` of its step) come
+    from the restored one."""
+    from types import SimpleNamespace
+
+    from vidrt.run.checkpoint import Checkpoint
+    from vidrt.run.steps import StepControl, step_hooks
+
+    saved_gen = torch.Generator().manual_seed(3)
+    saved = {"device": "cpu", "state": saved_gen.get_state()}
+    seen = []
+
+    class Scheduler:
+        def step(self, *args, generator=None, **kwargs):
+            seen.append(generator)
+            return (torch.zeros(1),)
+
+        def set_timesteps(self, *args, **kwargs):
+            self.timesteps = torch.arange(3)
+
+    class CudaGenerator:
+        device = torch.device("cuda", 0)
+
+    pipe = SimpleNamespace(scheduler=Scheduler())
+    ckpt = Checkpoint(step=1, total_steps=3, latents=torch.zeros(1), scheduler={}, generator=saved, policy=None,
+                      fingerprint="x")
+    control = StepControl(total_steps=3, resume=ckpt)
+    adapter = SimpleNamespace(pipeline_latents=lambda latents, req: latents)
+    cuda_gen = CudaGenerator()
+    denoiser = torch.nn.Linear(1, 1)
+    with step_hooks(pipe, adapter, denoiser, None, cuda_gen, control, torch.device("cpu")):
+        pipe.scheduler.step(torch.zeros(1), 0, torch.zeros(1), generator=cuda_gen)
+    assert isinstance(seen[0], torch.Generator) and seen[0].device.type == "cpu"
+    assert torch.equal(seen[0].get_state(), saved_gen.get_state())

@@ -73,3 +73,25 @@ def test_conditioning_image_from_png_and_video(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(VidrtError, match="cannot read image"):
         load_image(tmp_path / "bad.jpg")
+
+
+def test_output_checks_before_any_model_loads(tmp_path):
+    """A folder where the video, its sidecar or its checkpoint file would go is refused up front; so is an
+    unfinished render's checkpoint unless resuming (it is never replaced silently)."""
+    from vidrt.run.video import check_writable
+
+    (tmp_path / "a.mp4").mkdir()
+    with pytest.raises(VidrtError, match="a.mp4 is a folder"):
+        check_writable(tmp_path / "a.mp4")
+    (tmp_path / "b.json").mkdir()
+    with pytest.raises(VidrtError, match="sidecar .*b.json"):
+        check_writable(tmp_path / "b.mp4")
+    (tmp_path / "c.ckpt").write_text("a file")
+    with pytest.raises(VidrtError, match="c.ckpt is a file"):
+        check_writable(tmp_path / "c.mp4")
+    (tmp_path / "d.ckpt").mkdir()
+    with pytest.raises(VidrtError, match="d.ckpt holds the checkpoint of an unfinished render.*--resume"):
+        check_writable(tmp_path / "d.mp4", checkpoints=True)
+    assert check_writable(tmp_path / "d.mp4", checkpoints=True, resume=True) == tmp_path / "d.mp4"
+    assert check_writable(tmp_path / "d.mp4") == tmp_path / "d.mp4"   # a render that keeps no checkpoints
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.json", "c.ckpt", "d.ckpt"]

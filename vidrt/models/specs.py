@@ -25,6 +25,9 @@ class FamilySpec:
     size_multiple: int = 8
     native_frames: int = 16               # the length the model was trained on (a sample model's vidrt.json wins)
     temporal_compression: int = 1         # pixel frames per latent frame after the first (Wan: 4)
+    spatial_compression: int = 8          # pixels per latent pixel along height and width
+    latent_channels: int = 4              # channels of the denoising loop's latents
+    denoiser_folder: str = "unet"         # the pipeline folder's denoiser component (its config.json)
 
     def frames_error(self, frames: int) -> str | None:
         """Why `frames` cannot be rendered by this family (None when it can)."""
@@ -40,18 +43,51 @@ class FamilySpec:
     def latent_frames(self, frames: int) -> int:
         return (frames - 1) // self.temporal_compression + 1
 
+    def latent_bytes(self, frames: int, height: int, width: int, itemsize: int = 4) -> int:
+        """Bytes of one full-length latent tensor of the denoising loop (batch 1, fp32 by default)."""
+        s = self.spatial_compression
+        return self.latent_channels * self.latent_frames(frames) * -(-height // s) * -(-width // s) * itemsize
+
+    def host_bytes(self, frames: int, height: int, width: int, cfg_streams: int, tiled_decode: bool) -> dict:
+        """Host bytes a render of this size holds whatever the device (when the loop runs on the host, or on
+        the CPU): its full-length fp32 loop tensors (latents, noise, one prediction per CFG stream, the guided
+        prediction, the scheduler's result) and, for a tiled decode, the fp32 video blended on the host."""
+        tensors = 4 + cfg_streams
+        video = 3 * frames * height * width * 4 if tiled_decode else 0
+        return {"loop latents": tensors * self.latent_bytes(frames, height, width), "tiled decode": video}
+
+    def window_count(self, frames: int, native_frames: int, window_frames: int | None = None,
+                     overlap_frames: int | None = None) -> int:
+        """How many context windows a render of `frames` runs per step (1 up to the native length); the same
+        rule as vidrt.engine.long.window_plan / window_starts (checked against them by the tests)."""
+        window = self.latent_frames(window_frames or native_frames)
+        total = self.latent_frames(frames)
+        if total <= window:
+            return 1
+        overlap = (-(-overlap_frames // self.temporal_compression) if overlap_frames is not None
+                   else max(1, window // 4))
+        if not 0 <= overlap < window:
+            return 1  # refused later with its own message (long.overlap)
+        stride = window - overlap
+        count = (total - window) // stride + 1
+        return count + (1 if (count - 1) * stride + window < total else 0)
+
     def native_frame_count(self, folder: str | Path | None = None) -> int:
         """The model's native length: a trained sample's vidrt.json beside its weights, else the family's."""
         meta = Path(folder) / SAMPLE_META if folder else None
         if meta is not None and meta.is_file():
-            return int(json.loads(meta.read_text()).get("native_frames", self.native_frames))
+            try:
+                return int(json.loads(meta.read_text()).get("native_frames", self.native_frames))
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass   # an unreadable note: the family's length
         return self.native_frames
 
 
 SPECS: dict[str, FamilySpec] = {s.family: s for s in (
     FamilySpec("wan", "Wan 2.1 DiT (T2V 1.3B/14B; I2V 14B when `image` is given). frames 4k+1, size multiple of 16",
                "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline"), ("WanTransformer3DModel",),
-               optional_image=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4),
+               optional_image=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
+               latent_channels=16, denoiser_folder="transformer"),
     FamilySpec("animatediff", "AnimateDiff: SD1.5 UNet + MotionAdapter (model.path = SD1.5 folder or AnimateDiff "
                "pipeline; model.motion_adapter = adapter folder/hub id). size multiple of 8",
                "vidrt.models.animatediff", ("AnimateDiffPipeline", "StableDiffusionPipeline"), ("UNetMotionModel",)),

@@ -7,6 +7,7 @@ steps.py.
 from __future__ import annotations
 
 import platform
+import shlex
 import time
 from importlib import metadata
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from vidrt.config import RenderConfig
+from vidrt.config import RenderConfig, check_request, model_path_places
 from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
 from vidrt.engine import distributed as vdist
@@ -26,6 +27,7 @@ from vidrt.engine.policies import enable_policy, policy_from_config, policy_stat
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.base import ModelAdapter, RenderRequest
+from vidrt.models.loading import local_or_hub
 from vidrt.run.checkpoint import StepCheckpointer
 from vidrt.run.memory_setup import apply_memory
 from vidrt.run.stages import decoded_frames, encode_and_denoise, log_stage
@@ -62,9 +64,25 @@ def versions() -> dict[str, str]:
 
 def load_pipeline(cfg: RenderConfig, device: torch.device, with_image: bool):
     adapter = get_adapter(cfg.model.family)
-    return adapter.load(cfg.model.path, torch_dtype(cfg.model.dtype), device, with_image=with_image,
-                        allow_pickle=cfg.model.allow_pickle,
-                        **({"motion_adapter": cfg.model.motion_adapter} if cfg.model.motion_adapter else {}))
+    places = model_path_places(cfg)
+    local_or_hub(cfg.model.path, "model.path", places)   # a missing folder: say where it was looked for
+    try:
+        return adapter.load(cfg.model.path, torch_dtype(cfg.model.dtype), device, with_image=with_image,
+                            allow_pickle=cfg.model.allow_pickle,
+                            **({"motion_adapter": cfg.model.motion_adapter} if cfg.model.motion_adapter else {}))
+    except VidrtError as exc:
+        text = str(exc)
+        if places and "Hugging Face hub" in text and not Path(cfg.model.path).exists():
+            text = text.replace(f"{cfg.model.path} is not a local folder", f"{cfg.model.path} is not a folder{places}")
+        raise VidrtError(text) from None
+
+
+def resume_command(cfg: RenderConfig, out_path: Path) -> str:
+    """The command that continues this render from its checkpoint, quoted for the shell: paste it as printed."""
+    args = ["vidrt", "render", str(cfg.source) if cfg.source is not None else "CONFIG.yaml", "-o", str(out_path)]
+    for assignment in cfg.overrides:
+        args += ["--set", assignment]
+    return shlex.join(args + ["--resume"])
 
 
 def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> RenderRequest:
@@ -112,7 +130,8 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
     on_host = bool(wanted) or (wanted is None and device.type != "cpu" and req.image is None)
     reschedule = adapter.long_noise_reschedule and not resuming
     enable_long_video(pipe, LongVideoConfig(windows.window, windows.overlap, loop_on_host=on_host,
-                                            compute_device=str(device), noise_seed=req.seed + 1 if reschedule else None))
+                                            compute_device=str(device),
+                                            noise_seed=(req.seed + 1) % 2 ** 64 if reschedule else None))
     applied = {"window_frames": window_px, "window_latent_frames": windows.window,
                "overlap_latent_frames": windows.overlap, "windows": windows.windows,
                "noise_rescheduled": reschedule, "loop_on_host": on_host}
@@ -123,11 +142,15 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
            show_progress: bool = True, resume: bool = False, checkpoints: bool = True) -> RenderResult:
     """Render `cfg` to an mp4 and its JSON sidecar, checkpointing every step beside the output.
 
-    Nothing but the checkpoint folder is left behind on failure; `resume=True` continues from it.
+    Everything the config alone decides is checked before the model loads (`check_request`, `check_writable`):
+    nothing is written then. Later, nothing but the checkpoint folder is left behind on failure, and only when
+    the render can continue from it: `resume=True` does. A checkpoint of an unfinished render is never replaced
+    without `resume=True`.
     """
     started = time.perf_counter()
     log = console or Console(stderr=True)
-    out_path = check_writable(out or cfg.output.path)
+    notes = check_request(cfg, model_files=pipe is None)
+    out_path = check_writable(out or cfg.output.path, resume=resume, checkpoints=checkpoints or resume)
     adapter = get_adapter(cfg.model.family)
     image = load_image(cfg.image) if cfg.image else None
     device = resolve_device(cfg.devices)
@@ -135,6 +158,9 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if dist_ctx is not None:
         device = dist_ctx.device
         show_progress = show_progress and dist_ctx.is_main
+    if dist_ctx is None or dist_ctx.is_main:
+        for note in notes:
+            log.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     config_dict = cfg.model_dump(mode="json")
     checkpointer = StepCheckpointer(out_path, config_dict) if checkpoints or resume else None
     resume_from = checkpointer.load() if resume else None
@@ -150,8 +176,8 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if resume_from is not None:
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
-    memory = apply_memory(pipe, cfg, device, log, req.height, req.width,
-                          gpus=dist_ctx.world if dist_ctx is not None else 1)
+    memory, settings = apply_memory(pipe, cfg, device, log, req.height, req.width,
+                                    gpus=dist_ctx.world if dist_ctx is not None else 1)
     oom = enable_oom_fallback(pipe, OomFallbackConfig(log=lambda msg: log.print(f"[yellow]{msg}[/]")))
     shard = (memory.get("offload") or {}).get("offload") == "shard"   # asked for, or chosen by the planner
     dist_state = vdist.enable_distributed(pipe, dist_ctx, vdist.DistributedConfig.from_env(guidance=cfg.guidance,
@@ -163,31 +189,48 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
                   "the resume step, so frames may differ slightly from an uninterrupted run[/]")
     control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy,
-                          loop_device=torch.device("cpu") if (long_applied or {}).get("loop_on_host") else None)
+                          loop_device=torch.device("cpu") if (long_applied or {}).get("loop_on_host") else None,
+                          warn=lambda msg: log.print(f"[yellow]{msg}[/]", highlight=False))
     if dist_ctx is not None and not dist_ctx.is_main:  # only rank 0 writes checkpoints
         control.checkpointer = None
     tracker = MemoryTracker(device)
-    with tracker, interrupt_after_step(control), vdist.guard(dist_ctx, pipe):
+    try:
+        with tracker, interrupt_after_step(control), vdist.guard(dist_ctx, pipe):
+            try:
+                latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress, control,
+                                         text_on_host=settings.text_encoder == "cpu" and device.type != "cpu")
+            finally:
+                undo_long()
+                disable_oom_fallback(pipe)
+            if not bool(torch.isfinite(latents).all()):
+                if checkpointer is not None:
+                    checkpointer.remove()   # resuming would decode the same overflowed latents
+                raise VidrtError("denoise: the latents overflowed to NaN/inf, which decodes to a blank video "
+                                 "(float16? try model.dtype: bfloat16 or float32, or a lower guidance); nothing "
+                                 "written")
+            if dist_ctx is not None:  # every rank confirms the denoise; only rank 0 decodes and writes
+                vdist.agree(True, "denoise")
+                if not dist_ctx.is_main:
+                    return RenderResult(out_path, sidecar_path(out_path), 0, {
+                        "rank": dist_ctx.rank, "distributed": distributed, "frames": 0, "height": req.height,
+                        "width": req.width, "peak_memory_bytes": int(tracker.peak_bytes),
+                        "seconds_total": round(time.perf_counter() - started, 3)})
+            with tracker.stage("vae_decode", params=[pipe.vae]):
+                latents = latents.to(device)   # (from the host when the loop ran there)
+                count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
+                                    (req.height, req.width))
+            log_stage(log, tracker)
+    except (VidrtError, KeyboardInterrupt) as exc:
+        if checkpointer is None or not checkpointer.file.is_file() or control.checkpointer is None:
+            raise
+        how = f"checkpoint in {checkpointer.folder}; continue with: {resume_command(cfg, out_path)}"
+        if isinstance(exc, KeyboardInterrupt):
+            raise RenderInterrupted(f"interrupted during a step; {how}") from None
         try:
-            latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress, control)
-        except RenderInterrupted as exc:
-            raise RenderInterrupted(f"{exc}; checkpoint in {checkpointer.folder}; continue with: vidrt render "
-                                    f"CONFIG -o {out_path} --resume") from None
-        finally:
-            undo_long()
-            disable_oom_fallback(pipe)
-        if dist_ctx is not None:  # every rank confirms the denoise; only rank 0 decodes and writes
-            vdist.agree(True, "denoise")
-            if not dist_ctx.is_main:
-                return RenderResult(out_path, sidecar_path(out_path), 0, {
-                    "rank": dist_ctx.rank, "distributed": distributed, "frames": 0, "height": req.height,
-                    "width": req.width, "peak_memory_bytes": int(tracker.peak_bytes),
-                    "seconds_total": round(time.perf_counter() - started, 3)})
-        with tracker.stage("vae_decode", params=[pipe.vae]):
-            latents = latents.to(device)   # (from the host when the loop ran there)
-            count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
-                                (req.height, req.width))
-        log_stage(log, tracker)
+            again = type(exc)(f"{exc}; {how}")
+        except TypeError:   # an error type with other arguments: its message is what matters
+            again = VidrtError(f"{exc}; {how}")
+        raise again from None
 
     sidecar = {
         "output": str(out_path),

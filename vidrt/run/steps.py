@@ -16,13 +16,15 @@ from diffusers.hooks import ModelHook
 from vidrt.core.errors import VidrtError
 from vidrt.engine import attach
 from vidrt.models.base import ModelAdapter, RenderRequest
-from vidrt.run.checkpoint import Checkpoint, StepCheckpointer, restore_scheduler
+from vidrt.run.checkpoint import Checkpoint, StepCheckpointer, restore_generator, restore_scheduler
 
 FEATURE = "run"
 
 
 class RenderInterrupted(VidrtError):
     """Ctrl-C: the render stopped after a complete step whose checkpoint is on disk."""
+
+    exit_code = 130   # what a shell reports for SIGINT
 
 
 @dataclass
@@ -36,6 +38,7 @@ class StepControl:
     on_step: Callable[[int, int], None] | None = None   # (done, total), for progress
     interrupted: bool = False      # set by the SIGINT handler
     loop_device: torch.device | None = None  # where the pipeline's loop tensors live (None: the render device)
+    warn: Callable[[str], None] | None = None  # one-line notes for the user (e.g. a resume that cannot be exact)
 
     @property
     def done_before(self) -> int:
@@ -63,15 +66,22 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
     `scheduler.set_timesteps` to restore the saved scheduler state and start the loop at the next step."""
     scheduler = pipe.scheduler
     done = control.done_before
+    # on resume: the saved random state, in a generator of the kind that saved it (another device's generator
+    # when the checkpoint was made elsewhere: then the scheduler's own draws come from it)
+    restored = generator
+    if control.resume is not None:
+        restored = restore_generator(generator, control.resume.generator, warn=control.warn)
 
     def step(call, *args, **kwargs):
         nonlocal done
+        if restored is not generator and kwargs.get("generator") is generator:
+            kwargs["generator"] = restored
         out = call(*args, **kwargs)
         done += 1
         latents = out[0] if isinstance(out, tuple) else out.prev_sample
         if control.checkpointer is not None:
             control.checkpointer.save(done, control.total_steps, adapter.pipeline_latents(latents, req), scheduler,
-                                      generator, policy_state(control.policy))
+                                      restored, policy_state(control.policy))
         if control.on_step is not None:
             control.on_step(done, control.total_steps)
         if control.interrupted and done < control.total_steps:
@@ -94,8 +104,6 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
             attach.wrap_module(denoiser, CallOnce(restore_full), FEATURE, "resume")
 
         attach.wrap_method(scheduler, "set_timesteps", set_timesteps, FEATURE)
-        if generator is not None and ckpt.generator is not None:
-            generator.set_state(ckpt.generator)
         set_policy_state(control.policy, ckpt.policy)
     try:
         yield

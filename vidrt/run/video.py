@@ -1,4 +1,5 @@
-"""Video and image I/O: decord for reading, imageio-ffmpeg for writing, atomic files, the JSON sidecar."""
+"""Video and image I/O: decord for reading, imageio-ffmpeg for writing, atomic files, the JSON sidecar, and the
+output paths a render writes (checked before any model loads; torch is imported only to convert frames)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,12 +8,14 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vidrt.core.errors import VidrtError
+
+if TYPE_CHECKING:
+    import torch
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
 
@@ -23,11 +26,31 @@ def sidecar_path(video_path: str | Path) -> Path:
     return Path(video_path).with_suffix(".json")
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail early (before any model loads) when the output cannot be written."""
+def checkpoint_dir(video_path: str | Path) -> Path:
+    """`out/x.mp4` -> `out/x.ckpt/` (the per-step checkpoints of an unfinished render)."""
+    return Path(video_path).with_suffix(".ckpt")
+
+
+def check_writable(path: str | Path, *, resume: bool = False, checkpoints: bool = False) -> Path:
+    """Fail early (before any model loads) when the output cannot be written: not an .mp4, a folder where the
+    video, its sidecar or its checkpoint file would go, a parent that is not writable - or, for a render that
+    checkpoints, an unfinished render's checkpoint that only --resume may continue or replace."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise VidrtError(f"output.path: {path} must end in .mp4")
+    if path.is_dir():
+        raise VidrtError(f"output.path: {path} is a folder; give a file name such as {path / 'video.mp4'}")
+    side = sidecar_path(path)
+    if side.is_dir():
+        raise VidrtError(f"output.path: the sidecar {side} would replace a folder of that name; move the folder "
+                         "or choose another output name")
+    ckpt = checkpoint_dir(path)
+    if ckpt.exists() and not ckpt.is_dir():
+        raise VidrtError(f"output.path: {ckpt} is a file where the render keeps its checkpoints; move it or "
+                         "choose another output name")
+    if checkpoints and not resume and ckpt.is_dir():
+        raise VidrtError(f"output.path: {ckpt} holds the checkpoint of an unfinished render of {path.name}; add "
+                         "--resume to continue it, or delete the folder to start over")
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +87,8 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------- frames
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """(B, C, F, H, W) or (C, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 (first batch item)."""
+    import torch
+
     if video.ndim == 5:
         video = video[0]
     frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

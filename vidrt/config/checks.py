@@ -1,0 +1,81 @@
+"""What a render refuses before any model loads, from the config and the files it names: a missing or wrong
+model folder, an image the model cannot take or lacks, more steps than its scheduler has, a video beyond host
+memory; and the warning for a render with a lot of work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidrt.config.schema import RenderConfig
+from vidrt.core.errors import VidrtError
+from vidrt.core.units import format_bytes
+from vidrt.models.loading import check_pipeline_folder, host_memory, local_or_hub, weight_files
+from vidrt.models.specs import get_spec
+
+LARGE_WORK = 1000           # denoiser calls from which a render warns how much work it is (50 steps x CFG: 100)
+
+
+def _places(value: str, cfg: RenderConfig) -> str:
+    if Path(value).expanduser().is_absolute():
+        return ""
+    cwd = Path.cwd()
+    beside = cfg.source.resolve().parent if cfg.source is not None else None
+    if beside is None or beside == cwd:
+        return f" (looked in the working directory {cwd})"
+    return f" (looked in the working directory {cwd}, beside the config in {beside} and in the folders above it)"
+
+
+def model_path_places(cfg: RenderConfig) -> str:
+    """Where a relative model.path was looked for, for messages about a path that is not a folder."""
+    return _places(cfg.model.path, cfg)
+
+
+def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
+    """Refuse before any model loads what the config and its files decide: a missing or wrong model folder (not
+    checked with `model_files=False`: a ready-made pipeline), an image the model cannot take or lacks, more steps
+    than its scheduler has, a video beyond host memory. Returns warnings (a long render) to print."""
+    spec = get_spec(cfg.model.family)
+    folder = None
+    if model_files:
+        folder = local_or_hub(cfg.model.path, "model.path", _places(cfg.model.path, cfg), "model_index.json")
+    if cfg.model.motion_adapter and model_files:
+        local_or_hub(cfg.model.motion_adapter, "model.motion_adapter", _places(cfg.model.motion_adapter, cfg),
+                     "config.json", kind="MotionAdapter")
+    if cfg.image and not Path(cfg.image).expanduser().is_file():
+        raise VidrtError(f"image: no such file {cfg.image}{_places(cfg.image, cfg)}")
+    if folder is not None:
+        check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
+                              allow_pickle=cfg.model.allow_pickle)
+    return _check_size(cfg, spec, folder)
+
+
+def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
+    """Refuse a video whose loop cannot fit host memory; warn when its work is large."""
+    native = spec.native_frame_count(folder)
+    frames = cfg.frames or native
+    long = cfg.long
+    windows = spec.window_count(frames, native, long.window if long else None, long.overlap if long else None)
+    streams = 2 if cfg.guidance > 1 else 1
+    calls = windows * cfg.steps * streams
+    tiled = cfg.memory.vae_tiling == "on" or (cfg.memory.vae_tiling == "auto"
+                                               and cfg.height * cfg.width >= 720 * 1280)
+    need = spec.host_bytes(frames, cfg.height, cfg.width, streams, tiled)
+    on_host = cfg.devices[0] == "cpu" or cfg.memory.offload in ("model", "group") or (
+        cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay
+    weights = sum(f.stat().st_size for f in weight_files(folder)) if folder is not None and on_host else 0
+    parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in {**need, "weights": weights}.items() if v)
+    need_total = sum(need.values()) + weights
+    total, available = host_memory()
+    if total is not None and need_total > total:
+        raise VidrtError(f"frames: {frames} frames of {cfg.height}x{cfg.width} need about {format_bytes(need_total)} "
+                         f"of host memory ({parts}) but this machine has {format_bytes(total)}; render fewer frames "
+                         "or a smaller size")
+    warnings = []
+    if calls > LARGE_WORK:
+        plural = lambda n, word: f"{n:,} {word}{'s' if n != 1 else ''}"  # noqa: E731
+        warnings.append(f"{frames} frames: {plural(windows, 'context window')} x {plural(cfg.steps, 'step')} x "
+                        f"{plural(streams, 'CFG stream')} = {calls:,} denoiser calls (the model's native "
+                        f"{native} frames: {cfg.steps * streams}); Ctrl-C stops after a step, --resume continues")
+    if available is not None and need_total > available:
+        warnings.append(f"this render needs about {format_bytes(need_total)} of host memory ({parts}); only "
+                        f"{format_bytes(available)} are free")
+    return warnings
