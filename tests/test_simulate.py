@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from vidrt.core.errors import VidrtError
-from vidrt.memory.simulate import simulate
-from vidrt.memory.simulate import KNOWN_MODELS, MemorySettings, build_module, components_from_folder, known_dir
+from vidrt.memory.simulate import MemorySettings, simulate
+from vidrt.models.known import KNOWN_MODELS, build_module, components_from_folder, known_dir
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(family, path, frames, height, width, guidance=5.0, image=None, dtype="float32"):
@@ -107,11 +109,11 @@ def test_parameter_placement_follows_offload_and_text_encoder_settings():
     assert model.stage("vae_decode")["param_bytes"] == p["vae"]
     # group offload: the denoiser streams (the tiny one has 2 blocks, each over 1/8 of its weights: layer by
     # layer), the VAE stays
-    from vidrt.memory.simulate import _leaf_resident
+    from vidrt.memory.simulate.placement import leaf_resident
     from vidrt.engine.offload import offload_granularity
 
     assert offload_granularity(pipe.transformer) == "leaf_level"
-    assert group.stage("denoise")["param_bytes"] == _leaf_resident(pipe.transformer) + p["vae"]
+    assert group.stage("denoise")["param_bytes"] == leaf_resident(pipe.transformer) + p["vae"]
     assert group.stage("text_encode")["param_bytes"] < p["text_encoder"] + p["vae"]
     assert group.host_peak_bytes == total - p["vae"]
     assert max(group.peak_bytes, model.peak_bytes) <= base.peak_bytes
@@ -174,3 +176,36 @@ def test_per_rank_prediction_for_several_gpus():
 def test_profile_gpus_needs_dry_run(run_cli):
     result = run_cli("profile", "samples/wan-random.yaml", "--gpus", "2")
     assert result.exit_code != 0 and "--gpus: only with --dry-run" in result.output
+
+
+def test_long_video_dry_run_predicts_one_window():
+    """Beyond the native length a render runs context windows with the loop on the host: the dry run's
+    denoise peak is one window's (flat in the length) while its predicted step time grows with the windows."""
+    from vidrt.config import load_config
+
+    reports = {f: simulate(load_config(REPO / "samples/wan-random.yaml", [f"frames={f}"]), gpu="h100",
+                           track_modules=False) for f in (81, 321)}
+    peaks = {f: r.stage("denoise")["peak_bytes"] for f, r in reports.items()}
+    assert peaks[321] <= 1.2 * peaks[81], peaks
+    steps = {f: r.predicted_seconds["denoise_step"] for f, r in reports.items()}
+    assert steps[321] > 2 * steps[81], steps     # 5 windows of 81 frames vs 1
+    # the loop kept on the accelerator (long.loop_on_host: false) holds full-length tensors: the peak grows
+    on_device = simulate(load_config(REPO / "samples/wan-random.yaml", ["frames=321", "long.loop_on_host=false"]),
+                         gpu="h100", track_modules=False)
+    assert on_device.stage("denoise")["peak_bytes"] > peaks[321]
+
+
+def test_dry_run_predicts_seconds_per_stage_on_a_gpu_model():
+    from vidrt.config import load_config
+
+    cfg = load_config(REPO / "samples/wan-1.3b-480p.yaml", ["frames=17", "height=256", "width=256", "steps=4"])
+    fast, slow = (simulate(cfg, gpu=g, track_modules=False) for g in ("h100", "rtx3060"))
+    assert fast.device_model == "h100" and slow.device_model == "rtx3060"
+    for r in (fast, slow):
+        stage_sum = sum(s["predicted_seconds"] for s in r.stages)
+        assert abs(stage_sum - r.predicted_seconds["total"]) <= 1e-2 * max(1.0, r.predicted_seconds["total"])
+        assert r.predicted_seconds["denoise"] == pytest.approx(r.predicted_seconds["denoise_step"] * cfg.steps,
+                                                               rel=1e-2)
+    assert slow.predicted_seconds["total"] > fast.predicted_seconds["total"]
+    with pytest.raises(VidrtError, match="--gpu: unknown GPU"):
+        simulate(cfg, gpu="voodoo2", track_modules=False)

@@ -45,6 +45,7 @@ class OffloadConfig:
     device: str | None = None
     granularity: str = "auto"
     disk_path: str | None = None
+    keep_on_host: tuple[str, ...] = ()    # components that stay in host memory (a text encoder run on the CPU)
 
     def __post_init__(self):
         if self.mode not in OFFLOAD_MODES:
@@ -139,7 +140,7 @@ def enable_offload(pipe, config: OffloadConfig = OffloadConfig()) -> dict[str, A
         granularity[type(den).__name__] = kind
     for name in _ENCODERS:
         module = getattr(pipe, name, None)
-        if isinstance(module, nn.Module) and not _has_hooks(module):
+        if isinstance(module, nn.Module) and not _has_hooks(module) and name not in config.keep_on_host:
             apply_group_offloading(module, onload_device=dev, offload_device=torch.device("cpu"),
                                    offload_type="leaf_level", **streaming)
             streamed.append(name)

@@ -1,17 +1,16 @@
-"""The budget planner: `vidrt.plan(config, budget="8GiB") -> Plan`.
+"""The budget planner: `vidrt.plan(config, budget="8GiB", gpu="rtx4090") -> Plan`, the fastest settings that fit.
 
-One simulated session (see simulate.run_session) measures the denoise stage under every candidate slicing
-setting and the decode stage with and without VAE tiling; parameter placement (offload none | model | group,
-text encoder on the accelerator or the CPU) is then accounted for analytically. Among the combinations whose
-simulated accelerator peak fits the budget, the one with the lowest cost wins. The cost model is deliberately
-simple — relative slowdowns, not seconds:
+One simulated session (simulate.session.run_session) measures the denoise stage under every candidate slicing
+(unsliced, then 1/2 .. 1/16 of each axis the adapter's slicer chunks: the largest chunks first) and the decode
+with and without VAE tiling, and counts each variant's work. Every combination with an offload mode (none,
+model, group at block or leaf level, shard over several GPUs) and a text-encoder placement (accelerator, CPU)
+is then placed analytically (simulate.placement: the accelerator and host peaks) and priced
+(vidrt.memory.pricing: predicted seconds on the GPU model). The fastest combination whose accelerator peak
+fits the budget wins; ties go to the smaller peak.
 
-* slicing: 0.02 per halving (candidates: unsliced, then 1/2 .. 1/16 of the axis) of the chunk (more, smaller chunks launch more kernels)
-* offload: model 0.05 (whole models move at stage boundaries), group 0.5 (weights stream every step)
-* text encoder on the CPU: 0.15 (a T5-XXL forward on CPU takes many seconds)
-* VAE tiling: 0.1 (overlapping tiles are decoded twice at the seams)
-
-If nothing fits, a VidrtError says how much the smallest plan needs.
+A budget of "auto" is the accelerator's free memory less a headroom (cuDNN/cuBLAS workspaces and the
+allocator's fragmentation, which the simulation does not see); planning for a named GPU model without one at
+hand, its memory less the headroom; on a CPU-only run there is no device limit.
 """
 from __future__ import annotations
 
@@ -20,15 +19,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vidrt.core.errors import VidrtError
-from vidrt.core.units import parse_bytes
-from vidrt.memory.simulate import MemorySettings, _account, run_session
-from vidrt.core.units import format_bytes
-from vidrt.memory.report import stage_table
+from vidrt.core.units import GiB, format_bytes, parse_bytes
+from vidrt.memory.devices import GpuSpec
+from vidrt.memory.pricing import price, run_shape
+from vidrt.memory.report import byte_unit, scaled, stage_table
+from vidrt.memory.settings import MemorySettings, fixed_settings
+from vidrt.memory.simulate.placement import account
+from vidrt.memory.simulate.session import frame_count, run_session
+from vidrt.memory.target import auto_budget, resolve_gpu
+from vidrt.memory.timemodel import load_efficiency
+from vidrt.models import get_adapter
 
-OFFLOAD_COST = {"none": 0.0, "model": 0.05, "group": 0.5, "shard": 0.15}   # shard: all-gather per block per call
-TEXT_ENCODER_COST = {"accelerator": 0.0, "cpu": 0.15}
-TILING_COST = 0.1
-SLICE_COST = 0.02
 
 
 @dataclass
@@ -36,29 +37,24 @@ class Plan:
     settings: MemorySettings
     peak_bytes: int
     host_peak_bytes: int
-    budget_bytes: int
-    cost: float
+    budget_bytes: int | None            # None: no device limit
+    predicted_seconds: dict[str, float]  # per stage, "denoise_step" and "total", on `gpu`
     stages: list[dict[str, Any]]
     smallest_peak_bytes: int
     considered: int
+    gpu: str
     model: str = ""
-    seconds: float = 0.0
-    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    planning_seconds: float = 0.0
+    candidates: list[dict[str, Any]] = field(default_factory=list)   # every combination, fastest first
     gpus: int = 1
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.budget_bytes
+        return self.budget_bytes is None or self.peak_bytes <= self.budget_bytes
 
     def memory_config(self) -> dict[str, Any]:
-        """The chosen settings in the config's `memory` shape (plus `text_encoder`)."""
-        s = self.settings
-        slicing: Any = "off"
-        if s.slicing:
-            slicing = {"frames": s.chunk_frames, "tokens": s.chunk_tokens, "positions": s.chunk_positions}
-        return {"budget": format_bytes(self.budget_bytes).replace(" ", ""), "slicing": slicing,
-                "offload": s.offload, "vae_tiling": "on" if s.vae_tiling else "off",
-                "text_encoder": s.text_encoder}
+        """The chosen settings as a config's `memory:` block (which a config accepts as it is)."""
+        return memory_block(self.settings, self.budget_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,55 +64,94 @@ class Plan:
         return d
 
     def table(self):
+        budget = format_bytes(self.budget_bytes) if self.budget_bytes is not None else "no device limit"
         return stage_table(self.stages, [], peak_bytes=self.peak_bytes, host_peak_bytes=self.host_peak_bytes,
-                           title=f"plan for {format_bytes(self.budget_bytes)}: {self.settings.describe()}")
+                           title=f"plan for {budget} on {self.gpu}: {self.settings.describe()}")
+
+    def candidates_table(self):
+        """Every combination considered: settings, predicted peak and seconds; the chosen one marked."""
+        from rich.table import Table
+
+        unit, size = byte_unit(max(max(r["peak_bytes"], r["host_peak_bytes"]) for r in self.candidates))
+        table = Table(title=f"candidates, fastest first (seconds predicted on {self.gpu}"
+                            f"{f', per GPU of {self.gpus}' if self.gpus > 1 else ''})")
+        for col in ("", "slicing", "offload", "tiling", "text enc.", f"peak {unit}", f"host {unit}", "seconds",
+                    "fits"):
+            table.add_column(col, justify="left" if col in ("", "slicing", "offload", "text enc.") else "right",
+                             no_wrap=True)
+        for row in self.candidates:
+            s = MemorySettings(**row["settings"])
+            chosen = s == self.settings
+            table.add_row("->" if chosen else "", _slicing_text(s), _offload_text(s), "on" if s.vae_tiling else "off",
+                          "accel." if s.text_encoder == "accelerator" else s.text_encoder,
+                          scaled(row["peak_bytes"], size), scaled(row["host_peak_bytes"], size),
+                          f"{row['seconds']['total']:.1f}", "yes" if row["fits"] else "no",
+                          style="bold" if chosen else None)
+        return table
 
     def __str__(self) -> str:
         per = f" per GPU of {self.gpus}" if self.gpus > 1 else ""
-        return (f"fits in {format_bytes(self.budget_bytes)}{per}: predicted peak {format_bytes(self.peak_bytes)} "
-                f"(host {format_bytes(self.host_peak_bytes)}) with {self.settings.describe()}")
+        budget = f"fits in {format_bytes(self.budget_bytes)}{per}" if self.budget_bytes is not None else \
+            "no device limit"
+        return (f"{budget}: predicted peak {format_bytes(self.peak_bytes)} (host {format_bytes(self.host_peak_bytes)}), "
+                f"{self.predicted_seconds['total']:.1f} s on {self.gpu} "
+                f"({self.predicted_seconds['denoise_step']:.2f} s per step) with {self.settings.describe()}")
 
 
-def _gib(n: int) -> str:
-    v = n / 2**30
-    return f"{v:.2f}" if v >= 0.1 else f"{v:.3g}"
+def _slicing_text(s: MemorySettings) -> str:
+    if not s.slicing:
+        return "off"
+    return ", ".join(f"{k}={getattr(s, 'chunk_' + k)}" for k in ("frames", "tokens", "positions")
+                     if getattr(s, "chunk_" + k) is not None) or "auto"
+
+
+def _offload_text(s: MemorySettings) -> str:
+    return f"group/{s.granularity}" if s.offload == "group" and s.granularity != "auto" else s.offload
+
+
+def memory_block(s: MemorySettings, budget_bytes: int | None) -> dict[str, Any]:
+    """Settings in the config's `memory:` shape."""
+    slicing: Any = "off"
+    if s.slicing:
+        slicing = {k: getattr(s, "chunk_" + k) for k in ("frames", "tokens", "positions")
+                   if getattr(s, "chunk_" + k) is not None} or "auto"
+    block = {"budget": format_bytes(budget_bytes).replace(" ", "") if budget_bytes is not None else None,
+             "slicing": slicing, "offload": s.offload, "vae_tiling": "on" if s.vae_tiling else "off",
+             "text_encoder": s.text_encoder}
+    if s.offload == "group":
+        block["offload_granularity"] = s.granularity
+    return block
+
+
+def budget_bytes_of(config, budget: Any, gpu) -> int | None:
+    if budget is None:
+        budget = getattr(getattr(config, "memory", None), "budget", None)
+    if budget is None:
+        raise VidrtError("memory.budget: no budget given (set memory.budget or pass --budget, e.g. 8GiB or auto)")
+    if isinstance(budget, str) and budget.strip().lower() == "auto":
+        return auto_budget(config, gpu)
+    return parse_bytes(budget, "budget")
 
 
 def _ceil_div(a: int, b: int) -> int:
     return max(1, -(-a // b))
 
 
-def slicing_candidates(config, family: str, frames: int, height: int, width: int) -> list[MemorySettings]:
-    """Unsliced, then chunks of 1/2 .. 1/32 of the sliced axis."""
+def slicing_candidates(config, adapter, frames: int, height: int, width: int) -> list[MemorySettings]:
+    """Unsliced, then chunks of 1/2 .. 1/16 of each axis the adapter's slicer chunks."""
+    batch = 2 if float(getattr(config, "guidance", 5.0)) > 1.0 else 1
+    axes = adapter.slicing_axes(frames, height, width, batch)
     cands = [MemorySettings(slicing=False)]
-    try:
-        import vidrt.engine.slicing  # noqa: F401
-    except ImportError:
-        return cands
-    if family == "wan":
-        tf = (frames - 1) // 4 + 1
-        n_tokens = tf * (height // 16) * (width // 16)
-        for div in (2, 4, 8, 16):
-            cands.append(MemorySettings(slicing=True, chunk_tokens=_ceil_div(n_tokens, div)))
-    else:
-        batch = 2 if float(getattr(config, "guidance", 5.0)) > 1.0 else 1
-        samples = batch * frames
-        positions = (height // 8) * (width // 8)
-        for div in (2, 4, 8, 16):
-            cands.append(MemorySettings(slicing=True, chunk_frames=_ceil_div(samples, div),
-                                        chunk_positions=_ceil_div(positions, div)))
+    for div in (2, 4, 8, 16):
+        chunks = {f"chunk_{axis}": _ceil_div(n, div) for axis, n in axes.items()}
+        cands.append(MemorySettings(slicing=True, **chunks))
     return cands
 
 
-def _slice_cost(index: int) -> float:
-    return SLICE_COST * index  # candidate i halves the chunk i times
-
-
-def _rename(stages: list[dict], denoise_i: int | None, decode_j: int | None) -> list[dict]:
+def _variant(stages: list[dict], denoise_i: int | None, decode_j: int | None) -> list[dict]:
     out = []
     for s in stages:
-        name = s["name"]
-        base, _, idx = name.partition("#")
+        base, _, idx = s["name"].partition("#")
         if idx:
             want = denoise_i if base == "denoise" else decode_j
             if int(idx) != want:
@@ -125,63 +160,85 @@ def _rename(stages: list[dict], denoise_i: int | None, decode_j: int | None) -> 
     return out
 
 
-_SESSIONS: dict[tuple, Any] = {}  # one simulated session serves every budget for the same run
+_SESSIONS: dict[tuple, Any] = {}  # one simulated session serves every budget and GPU for the same run
 
 
-def plan(config, budget: Any = None, *, pipe=None, keep_alternatives: int = 5, gpus: int = 1) -> Plan:
-    """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
-    `config.memory.budget`). `gpus` > 1: the per-GPU peak of a torchrun over that many GPUs (the layout
-    vidrt.engine.distributed chooses), with weights replicated or sharded over the ranks (offload "shard")."""
-    started = time.perf_counter()
-    if budget is None:
-        budget = getattr(getattr(config, "memory", None), "budget", None)
-        if budget is None:
-            raise VidrtError("memory.budget: no budget given (set memory.budget or pass --budget, e.g. 8GiB)")
-    budget_bytes = parse_bytes(budget, "budget" if budget is not None else "memory.budget")
-    from vidrt.models import get_adapter
-
-    adapter = get_adapter(config.model.family)
-    frames = int(getattr(config, "frames", None) or adapter.spec.native_frame_count(config.model.path))
-    slicings = slicing_candidates(config, adapter.family, frames, int(config.height), int(config.width))
-    tilings = [False, True]
+def _session(config, adapter, frames, slicings, tilings, pipe, gpus):
     key = (id(pipe) if pipe is not None else str(config.model.path), adapter.family, str(config.model.dtype),
            getattr(config.model, "motion_adapter", None), frames, int(config.height), int(config.width),
            float(getattr(config, "guidance", 5.0)) > 1.0, bool(getattr(config, "image", None)),
            tuple(getattr(config, "devices", None) or ["auto"]), gpus)
+    key += (tuple(map(repr, slicings)), tuple(tilings))
     sess = _SESSIONS.get(key, (None, None))[1]
     if sess is None:
         sess = run_session(config, slicings, tilings, pipe=pipe, track_modules=False, fast=True, ranks=gpus)
         if len(_SESSIONS) >= 8:
             _SESSIONS.pop(next(iter(_SESSIONS)))
         _SESSIONS[key] = (pipe, sess)  # holding the pipe keeps its id from being reused
+    return sess
 
-    # A text encoder kept on the CPU is only offered where the config can say so (memory.text_encoder);
-    # the runner otherwise encodes on the accelerator and releases the encoder afterwards.
-    te_options = ("accelerator", "cpu") if hasattr(getattr(config, "memory", None), "text_encoder") \
-        else ("accelerator",)
-    combos = []
+
+def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | GpuSpec | None = None) -> Plan:
+    """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
+    `config.memory.budget`; "auto": see the module docstring), priced on `gpu` (a model id of
+    vidrt.memory.devices; default: the GPU present, else DEFAULT_GPU). `gpus` > 1: per GPU of a torchrun
+    over that many GPUs, with weights replicated or sharded over the ranks (offload "shard")."""
+    started = time.perf_counter()
+    spec = resolve_gpu(gpu)
+    budget_bytes = budget_bytes_of(config, budget, gpu)
+    adapter = get_adapter(config.model.family)
+    frames = frame_count(config, adapter)
+    fixed = fixed_settings(config)            # what the config does not leave to the planner
+    if "slicing" in fixed:
+        chunks = {k: fixed.get(k) for k in ("chunk_frames", "chunk_tokens", "chunk_positions")}
+        slicings = [MemorySettings(slicing=fixed["slicing"], **chunks)]
+    else:
+        slicings = slicing_candidates(config, adapter, frames, int(config.height), int(config.width))
+    tilings = [fixed["vae_tiling"]] if "vae_tiling" in fixed else [False, True]
+    sess = _session(config, adapter, frames, slicings, tilings, pipe, gpus)
+    shape = run_shape(config, adapter, frames, sess.windows)
+    eff = load_efficiency()
+    den = adapter.denoiser_attr
+    offloads = [("none", "auto"), ("model", "auto"), ("group", "block"), ("group", "leaf")]
+    if gpus > 1:
+        offloads.append(("shard", "auto"))
+    if "offload" in fixed:
+        offloads = [o for o in offloads if o[0] == fixed["offload"]] or [(fixed["offload"], "auto")]
+    if "granularity" in fixed:
+        offloads = [(o, fixed["granularity"] if o == "group" else g) for o, g in offloads]
+        offloads = list(dict.fromkeys(offloads))
+    encoders = [fixed["text_encoder"]] if "text_encoder" in fixed else \
+        ["accelerator"] if sess.device == "cpu" else ["accelerator", "cpu"]   # (on a CPU run both are the host)
+    rows = []
     for i, sl in enumerate(slicings):
         for j, tiled in enumerate(tilings):
-            raw = _rename(sess.stages, i if len(slicings) > 1 else None, j)
-            for offload in ("none", "model", "group") + (("shard",) if gpus > 1 else ()):
-                for te in te_options:
-                    st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames,
-                                        chunk_tokens=sl.chunk_tokens, chunk_positions=sl.chunk_positions,
-                                        offload=offload, text_encoder=te, vae_tiling=tiled)
-                    stages, peak, host = _account(raw, sess.params, sess.group, st, sess.device, sess.shard)
-                    cost = (1.0 + _slice_cost(i) + OFFLOAD_COST[offload] + TEXT_ENCODER_COST[te]
-                            + (TILING_COST if tiled else 0.0))
-                    combos.append((cost, peak, host, st, stages))
-    smallest = min(c[1] for c in combos)
-    fitting = sorted((c for c in combos if c[1] <= budget_bytes), key=lambda c: (c[0], c[1]))
+            raw = _variant(sess.stages, i, j)
+            denoise, decode = f"denoise#{i}", f"vae_decode#{j}"
+            for offload, granularity in offloads:
+                for te in encoders if offload != "model" else ["accelerator"]:   # (model offload moves it)
+                    st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames, chunk_tokens=sl.chunk_tokens,
+                                        chunk_positions=sl.chunk_positions, offload=offload, text_encoder=te,
+                                        vae_tiling=tiled, granularity=granularity)
+                    stages, peak, host = account(raw, sess.params, sess.resident(granularity), st, sess.device,
+                                                 sess.shard)
+                    seconds = price(sess, st, denoise, decode, shape, spec, eff, den)
+                    for s in stages:
+                        s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
+                    rows.append({"settings": st.to_dict(), "peak_bytes": int(peak), "host_peak_bytes": int(host),
+                                 "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                                 "fits": budget_bytes is None or peak <= budget_bytes, "_stages": stages,
+                                 "_key": (seconds["total"], len(rows), peak)})
+    # fastest first; equal predictions keep the candidates' order (larger chunks, less offloading first)
+    rows.sort(key=lambda r: r["_key"])
+    smallest = min(r["peak_bytes"] for r in rows)
+    fitting = [r for r in rows if r["fits"]]
     if not fitting:
-        raise VidrtError(f"cannot fit: the smallest plan needs {_gib(smallest)} GiB "
-                         f"(budget {_gib(budget_bytes)} GiB) for {config.model.path} "
+        raise VidrtError(f"cannot fit: the smallest plan needs {smallest / GiB:.2f} GiB "
+                         f"(budget {budget_bytes / GiB:.2f} GiB) for {config.model.path} "
                          f"{frames}x{config.height}x{config.width}")
-    cost, peak, host, st, stages = fitting[0]
-    alternatives = [{"settings": c[3].to_dict(), "peak_bytes": c[1], "host_peak_bytes": c[2], "cost": round(c[0], 3)}
-                    for c in fitting[1:1 + keep_alternatives]]
-    return Plan(settings=st, peak_bytes=int(peak), host_peak_bytes=int(host), budget_bytes=budget_bytes,
-                cost=round(cost, 3), stages=stages, smallest_peak_bytes=int(smallest), considered=len(combos),
-                model=str(config.model.path), seconds=round(time.perf_counter() - started, 2),
-                alternatives=alternatives, gpus=gpus)
+    best = fitting[0]
+    return Plan(settings=MemorySettings(**best["settings"]), peak_bytes=best["peak_bytes"],
+                host_peak_bytes=best["host_peak_bytes"], budget_bytes=budget_bytes, predicted_seconds=best["seconds"],
+                stages=best["_stages"], smallest_peak_bytes=int(smallest), considered=len(rows), gpu=spec.id,
+                model=str(config.model.path), planning_seconds=round(time.perf_counter() - started, 2),
+                candidates=[{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], gpus=gpus)

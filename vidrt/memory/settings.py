@@ -8,7 +8,6 @@ from typing import Any
 from vidrt.core.errors import VidrtError
 from vidrt.engine.offload import OFFLOAD_MODES
 from vidrt.engine.slicing import SlicingConfig
-from vidrt.engine.vae import VaeConfig
 
 
 @dataclass
@@ -22,6 +21,7 @@ class MemorySettings:
     offload: str = "none"              # none | model | group | shard (several GPUs)
     text_encoder: str = "accelerator"  # accelerator | cpu
     vae_tiling: bool = False
+    granularity: str = "auto"          # offload group: auto | block | leaf
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,27 +31,40 @@ class MemorySettings:
         if self.slicing:
             parts = [f"{k}={getattr(self, 'chunk_' + k) or 'auto'}" for k in ("frames", "tokens", "positions")]
             sl = ",".join(parts)
-        return (f"slicing {sl}; offload {self.offload}; text encoder on {self.text_encoder}; "
+        offload = self.offload if self.offload != "group" or self.granularity == "auto" else \
+            f"group ({self.granularity} level)"
+        return (f"slicing {sl}; offload {offload}; text encoder on {self.text_encoder}; "
                 f"vae tiling {'on' if self.vae_tiling else 'off'}")
 
 
-def settings_from_config(config) -> MemorySettings:
+def fixed_settings(config) -> dict[str, Any]:
+    """The settings a config fixes (its memory keys not left at "auto"), as MemorySettings fields."""
     mem = getattr(config, "memory", None)
-    s = MemorySettings()
+    out: dict[str, Any] = {}
     if mem is None:
-        return s
-    chunks = mem.slicing_chunks()
-    s.slicing = chunks is not None
-    if chunks is not None:
-        s.chunk_frames, s.chunk_tokens, s.chunk_positions = chunks.frames, chunks.tokens, chunks.positions
-    s.offload = str(getattr(mem, "offload", "none") or "none")
-    if s.offload not in OFFLOAD_MODES:
-        raise VidrtError(f"memory.offload: {s.offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
-    s.vae_tiling = VaeConfig(mem.vae_tiling, int(config.height), int(config.width)).tiles
-    te = getattr(mem, "text_encoder", None)
-    if te in ("cpu", "accelerator"):
-        s.text_encoder = te
-    return s
+        return out
+    if mem.slicing != "auto":
+        chunks = mem.slicing_chunks()
+        out["slicing"] = chunks is not None
+        if chunks is not None:
+            out.update(chunk_frames=chunks.frames, chunk_tokens=chunks.tokens, chunk_positions=chunks.positions)
+    if mem.offload != "auto":
+        if mem.offload not in OFFLOAD_MODES:
+            raise VidrtError(f"memory.offload: {mem.offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
+        out["offload"] = mem.offload
+    if mem.offload_granularity != "auto":
+        out["granularity"] = mem.offload_granularity
+    if mem.vae_tiling != "auto":
+        out["vae_tiling"] = mem.vae_tiling == "on"
+    if mem.text_encoder != "auto":
+        out["text_encoder"] = mem.text_encoder
+    return out
+
+
+def settings_from_config(config) -> MemorySettings:
+    """The settings of a run without a device limit: what the config fixes; keys left at "auto" off / none
+    (slicing and streaming only cost time where everything fits)."""
+    return MemorySettings(**fixed_settings(config))
 
 
 def slicing_config(s: MemorySettings) -> SlicingConfig | None:

@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 
 from vidrt.core.errors import VidrtError
 from vidrt.memory.planner import plan
-from vidrt.memory.settings import settings_from_config
+from vidrt.memory.settings import fixed_settings, settings_from_config
 from vidrt.memory.simulate import simulate
 from vidrt.memory.report import stage_table
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
-from vidrt.run.memory_setup import apply_settings
+from vidrt.run.memory_setup import AUTO_KEYS, apply_settings, choose_settings
 from vidrt.run.plot import render_plot
 from vidrt.run.render import load_pipeline, request_from, resolve_device
 from vidrt.run.stages import run_stages
@@ -42,6 +43,8 @@ def _check_output(path: Path | None, key: str) -> Path | None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise VidrtError(f"{key}: {path} is a folder, not a file")
+    if key == "--plot" and path.suffix.lower() != ".png":
+        raise VidrtError(f"{key}: {path} must end in .png (the picture is a PNG)")
     if not parent.is_dir():
         raise VidrtError(f"{key}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -69,29 +72,35 @@ def _host_hwm() -> int | None:
     return None
 
 
-def _budget_settings(config):
-    budget = getattr(getattr(config, "memory", None), "budget", None)
-    if budget is None:
-        return None, None
-    p = plan(config, budget)
+def _planned(config, gpus: int, gpu: str | None):
+    """A dry run profiles what a render would apply: the config's memory keys, those left at "auto" planned for
+    its budget on the GPU model (no planning without a budget or with nothing left to decide)."""
+    fixed = fixed_settings(config)
+    if config.memory.budget is None or all(k in fixed for k in AUTO_KEYS):
+        return None, settings_from_config(config)
+    p = plan(config, config.memory.budget, gpus=gpus, gpu=gpu)
     return p, p.settings
 
 
-def profile_command(config, dry_run: bool = False, json_path: Path | None = None,
-                    plot_path: Path | None = None, console: Console | None = None, gpus: int = 1) -> dict[str, Any]:
+def profile_command(config, dry_run: bool = False, json_path: Path | None = None, plot_path: Path | None = None,
+                    console: Console | None = None, gpus: int = 1, gpu: str | None = None) -> dict[str, Any]:
+    """Peak memory per stage and module: simulated at full size (`dry_run`, with the stages' seconds predicted
+    on the GPU model `gpu`) or measured in a real run on this machine."""
     console = console or Console()
     if gpus > 1 and not dry_run:
         raise VidrtError("--gpus: only with --dry-run (a real multi-GPU profile runs under torchrun; each rank's "
                          "sidecar has its peak)")
+    if gpu is not None and not dry_run:
+        raise VidrtError("--gpu: only with --dry-run (a real profile measures the device it runs on)")
     json_path = _check_output(json_path, "--json")
     plot_path = _check_output(plot_path, "--plot")
-    chosen, settings = _budget_settings(config)
     if dry_run:
-        rep = simulate(config, settings, timeline=plot_path is not None, ranks=gpus)
+        chosen, settings = _planned(config, gpus, gpu)
+        rep = simulate(config, settings, timeline=plot_path is not None, ranks=gpus, gpu=gpu)
         result = rep.to_dict(timeline=True)
         table = rep.table()
     else:
-        result, table = _profile_real(config, settings)
+        result, table, chosen = _profile_real(config)
     if chosen is not None:
         result["plan"] = chosen.to_dict()
     result["stages"] = [{**{k: s.get(k) for k in STAGE_KEYS}, **s} for s in result["stages"]]
@@ -104,17 +113,20 @@ def profile_command(config, dry_run: bool = False, json_path: Path | None = None
     return result
 
 
-def _profile_real(config, settings) -> tuple[dict[str, Any], Any]:
-    """Load the pipeline and run its stages (one tracked render, no file written)."""
+def _profile_real(config) -> tuple[dict[str, Any], Any, Any]:
+    """Load the pipeline and run its stages with the settings a render would choose (one tracked render, no
+    file written)."""
     adapter = get_adapter(config.model.family)
     device = resolve_device(list(config.devices))
     image = load_image(config.image) if config.image else None
     pipe = load_pipeline(config, device, with_image=image is not None)
     req = request_from(config, adapter, pipe, image)
-    apply_settings(pipe, settings or settings_from_config(config), device, req.height, req.width)
+    settings, chosen = choose_settings(pipe, config, device)
+    apply_settings(pipe, settings, device, req.height, req.width, config.memory.kernels)
     mem = MemoryTracker(device, track_modules=pipe, timeline=True)
     with mem:
-        run_stages(pipe, adapter, req, device, mem, Console(file=io.StringIO()), show_progress=False)
+        run_stages(pipe, adapter, req, device, mem, Console(file=io.StringIO()), show_progress=False,
+                   text_on_host=settings.text_encoder == "cpu" and device.type != "cpu")
     host = _host_hwm() if device.type != "cpu" else None
     result = {"model": str(config.model.path), "device": str(device), "simulated": False,
               "peak_bytes": int(mem.peak_bytes), "host_peak_bytes": host, "frames": req.frames,
@@ -125,14 +137,18 @@ def _profile_real(config, settings) -> tuple[dict[str, Any], Any]:
         torch.cuda.empty_cache()
     table = stage_table(mem.stages, mem.modules, peak_bytes=mem.peak_bytes, host_peak_bytes=host,
                         title=f"measured {config.model.path} {req.frames}x{req.height}x{req.width} on {device}")
-    return result, table
+    return result, table, chosen
 
 
-def plan_command(config, budget: str | None = None, console: Console | None = None, gpus: int = 1):
+def plan_command(config, budget: str | None = None, console: Console | None = None, gpus: int = 1,
+                 gpu: str | None = None):
+    """Every candidate with its predicted peak and seconds, the chosen one marked, its stages, and the chosen
+    settings as a `memory:` block a config accepts as it is."""
     console = console or Console()
-    p = plan(config, budget, gpus=gpus)
+    p = plan(config, budget, gpus=gpus, gpu=gpu)
+    console.print(p.candidates_table())
     console.print(p.table())
     console.print(str(p))
-    mem = p.memory_config()
-    console.print("memory settings: " + json.dumps(mem))
+    console.print("# paste into the config:\n" + yaml.safe_dump({"memory": p.memory_config()}, sort_keys=False),
+                  highlight=False, markup=False, end="")
     return p

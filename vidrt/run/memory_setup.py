@@ -1,5 +1,6 @@
-"""A render's memory settings put on its pipeline: the config's `memory:` keys - or, with `memory.budget`, the
-planner's choice - composed from the engine's verbs (slicing, VAE settings, offload, attention kernel)."""
+"""A render's memory settings put on its pipeline: the config's `memory:` keys, with those left at "auto" chosen
+by the planner for the budget (the fastest predicted plan that fits), composed from the engine's verbs
+(slicing, VAE settings, text-encoder placement, offload, attention kernel, regional compilation)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,48 +10,75 @@ from rich.console import Console
 
 from vidrt.config import RenderConfig
 from vidrt.engine.attention import set_attention
+from vidrt.engine.compile import enable_compile
 from vidrt.engine.offload import OffloadConfig, enable_offload
-from vidrt.engine.slicing import disable_slicing, enable_slicing
+from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 from vidrt.engine.vae import VaeConfig, enable_vae_settings
-from vidrt.memory.planner import plan
-from vidrt.memory.settings import MemorySettings, settings_from_config, slicing_config
+from vidrt.memory.planner import Plan, plan
+from vidrt.memory.settings import MemorySettings, fixed_settings, settings_from_config
+
+AUTO_KEYS = ("slicing", "offload", "vae_tiling", "text_encoder")
 
 
-def apply_settings(pipe, settings: MemorySettings, device: torch.device, height: int, width: int) -> dict[str, Any]:
-    """Slicing, then the VAE, then offload (offload hooks wrap the sliced computation); returns what was
-    applied, JSON-able (the sidecar's `memory`)."""
+def apply_settings(pipe, settings: MemorySettings, device: torch.device, height: int, width: int,
+                   kernels: str = "torch") -> dict[str, Any]:
+    """Slicing, the VAE, the text encoder's place, then offload (offload hooks wrap the sliced computation);
+    returns what was applied, JSON-able (the sidecar's `memory`)."""
     applied: dict[str, Any] = {}
-    sliced = slicing_config(settings)
-    if sliced is None:
+    if not settings.slicing:
         disable_slicing(pipe)
         applied["slicing"] = "off"
     else:
-        summary = enable_slicing(pipe, sliced)
+        summary = enable_slicing(pipe, SlicingConfig(settings.chunk_frames, settings.chunk_tokens,
+                                                     settings.chunk_positions, kernels=kernels,
+                                                     accelerator=device.type != "cpu"))
         applied["slicing"] = {
             "frames": summary["chunk_frames"] if summary["chunk_frames"] is not None else "auto",
             "tokens": summary["chunk_tokens"] if summary["chunk_tokens"] is not None else "auto",
             "positions": summary["chunk_positions"] if summary["chunk_positions"] is not None else "auto",
             "patched_modules": summary["patched"],
         }
+        if kernels != "torch":
+            applied["slicing"]["kernels"] = kernels
     applied["vae"] = enable_vae_settings(pipe, VaeConfig("on" if settings.vae_tiling else "off", height, width))
-    applied["offload"] = enable_offload(pipe, OffloadConfig(settings.offload, str(device)))
+    host = ()
+    if settings.text_encoder == "cpu" and device.type != "cpu" and getattr(pipe, "text_encoder", None) is not None:
+        pipe.text_encoder.to("cpu")          # it encodes on the host and never touches the accelerator
+        host = ("text_encoder",)
+    applied["text_encoder"] = settings.text_encoder
+    applied["offload"] = enable_offload(pipe, OffloadConfig(settings.offload, str(device), settings.granularity,
+                                                            keep_on_host=host))
     return applied
+
+
+def choose_settings(pipe, cfg: RenderConfig, device: torch.device, gpus: int = 1) -> tuple[MemorySettings, Plan | None]:
+    """The settings of this run: the config's, with its "auto" keys planned for the budget. No planning where
+    there is no device limit (a CPU run with budget auto, or budget null) or nothing is left to decide."""
+    fixed = fixed_settings(cfg)
+    budget = cfg.memory.budget
+    undecided = [k for k in AUTO_KEYS if k not in fixed]
+    no_limit = budget is None or (str(budget).strip().lower() == "auto" and device.type == "cpu")
+    if not undecided or no_limit:
+        return settings_from_config(cfg), None
+    # planned for the device this run has (a dry run of the same config plans for an accelerator)
+    chosen = plan(cfg.model_copy(update={"devices": [str(device)]}), budget, pipe=pipe, gpus=gpus)
+    return chosen.settings, chosen
 
 
 def apply_memory(pipe, cfg: RenderConfig, device: torch.device, log: Console, height: int, width: int,
-                 gpus: int = 1) -> dict[str, Any]:
-    """The config's memory settings, or - with `memory.budget` - the planner's fastest plan that fits (per GPU
-    of `gpus` under torchrun, where it may shard the weights: offload "shard")."""
-    settings = settings_from_config(cfg)
-    chosen = None
-    if cfg.memory.budget is not None:
-        chosen = plan(cfg, cfg.memory.budget, pipe=pipe, gpus=gpus)
-        settings = chosen.settings     # (the text encoder is always released after encoding)
+                 gpus: int = 1) -> tuple[dict[str, Any], MemorySettings]:
+    """Choose and apply this run's memory settings (per GPU of `gpus` under torchrun, where the planner may
+    shard the weights: offload "shard"). Returns what was applied and the settings."""
+    settings, chosen = choose_settings(pipe, cfg, device, gpus)
+    if chosen is not None:
         log.print(f"plan: {chosen}")
-    applied = apply_settings(pipe, settings, device, height, width)
+    applied = apply_settings(pipe, settings, device, height, width, cfg.memory.kernels)
     applied["attention"] = set_attention(pipe, cfg.memory.attention, device)
+    if cfg.memory.compile:
+        applied["compiled_blocks"] = enable_compile(pipe)
     if chosen is not None:
         planned = chosen.to_dict()
         applied["plan"] = {"peak_bytes": planned["peak_bytes"], "budget_bytes": planned["budget_bytes"],
+                           "predicted_seconds": planned["predicted_seconds"], "gpu": planned["gpu"],
                            "memory": planned["memory"]}
-    return applied
+    return applied, settings

@@ -21,14 +21,17 @@ from vidrt.run.video import to_uint8_frames
 
 
 def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
-                       log: Console, show_progress: bool = True,
-                       control: StepControl | None = None) -> torch.Tensor:
-    """Stages text_encode -> (image_encode) -> denoise; returns the final latents."""
+                       log: Console, show_progress: bool = True, control: StepControl | None = None,
+                       text_on_host: bool = False) -> torch.Tensor:
+    """Stages text_encode -> (image_encode) -> denoise; returns the final latents. `text_on_host`: the text
+    encoder runs on the CPU (its embeddings then go to the device)."""
     control = control or StepControl(total_steps=req.steps)
     denoiser = adapter.denoiser(pipe)
 
-    with tracker.stage("text_encode", params=[pipe.text_encoder]):
-        embeds = adapter.encode_prompt(pipe, req)
+    with tracker.stage("text_encode", params=[] if text_on_host else [pipe.text_encoder]):
+        embeds = adapter.encode_prompt(pipe, req, torch.device("cpu") if text_on_host else None)
+        if text_on_host:
+            embeds = {k: v.to(pipe._execution_device) for k, v in embeds.items()}
     log_stage(log, tracker)
     release_text_encoder(pipe, device)
 
@@ -75,10 +78,10 @@ def decoded_frames(pipe, adapter: ModelAdapter, latents: torch.Tensor) -> Iterat
 
 
 def run_stages(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
-               console: Console | None = None, show_progress: bool = True) -> np.ndarray:
+               console: Console | None = None, show_progress: bool = True, text_on_host: bool = False) -> np.ndarray:
     """All stages in memory (tests, library use); returns (F, H, W, 3) uint8 frames."""
     log = console or Console(stderr=True)
-    latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress)
+    latents = encode_and_denoise(pipe, adapter, req, device, tracker, log, show_progress, text_on_host=text_on_host)
     with tracker.stage("vae_decode", params=[pipe.vae]):
         frames = np.stack(list(decoded_frames(pipe, adapter, latents)))
     log_stage(log, tracker)

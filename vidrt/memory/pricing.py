@@ -1,0 +1,122 @@
+"""The price of a run in seconds, before it runs: a simulated session's counted work (vidrt.memory.cost),
+repeated as the real run repeats it, under one set of memory settings, on one GPU model (vidrt.memory.timemodel).
+
+What the settings change:
+- slicing / VAE tiling: which of the session's measured variants (`denoise#i`, `vae_decode#j`) the run is;
+- offload "group": every denoiser call streams the denoiser's weights (a copy per block, or per weighted leaf
+  at leaf level, where diffusers waits for each copy), the text encoder streams leaf by leaf; "model": each
+  model moves to the accelerator once when its stage starts; "shard": each call all-gathers the other ranks'
+  share of every block;
+- text encoder on the CPU: its forward runs on the host (HOST_FLOPS, host memory bandwidth).
+The denoise stage repeats per step: its simulated calls are scaled to the real pipeline's calls per step (Wan
+with CFG calls the transformer twice; the UNet pipelines once, on a batch of two) and by the context windows
+of a long video. A tiled decode extrapolated from 2 and 3 latent frames is extrapolated in time the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidrt.memory.cost import Counts
+from vidrt.memory.devices import GpuSpec
+from vidrt.memory.settings import MemorySettings
+from vidrt.memory.timemodel import Efficiency, predict_seconds
+
+# A desktop CPU's sustained matmul rate for a text encoder kept on the host (assumed, not fitted: 16 cores at
+# ~60 GFLOP/s each with AVX2/AVX-512 in fp32).
+HOST_FLOPS = 1.0e12
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """How often the real run repeats what the session simulated once."""
+
+    steps: int
+    calls_per_step: int          # denoiser calls the pipeline makes per step
+    windows: int = 1             # context windows per denoiser call (long videos)
+    latent_frames: int = 1       # for decodes extrapolated from 2 and 3 latent frames
+    text_calls: int = 1          # text encoder forwards (2 with classifier-free guidance)
+
+
+def run_shape(config, adapter, frames: int, windows: int = 1) -> RunShape:
+    """How the run `config` repeats one simulated step: its steps, the pipeline's denoiser calls per step,
+    the context windows of a long video, the latent frames of its decode, the text encoder's calls."""
+    cfg = float(getattr(config, "guidance", 5.0)) > 1.0
+    return RunShape(steps=int(getattr(config, "steps", 1) or 1), calls_per_step=adapter.denoiser_calls_per_step(cfg),
+                    windows=windows, latent_frames=adapter.latent_frames(frames), text_calls=2 if cfg else 1)
+
+
+def _seconds(counts: Counts, device: GpuSpec, eff: Efficiency) -> float:
+    return predict_seconds(counts, device, eff)["total"]["total"] if counts.sections() else 0.0
+
+
+def _host_seconds(counts: Counts, eff: Efficiency) -> float:
+    totals = counts.totals()
+    flops = sum(totals[c]["flops"] for c in ("matmul", "attention"))
+    nbytes = sum(totals[c]["bytes"] for c in ("matmul", "attention", "elementwise", "host"))
+    return flops / HOST_FLOPS + nbytes / (eff.host_memory_gbs * 1e9)
+
+
+def _with_streaming(counts: Counts, section: str, model: str, nbytes: float, copies: float,
+                    serial: bool) -> Counts:
+    """`counts` with `nbytes` streamed in `copies` copies during `section`: onto the model's repeated layers when
+    the session counted them apart (their compute is what a side stream overlaps), else onto the section."""
+    layers = f"{section}/layers:{model}"
+    target = layers if layers in counts.sections() else section
+    out = counts.scaled(1.0)
+    out.add_transfer(target, nbytes, "h2d", copies)
+    if serial:
+        out.serial |= {s for s in out.sections() if s == section or s.startswith(section + "/")}
+    return out
+
+
+def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunShape, device: GpuSpec,
+          eff: Efficiency, denoiser: str) -> dict[str, float]:
+    """Predicted seconds per stage (and "denoise_step", "total") of the run `sess` measured, with `settings`,
+    whose denoise / decode variants are the sections `denoise` / `decode`. `denoiser`: its params key."""
+    counts: Counts = sess.counts
+    out: dict[str, float] = {}
+    streams = sess.stream_groups(settings.granularity)
+    leaf = settings.offload == "group" and sess.leaf_level(denoiser, settings.granularity)
+
+    text = counts.select("text_encode")
+    if settings.text_encoder == "cpu":
+        out["text_encode"] = _host_seconds(text, eff)
+    else:
+        if settings.offload == "group" and "text_encoder" in sess.params:
+            text = _with_streaming(text, "text_encode", "text_encoder", sess.params["text_encoder"] * shape.text_calls,
+                                   streams.get("text_encoder", 1) * shape.text_calls, serial=True)
+        out["text_encode"] = _seconds(text, device, eff)
+    if "image_encode" in counts.sections():
+        out["image_encode"] = _seconds(counts.select("image_encode"), device, eff)
+
+    simulated = max(1, sess.denoise_calls.get(denoise, 1))
+    calls = shape.calls_per_step * shape.windows
+    step = counts.select(denoise).scaled(calls / simulated)
+    if settings.offload == "group":
+        step = _with_streaming(step, denoise, denoiser, sess.params[denoiser] * calls,
+                               streams.get(denoiser, 1) * calls, serial=leaf)
+    elif settings.offload == "shard" and sess.shard:
+        ranks_share = max(0, sess.params[denoiser] - sess.shard.get(denoiser, 0))
+        step = _with_streaming(step, denoise, denoiser, ranks_share * calls, streams.get(denoiser, 1) * calls,
+                               serial=False)
+    out["denoise_step"] = _seconds(step, device, eff)
+    out["denoise"] = out["denoise_step"] * shape.steps
+
+    parts = [s for s in counts.sections() if s.split("/")[0].startswith(decode + "~")]
+    if parts:   # extrapolated: t(n) = t(2) + (t(3) - t(2)) (n - 2)
+        t2 = _seconds(counts.select(f"{decode}~2"), device, eff)
+        t3 = _seconds(counts.select(f"{decode}~3"), device, eff)
+        out["vae_decode"] = t2 + (t3 - t2) * max(0, shape.latent_frames - 2)
+    else:
+        out["vae_decode"] = _seconds(counts.select(decode), device, eff)
+
+    if settings.offload == "model":    # each model moves to the accelerator once, when its stage starts
+        link = device.host_gbs * 1e9 * eff.eff_transfer
+        for stage, models in (("text_encode", ("text_encoder",)), ("image_encode", ("image_encoder",)),
+                              ("denoise", (denoiser,)), ("vae_decode", ("vae",))):
+            moved = sum(sess.params.get(m, 0) for m in models
+                        if not (m == "text_encoder" and settings.text_encoder == "cpu"))
+            if stage in out:
+                out[stage] += moved / link
+    out["total"] = sum(v for k, v in out.items() if k != "denoise_step")
+    return out
