@@ -7,9 +7,10 @@ from pathlib import Path
 
 from vidrt.config.schema import RenderConfig
 from vidrt.core.errors import VidrtError
+from vidrt.core.windows import window_plan
 from vidrt.core.units import format_bytes
 from vidrt.models.loading import check_pipeline_folder, host_memory, local_or_hub, weight_files
-from vidrt.models.specs import get_spec
+from vidrt.models.specs import get_spec, tiles_by_default
 
 LARGE_WORK = 1000           # denoiser calls from which a render warns how much work it is (50 steps x CFG: 100)
 
@@ -53,11 +54,12 @@ def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
     native = spec.native_frame_count(folder)
     frames = cfg.frames or native
     long = cfg.long
-    windows = spec.window_count(frames, native, long.window if long else None, long.overlap if long else None)
+    windows = window_plan(spec, frames, native, long.window if long else None,
+                          long.overlap if long else None).windows
     streams = 2 if cfg.guidance > 1 else 1
     calls = windows * cfg.steps * streams
-    tiled = cfg.memory.vae_tiling == "on" or (cfg.memory.vae_tiling == "auto"
-                                               and cfg.height * cfg.width >= 720 * 1280)
+    tiled = cfg.memory.vae_tiling == "on" or (cfg.memory.vae_tiling == "auto" and tiles_by_default(cfg.height,
+                                                                                                    cfg.width))
     need = spec.host_bytes(frames, cfg.height, cfg.width, streams, tiled)
     on_host = cfg.devices[0] == "cpu" or cfg.memory.offload in ("model", "group") or (
         cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay

@@ -12,7 +12,8 @@ what was there. Four kinds, one per kind of thing a pipeline lets us wrap:
 - `replace_computation`: the module's own computation, innermost under every wrapper (diffusers hooks,
   accelerate hooks), whenever those were installed: the Feature Slicer swaps what a block computes while
   weight streaming and caches keep running around it. diffusers' registry offers no innermost position, so
-  this is the one place that reaches into its function references.
+  this is the one place that reaches into its function references (as does removing a hook from the middle
+  of a chain, which diffusers' own remove_hook relinks wrongly).
 - `wrap_method`: a method of an object that is not a module call (scheduler.step, pipeline.prepare_latents,
   pipeline.encode_prompt, vae._decode): a chain of wrappers in FEATURES order.
 - `override_attribute`: a class-level attribute of one object (a property such as a pipeline's
@@ -142,8 +143,8 @@ def wrap_module(module: nn.Module, hook: ModelHook, feature: str, part: str = ""
     mine = rank(feature)
     outer = [(n, h) for n, h in list(registry.hooks.items())
              if getattr(h, "_vidrt_feature", None) is not None and rank(h._vidrt_feature) > mine]
-    for n, _ in outer:                        # vidrt hooks of outer features come off and go back on top
-        registry.remove_hook(n, recurse=False)
+    for n, _ in reversed(outer):              # vidrt hooks of outer features come off and go back on top
+        _unregister(registry, module, n)
     hook._vidrt_feature = feature
     registry.register_hook(hook, name)
     for n, h in outer:
@@ -152,11 +153,32 @@ def wrap_module(module: nn.Module, hook: ModelHook, feature: str, part: str = ""
     return hook
 
 
+def _unregister(registry: HookRegistry, module: nn.Module, name: str) -> ModelHook:
+    """`HookRegistry.remove_hook`, relinking right when hooks sit above the removed one: diffusers points the
+    next hook's `forward` at what the removed one wrapped, but a hook with `new_forward` calls its
+    `original_forward`, so every hook above would drop out of the chain."""
+    order, refs = registry._hook_order, registry._fn_refs
+    i = order.index(name)
+    ref = refs[i]
+    inner = ref.original_forward if ref.original_forward is not None else ref.forward
+    if i == len(order) - 1:
+        module.forward = inner
+    elif refs[i + 1].original_forward is not None:
+        refs[i + 1].original_forward = inner
+    else:
+        refs[i + 1].forward = inner
+    hook = registry.hooks.pop(name)
+    registry._module_ref = hook.deinitalize_hook(registry._module_ref)
+    order.pop(i)
+    refs.pop(i)
+    return hook
+
+
 def _remove_hook(module: nn.Module, name: str) -> None:
     registry = getattr(module, "_diffusers_hook", None)
     hook = registry.get_hook(name) if registry is not None else None
     if hook is not None:
-        registry.remove_hook(name, recurse=False)
+        _unregister(registry, module, name)
         # the hook and its function reference point at each other: without this the hook (and what it holds,
         # e.g. a policy's histories on the GPU) would wait for the cyclic collector
         hook.fn_ref = None

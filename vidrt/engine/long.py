@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.windows import window_starts
 from vidrt.engine import attach
 from vidrt.engine.attach import ArgumentsHook
 from vidrt.models import adapter_for, denoisers_of
@@ -38,7 +39,7 @@ FEATURE = "long"
 class LongVideoConfig:
     """Context windows over a long video, in latent frames.
 
-    window: latent frames per denoiser call (the model's native length by default, see `window_plan`);
+    window: latent frames per denoiser call (the model's native length by default, see core.windows.window_plan);
     overlap: latent frames shared by neighbouring windows (< window);
     loop_on_host: keep the pipeline's loop tensors in host memory, run only each window on `compute_device`
         (a pipeline, not a bare denoiser; for text-to-video pipelines, whose loop device is free to choose);
@@ -67,45 +68,6 @@ class WindowState:
 
     def reset(self) -> None:
         self.calls = 0
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    window: int            # latent frames
-    overlap: int
-    total: int
-
-    @property
-    def windows(self) -> int:
-        return len(window_starts(self.total, self.window, self.overlap))
-
-
-def window_plan(spec, frames: int, native_frames: int, window_frames: int | None = None,
-                overlap_frames: int | None = None) -> WindowPlan:
-    """Video frames -> latent-frame windows: the window defaults to the native length, the overlap to a quarter
-    of the window (at least one latent frame); an overlap in video frames rounds up to latent frames."""
-    window_px = window_frames or native_frames
-    window = spec.latent_frames(window_px)
-    if overlap_frames is not None:
-        overlap = -(-overlap_frames // spec.temporal_compression)
-    else:
-        overlap = max(1, window // 4)
-    if overlap >= window:
-        raise VidrtError(f"long.overlap: {overlap_frames} frames is not shorter than the window ({window_px} frames)")
-    return WindowPlan(window, overlap, spec.latent_frames(frames))
-
-
-def window_starts(total: int, window: int, overlap: int) -> list[int]:
-    """Start indices of windows of length `window` covering [0, total) with at least `overlap` shared frames."""
-    if total <= window:
-        return [0]
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap {overlap} must be in [0, window={window})")
-    stride = window - overlap
-    starts = list(range(0, total - window + 1, stride))
-    if starts[-1] + window < total:
-        starts.append(total - window)
-    return starts
 
 
 def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:

@@ -5,7 +5,8 @@
 - Wan's causal video VAE: its `_decode` is replaced by `decode_into_buffer` (vidrt.models.wan_vae), the same
   loop writing into one preallocated output.
 - Tiling (`vae.enable_tiling()`) splits H x W into overlapping tiles blended linearly: not exact, so "auto"
-  turns it on only for frames of at least 720 x 1280 pixels; "on" always; "off" never.
+  turns it on only for large frames (vidrt.models.specs.tiles_by_default); "on" always; "off" never. (A render
+  with a budget lets the planner decide instead.)
 """
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from dataclasses import dataclass
 
 from vidrt.core.errors import VidrtError
 from vidrt.engine import attach
+from vidrt.models.specs import tiles_by_default
 from vidrt.models.wan_vae import decode_into_buffer, is_causal_video_vae
 
-AUTO_TILING_PIXELS = 720 * 1280
 TILING = ("auto", "on", "off")
 FEATURE = "vae"
 
 
 @dataclass(frozen=True)
 class VaeConfig:
-    """tiling: "auto" (from AUTO_TILING_PIXELS up), "on" or "off"; height/width: the render size "auto" reads."""
+    """tiling: "auto" (vidrt.models.specs.tiles_by_default), "on" or "off"; height/width: the render size "auto"
+    reads."""
 
     tiling: str = "auto"
     height: int | None = None
@@ -35,11 +37,7 @@ class VaeConfig:
     @property
     def tiles(self) -> bool:
         return self.tiling == "on" or (self.tiling == "auto" and self.height is not None and self.width is not None
-                                       and self.height * self.width >= AUTO_TILING_PIXELS)
-
-
-def tiles_by_default(height: int, width: int) -> bool:
-    return VaeConfig("auto", height, width).tiles
+                                       and tiles_by_default(self.height, self.width))
 
 
 def enable_vae_settings(pipe, config: VaeConfig = VaeConfig()) -> dict:

@@ -10,6 +10,13 @@ from pathlib import Path
 from vidrt.core.errors import VidrtError
 
 SAMPLE_META = "vidrt.json"   # written beside a pipeline vidrt trained (native frame count, size)
+# From this many pixels per frame up, a VAE decodes in tiles when nothing else decides (vae_tiling: auto without
+# a budget): tiling is not exact (blended seams), so only where an untiled decode's activations are large.
+TILING_PIXELS = 720 * 1280
+
+
+def tiles_by_default(height: int, width: int) -> bool:
+    return height * width >= TILING_PIXELS
 
 
 @dataclass(frozen=True)
@@ -55,22 +62,6 @@ class FamilySpec:
         tensors = 4 + cfg_streams
         video = 3 * frames * height * width * 4 if tiled_decode else 0
         return {"loop latents": tensors * self.latent_bytes(frames, height, width), "tiled decode": video}
-
-    def window_count(self, frames: int, native_frames: int, window_frames: int | None = None,
-                     overlap_frames: int | None = None) -> int:
-        """How many context windows a render of `frames` runs per step (1 up to the native length); the same
-        rule as vidrt.engine.long.window_plan / window_starts (checked against them by the tests)."""
-        window = self.latent_frames(window_frames or native_frames)
-        total = self.latent_frames(frames)
-        if total <= window:
-            return 1
-        overlap = (-(-overlap_frames // self.temporal_compression) if overlap_frames is not None
-                   else max(1, window // 4))
-        if not 0 <= overlap < window:
-            return 1  # refused later with its own message (long.overlap)
-        stride = window - overlap
-        count = (total - window) // stride + 1
-        return count + (1 if (count - 1) * stride + window < total else 0)
 
     def native_frame_count(self, folder: str | Path | None = None) -> int:
         """The model's native length: a trained sample's vidrt.json beside its weights, else the family's."""

@@ -21,7 +21,8 @@ from vidrt.config import RenderConfig, check_request, model_path_places
 from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
 from vidrt.engine import distributed as vdist
-from vidrt.engine.long import LongVideoConfig, disable_long_video, enable_long_video, window_plan
+from vidrt.core.windows import window_plan
+from vidrt.engine.long import LongVideoConfig, disable_long_video, enable_long_video
 from vidrt.engine.oom import OomFallbackConfig, disable_oom_fallback, enable_oom_fallback
 from vidrt.engine.policies import enable_policy, policy_from_config, policy_stats
 from vidrt.memory.tracker import MemoryTracker

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from vidrt.engine.long import LongVideoConfig, enable_long_video, window_plan, window_starts
+from vidrt.core.windows import window_plan, window_starts
+from vidrt.engine.long import LongVideoConfig, enable_long_video
 from vidrt.engine.slicing import enable_slicing
 from vidrt.memory.counter import LiveCounter
 from vidrt.models.loading import read_index

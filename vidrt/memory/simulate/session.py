@@ -22,7 +22,7 @@ from vidrt.core.dtypes import torch_dtype
 from vidrt.core.tensors import module_bytes
 from vidrt.engine.distributed.comm import simulated_context
 from vidrt.engine.distributed.shard import rank_weight_bytes
-from vidrt.engine.long import window_plan
+from vidrt.core.windows import window_plan
 from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 from vidrt.engine.vae import VaeConfig, enable_vae_settings
 from vidrt.memory.cost import CostCounter, Counts
