@@ -9,6 +9,7 @@ import torch
 
 import vidrt
 from vidrt.models import get_adapter
+from vidrt.engine import slicing
 from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats
 from vidrt.engine.policies import policy_from_config
 from vidrt.engine.policies.history import rel_error
@@ -271,20 +272,30 @@ def test_step_rehash_key_steps(wan, wan_full):
     assert st["blocks_evaluated"] == 2 * (len(keys) * N_LAYERS + (STEPS - len(keys)) * 2)  # head + tail
 
 
-def test_composes_with_slicing(wan):
+def test_composes_with_slicing(wan, monkeypatch):
     """Slicing stays exact under a policy, in either enable order, and both undo cleanly."""
-    slicing = pytest.importorskip("vidrt.engine.slicing")
+    sliced_calls = []                             # (tokens, chunk) of each block call that ran sliced
+    sliced_block = slicing.wan.sliced_block
+
+    def spy(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk, *args, **kwargs):
+        sliced_calls.append((hidden_states.shape[1], chunk))
+        return sliced_block(block, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(slicing.wan, "sliced_block", spy)
     before = snapshot(wan)
     kw = wan_kwargs(size=32)                      # 8 tokens per frame pair: chunk_tokens=3 really chunks
     slicing.enable_slicing(wan, chunk_tokens=3, chunk_frames=1)
     try:
         sliced_plain = run(wan, **kw)
         enable_policy(wan, TaylorGate(threshold=0.0, warmup=2))   # policy active on every block, never skips
+        sliced_calls.clear()
         sliced_tau0 = run(wan, **kw)
+        st = policy_stats(wan)
     finally:
         disable_policy(wan)
         slicing.disable_slicing(wan)
     assert torch.equal(sliced_tau0, sliced_plain)  # the policy does not perturb the sliced computation
+    assert sliced_calls == [(8, 3)] * st["blocks_evaluated"] and st["blocks_evaluated"] == STEPS * 2 * N_LAYERS
     enable_policy(wan, TaylorGate(threshold=0.3, warmup=2))
     try:
         plain = run(wan, **kw)
@@ -300,6 +311,7 @@ def test_composes_with_slicing(wan):
             slicing.enable_slicing(wan, chunk_tokens=3, chunk_frames=1)
         try:
             assert slicing.slicing_state(wan) is not None
+            sliced_calls.clear()
             sliced = run(wan, **kw)
             st = policy_stats(wan)
         finally:
@@ -312,8 +324,26 @@ def test_composes_with_slicing(wan):
         # same decisions; values differ only by slicing's float reordering (~1e-5 per forward), which the
         # order-1 forecast extrapolates over the skipped steps
         assert st == st_plain and st["steps_skipped"] > 0, order
+        assert len(sliced_calls) == st["blocks_evaluated"], order   # every block the policy ran, ran sliced
         assert (sliced - plain).abs().max().item() <= 2e-4, order
     assert snapshot(wan) == before
+
+
+# WanPipeline's cache_context gives the transformer a diffusers HookRegistry before any vidrt hook; when the
+# policy's hook comes off, that registry stays but the instance `forward` it set must go (else a later patch of
+# the class's forward would not reach this object).
+def test_disable_policy_leaves_no_forward_attribute():
+    pipe = get_adapter("wan").tiny(0, num_layers=1)
+    den = pipe.transformer
+    run(pipe, **wan_kwargs(steps=1))                  # diffusers' cache_context makes its registry
+    assert "forward" not in vars(den)
+    enable_policy(pipe, TaylorGate(threshold=0.0, warmup=1))
+    try:
+        run(pipe, **wan_kwargs(steps=1))
+    finally:
+        disable_policy(pipe)
+    assert den.forward.__func__ is type(den).forward  # the same call either way
+    assert "forward" not in vars(den)
 
 
 def test_pipeline_built_without_vidrt_and_exact_restore(wan):

@@ -45,7 +45,7 @@ _LEDGER = "_vidrt_attached"
 _STATES = "_vidrt_state"
 _METHODS = "_vidrt_methods"
 _BASE_CLASS = "_vidrt_base_class"
-_MADE_REGISTRY = "_vidrt_made_registry"
+_FIRST_HOOK = "_vidrt_first_hook"   # (vidrt made the registry, the module had its own forward attribute)
 _MISSING = object()
 
 
@@ -137,8 +137,9 @@ def wrap_module(module: nn.Module, hook: ModelHook, feature: str, part: str = ""
     """Put `hook` around `module`'s forward (replacing this feature's hook of the same part)."""
     name = hook_name(feature, part)
     unwrap_module(module, feature, part)
-    if getattr(module, "_diffusers_hook", None) is None:      # vidrt makes the registry: it takes it away again
-        module.__dict__[_MADE_REGISTRY] = "forward" in module.__dict__
+    existing = getattr(module, "_diffusers_hook", None)
+    if existing is None or not existing.hooks:    # the first hook: remember what to put back after the last
+        module.__dict__[_FIRST_HOOK] = (existing is None, "forward" in module.__dict__)
     registry = HookRegistry.check_if_exists_or_initialize(module)
     mine = rank(feature)
     outer = [(n, h) for n, h in list(registry.hooks.items())
@@ -182,9 +183,10 @@ def _remove_hook(module: nn.Module, name: str) -> None:
         # the hook and its function reference point at each other: without this the hook (and what it holds,
         # e.g. a policy's histories on the GPU) would wait for the cyclic collector
         hook.fn_ref = None
-    if registry is not None and not registry.hooks and _MADE_REGISTRY in module.__dict__:
-        had_forward = module.__dict__.pop(_MADE_REGISTRY)
-        del module._diffusers_hook
+    if registry is not None and not registry.hooks and _FIRST_HOOK in module.__dict__:
+        made_registry, had_forward = module.__dict__.pop(_FIRST_HOOK)
+        if made_registry:
+            del module._diffusers_hook
         forward = module.__dict__.get("forward")
         if not had_forward and getattr(forward, "__func__", None) is type(module).forward \
                 and getattr(forward, "__self__", None) is module:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
-from vidrt.models.loading import first_line, hub_failure, looks_like_hub_id, read_index, refuse_pickle_only
-from vidrt.models.specs import FamilySpec, family_of_class
+from vidrt.models.loading import check_family_folder, first_line, hub_failure, looks_like_hub_id
+from vidrt.models.specs import FamilySpec
 
 # Module roles the slicer understands.
 SPATIAL = "spatial"      # treats each frame independently: slice the batch*frames axis
@@ -120,15 +120,7 @@ class ModelAdapter:
 
     def check_folder(self, folder: Path, *, allow_pickle: bool) -> dict:
         """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""
-        meta = read_index(folder)
-        class_name = meta.get("_class_name", "")
-        if class_name not in self.pipeline_class_names:
-            other = family_of_class(class_name)
-            hint = f"a {other!r} pipeline" if other else f"a {class_name or 'unknown'} pipeline"
-            raise VidrtError(f"model.family: {folder} holds {hint}, not {self.family!r}")
-        if not allow_pickle:
-            refuse_pickle_only(folder)
-        return meta
+        return check_family_folder(folder, self.spec, allow_pickle=allow_pickle)
 
     def prepare(self, pipe):
         """Family-specific fixes applied to every pipeline (loaded or tiny)."""

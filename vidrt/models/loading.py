@@ -182,10 +182,9 @@ def refuse_pickle_only(folder: Path) -> None:
             )
 
 
-def check_pipeline_folder(folder: Path, spec: FamilySpec, *, image: bool, steps: int, allow_pickle: bool) -> None:
-    """Refuse, before loading, a local pipeline folder that cannot render this request: another family's,
-    pickle-only weights, a text-to-video model given an image (or an image-to-video one without), more steps
-    than its scheduler has timesteps."""
+def check_family_folder(folder: Path, spec: FamilySpec, *, allow_pickle: bool) -> dict:
+    """Refuse a folder that is not a pipeline of this family, or whose weights are pickle-only; return its
+    model_index.json."""
     index = read_index(folder)
     class_name = index.get("_class_name", "")
     if class_name not in spec.pipeline_class_names:
@@ -194,6 +193,14 @@ def check_pipeline_folder(folder: Path, spec: FamilySpec, *, image: bool, steps:
         raise VidrtError(f"model.family: {folder} holds {hint}, not {spec.family!r}")
     if not allow_pickle:
         refuse_pickle_only(folder)
+    return index
+
+
+def check_pipeline_folder(folder: Path, spec: FamilySpec, *, image: bool, steps: int, allow_pickle: bool) -> None:
+    """Refuse, before loading, a local pipeline folder that cannot render this request: another family's,
+    pickle-only weights, a text-to-video model given an image (or an image-to-video one without), more steps
+    than its scheduler has timesteps."""
+    index = check_family_folder(folder, spec, allow_pickle=allow_pickle)
     channels = denoiser_channels(folder, spec.denoiser_folder)
     if spec.optional_image and channels is not None:
         cin, cout = channels
