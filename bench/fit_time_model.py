@@ -794,10 +794,10 @@ def table_rows(rows: list[dict], counts: dict[str, Counts], eff: Efficiency) -> 
 def render_md(data: dict) -> str:
     e = data["efficiency"]
     oh = data.get("counter_overhead", {})
-    dirty = " (working tree had uncommitted changes)" if data.get("git_dirty") else ""
+    dirty = " (working tree had uncommitted changes)" if data.get("dirty") else ""
     lines = ["# Time model: predicted vs measured GPU seconds", "",
              f"Rendered from bench/results/time_model.json by `python bench/fit_time_model.py --report-only` "
-             f"(do not edit by hand). Fit: `{data['command']}` at commit {data['git_commit'][:12]}{dirty}, "
+             f"(do not edit by hand). Fit: `{data['command']}` at commit {data['commit'][:12]}{dirty}, "
              f"{data['date']}, on {data['machine']}. Counting the {len(data['pieces'])} workloads on fake tensors "
              f"took {data['counting_seconds']:.0f} s; the run that wrote this file took {data['script_seconds']:.0f} s.",
              "",
@@ -893,7 +893,14 @@ def main(argv=None) -> int:
                                      "$TMPDIR/vidrt_time_model_counts.json)")
     ap.add_argument("--json", default=str(OUT_JSON))
     ap.add_argument("--md", default=str(OUT_MD))
+    ap.add_argument("--out", type=Path, default=None, help="write time_model.md (and the .json of a fit) into this "
+                                                           "folder instead of --json / --md")
     args = ap.parse_args(argv)
+    if args.out is not None:
+        args.md = str(args.out / OUT_MD.name)
+        if not args.report_only:
+            args.json = str(args.out / OUT_JSON.name)
+        args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.report_only:
         data = json.loads(Path(args.json).read_text())
@@ -939,7 +946,7 @@ def main(argv=None) -> int:
                     informed.setdefault(p, []).append(rid)
     data = {
         "command": "python bench/fit_time_model.py" + (" --reuse-counts" if args.reuse_counts else ""),
-        "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine(),
+        "commit": git_commit(), "dirty": git_dirty(), "machine": machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "counting_seconds": round(counting, 1), "script_seconds": 0.0,
         "efficiency": eff.to_dict(), "fit_loss": round(loss, 5), "counter_overhead": overhead,

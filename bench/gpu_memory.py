@@ -1,6 +1,7 @@
 """Real CUDA activation peaks, unsliced vs sliced (random weights; about 2-3 minutes on one H100).
 
-    OUT=bench/results python bench/gpu_memory.py      # writes $OUT/gpu_memory.md
+    python bench/gpu_memory.py                 # writes bench/results/gpu_memory.json and renders .md
+    python bench/gpu_memory.py --report-only   # re-render gpu_memory.md from the JSON (no GPU)
 
 Cases: Wan 2.1 1.3B transformer (30 blocks, bf16), one forward at 81x480x832 (21x60x104 latents, 32760
 tokens, 512 text tokens); AnimateDiff SD1.5 UNet + MotionAdapter (fp16), one forward at 16x512x512 with
@@ -10,7 +11,7 @@ unsliced; sliced 0.33 GiB / 0.62 GiB simulated).
 """
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import results_io as rio  # noqa: E402
+
+NAME = "gpu_memory"
 GiB = 1024 ** 3
 
 
@@ -52,7 +57,8 @@ def compare(name, model, kwargs, rows):
     finally:
         disable_slicing(model)
     diff = (out.float().cpu() - ref).abs().max().item()
-    rows.append((name, up, sp, ut, st, diff, summary["patched"]))
+    rows.append({"case": name, "unsliced_gib": up / GiB, "sliced_gib": sp / GiB, "unsliced_s": ut, "sliced_s": st,
+                 "max_abs_diff": diff, "patched": summary["patched"]})
     print(f"{name}: {up / GiB:.3f} -> {sp / GiB:.3f} GiB ({up / max(sp, 1):.2f}x), "
           f"{ut:.2f} s -> {st:.2f} s, max abs diff {diff:.2e}", flush=True)
 
@@ -105,31 +111,49 @@ def animatediff_case(rows):
     torch.cuda.empty_cache()
 
 
-def main():
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu_memory.py needs a CUDA device")
-    out_dir = Path(os.environ.get("OUT", Path(__file__).resolve().parent / "results"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+def render(data: dict) -> str:
+    lines = ["# Feature slicer: real CUDA activation peaks", "", rio.provenance("bench/gpu_memory.py", NAME, data), ""]
+    for run in data["runs"]:
+        lines += [*rio.run_heading(run),
+                  f"Random weights; chunk sizes auto; total {run['seconds']:.0f} s. Peak = max_memory_allocated during "
+                  "one forward minus memory allocated before it (weights, inputs).", "",
+                  "| case | unsliced | sliced | ratio | time unsliced | time sliced | max abs diff |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in run["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['case']} | failed: {r['error']} | | | | | |")
+                continue
+            lines.append(f"| {r['case']} | {r['unsliced_gib']:.3f} GiB | {r['sliced_gib']:.3f} GiB | "
+                         f"{r['unsliced_gib'] / r['sliced_gib']:.2f}x | {r['unsliced_s']:.2f} s | {r['sliced_s']:.2f} s | "
+                         f"{r['max_abs_diff']:.2e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
+    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
+    rio.add_output_args(ap, NAME)
+    args = ap.parse_args(argv)
+    if args.report_only:
+        rio.write_text(args.out / f"{NAME}.md", render(rio.read_json(rio.source_json(args, NAME))))
+        return
+    rio.check_cuda("bench/gpu_memory.py")
     rows: list = []
     t0 = time.time()
     for case in (wan_case, animatediff_case):
         try:
             case(rows)
         except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - reported, not fatal
-            rows.append((case.__name__, float("nan"), float("nan"), 0, 0, float("nan"), str(exc)[:80]))
-    lines = ["# Feature slicer: real CUDA activation peaks", "",
-             f"Device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; random weights; "
-             f"chunk sizes auto; total {time.time() - t0:.0f} s.",
-             "Peak = max_memory_allocated during one forward minus memory allocated before it (weights, inputs).",
-             "",
-             "| case | unsliced | sliced | ratio | time unsliced | time sliced | max abs diff |",
-             "|---|---|---|---|---|---|---|"]
-    for name, up, sp, ut, st, diff, _ in rows:
-        lines.append(f"| {name} | {up / GiB:.3f} GiB | {sp / GiB:.3f} GiB | {up / sp:.2f}x | {ut:.2f} s | "
-                     f"{st:.2f} s | {diff:.2e} |")
-    lines.append("")
-    (out_dir / "gpu_memory.md").write_text("\n".join(lines))
-    print(f"wrote {out_dir / 'gpu_memory.md'}")
+            rows.append({"case": case.__name__, "error": str(exc)[:80]})
+    store = args.out / f"{NAME}.json"
+    earlier = store if store.is_file() else rio.RESULTS / store.name
+    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
+    run = rio.new_run(args.label or f"Run {n}", argv)
+    run.update(seconds=time.time() - t0, rows=rows)
+    data = rio.store_run(store, run, args.append)
+    rio.write_text(args.out / f"{NAME}.md", render(data))
 
 
 if __name__ == "__main__":

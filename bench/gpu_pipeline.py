@@ -1,8 +1,10 @@
 """Whole-pipeline accelerator peaks (weights + activations), diffusers' default call vs `vidrt.render`, for a
 lent GPU. Random weights from the shipped configs (vidrt/models/known_configs): memory needs no training.
 
-    PYTHONUNBUFFERED=1 python bench/gpu_pipeline.py          # writes $OUT/gpu_pipeline.md (or bench/results/)
-    python bench/gpu_pipeline.py --tiny                      # the same code path on tiny models on the CPU
+    PYTHONUNBUFFERED=1 python bench/gpu_pipeline.py   # writes bench/results/gpu_pipeline.json, renders .md
+    python bench/gpu_pipeline.py wan --append         # one case, added to the JSON as a new run
+    python bench/gpu_pipeline.py --tiny               # the same code path on tiny models on the CPU (*_tiny.*)
+    python bench/gpu_pipeline.py --report-only        # re-render gpu_pipeline.md from the JSON (no GPU)
 
 Cases (2 denoising steps: the peak does not grow with the step count):
 - AnimateDiff SD1.5 + motion adapter v1-5-2, 16x512x512 fp16, CFG 7.5: diffusers `pipe(...)` with the whole
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
@@ -31,9 +32,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io as rio  # noqa: E402
+
+NAME = "gpu_pipeline"
 KNOWN = ROOT / "vidrt" / "models" / "known_configs"
 GiB = 2 ** 30
-ROWS: list[str] = []
+ROWS: list[dict] = []
+STEPS = 2
+WAN_TE_LAYERS = 1        # the stand-in text encoder's layers (UMT5-XXL has 24)
 
 
 def cfg(model: str, sub: str = "", name: str = "config.json") -> dict:
@@ -79,7 +87,7 @@ def wan_pipe(dtype, device, tiny: bool):
     wan = "Wan-AI--Wan2.1-T2V-1.3B-Diffusers"
     tokenizer = word_tokenizer(style="t5", model_max_length=512)
     te_cfg = cfg(wan, "text_encoder")
-    te_cfg.update(num_layers=1, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    te_cfg.update(num_layers=WAN_TE_LAYERS, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
     with torch.device(device):
         transformer = WanTransformer3DModel.from_config(cfg(wan, "transformer"))
@@ -136,8 +144,8 @@ def _count_frames(path, frames, fps, size) -> int:
 def vidrt_render(pipe, family: str, shape: dict, memory: dict, device, workdir: Path, dtype_name: str):
     import importlib.util
 
-    from vidrt.run import render as runner
     from vidrt.config import RenderConfig
+    from vidrt.run import render as runner
     from vidrt.run.render import render
 
     if importlib.util.find_spec("imageio_ffmpeg") is None:
@@ -158,7 +166,7 @@ def case(name: str, build, family: str, call: dict, shape: dict, device, dtype, 
     pipe = build(dtype, device)
     base, secs, frames = diffusers_default(pipe, call, device)
     print(f"{name}: diffusers default {base / GiB:.3f} GiB ({secs:.1f} s, frames {tuple(frames.shape)})", flush=True)
-    ROWS.append(f"| {name} | diffusers `pipe(...)`, all on the GPU | {base / GiB:.3f} | 1.00x | {secs:.1f} | |")
+    ROWS.append({"case": name, "variant": "diffusers", "peak_gib": base / GiB, "lower": 1.0, "seconds": secs})
     del frames
     for label, memory in variants.items():
         if memory.get("offload") == "group":
@@ -166,30 +174,60 @@ def case(name: str, build, family: str, call: dict, shape: dict, device, dtype, 
         else:
             pipe.to(device)
         try:
-            peak, secs, stages, applied = vidrt_render(pipe, family, shape, memory, device, workdir, dtype_name)
-        except Exception as exc:  # one failing variant must not cost the others their (lent, timed) run
+            peak, secs, stages, _ = vidrt_render(pipe, family, shape, memory, device, workdir, dtype_name)
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not cost the others their (lent) run
             traceback.print_exc()
-            ROWS.append(f"| {name} | vidrt, {label} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} "
-                        f"| | | |")
+            ROWS.append({"case": name, "variant": f"vidrt, {label}", "memory": memory,
+                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"})
             continue
-        st = ", ".join(f"{k} {v / GiB:.3f}" for k, v in stages.items())
-        print(f"{name}: vidrt {label} {peak / GiB:.3f} GiB ({base / max(peak, 1):.2f}x lower, {secs:.1f} s) "
-              f"stages: {st}", flush=True)
-        ROWS.append(f"| {name} | vidrt, {label} | {peak / GiB:.3f} | {base / max(peak, 1):.2f}x | {secs:.1f} | {st} |")
+        print(f"{name}: vidrt {label} {peak / GiB:.3f} GiB ({base / max(peak, 1):.2f}x lower, {secs:.1f} s)", flush=True)
+        ROWS.append({"case": name, "variant": f"vidrt, {label}", "memory": memory, "peak_gib": peak / GiB,
+                     "lower": base / max(peak, 1), "seconds": secs, "stages": {k: v / GiB for k, v in stages.items()}})
     del pipe
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+# ------------------------------------------------------------------------------------------- report
+def row_line(r: dict) -> str:
+    run = "diffusers `pipe(...)`, all on the GPU" if r["variant"] == "diffusers" else r["variant"]
+    if "error" in r:
+        return f"| {r['case']} | {run} | failed: {r['error']} | | | |"
+    stages = ", ".join(f"{k} {v:.3f}" for k, v in r.get("stages", {}).items())
+    return f"| {r['case']} | {run} | {r['peak_gib']:.3f} | {r['lower']:.2f}x | {r['seconds']:.1f} | {stages} |"
+
+
+def render(data: dict, name: str = NAME) -> str:
+    lines = ["# Whole-pipeline peaks, diffusers vs vidrt (bench/gpu_pipeline.py)", "",
+             rio.provenance("bench/gpu_pipeline.py", name, data, " --tiny" if name.endswith("_tiny") else ""), ""]
+    for run in data["runs"]:
+        lines += [*rio.run_heading(run),
+                  f"Random weights from the shipped configs (vidrt/models/known_configs), {run['steps']} steps, CFG on. "
+                  "Peak = max allocated over the whole call (weights + activations). Wan's text encoder is a "
+                  f"{run['wan_text_encoder_layers']}-layer stand-in at UMT5-XXL width (see the docstring).", "",
+                  "| case | run | peak GiB | lower than diffusers | s | vidrt stage peaks (GiB) |",
+                  "|---|---|---|---|---|---|", *[row_line(r) for r in run["rows"]], ""]
+        lines += rio.notes_block(run.get("notes", []), rio.RUN_NOTES)
+    lines += rio.notes_block(data.get("notes", []))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models, small shapes, CPU (a dry run of this script)")
     ap.add_argument("cases", nargs="*", default=["animatediff", "wan"])
-    args = ap.parse_args()
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    if not args.tiny and device.type != "cuda":
-        sys.exit("error: no CUDA device (use --tiny for a CPU dry run)")
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
+    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
+    rio.add_output_args(ap, NAME)
+    args = ap.parse_args(argv)
+    if args.report_only:
+        name = f"{NAME}_tiny" if args.tiny else NAME
+        rio.write_text(args.out / f"{name}.md", render(rio.read_json(rio.source_json(args, name)), name))
+        return
+    if not args.tiny:
+        rio.check_cuda("bench/gpu_pipeline.py (use --tiny for a CPU dry run)")
+    device = torch.device("cpu" if args.tiny else "cuda")
     half, bf16 = (torch.float32, torch.float32) if args.tiny else (torch.float16, torch.bfloat16)
     workdir = Path(tempfile.mkdtemp(prefix="vidrt-gpu-pipeline-"))
     (workdir / "model_index.json").write_text("{}")
@@ -198,33 +236,31 @@ def main() -> None:
     if "animatediff" in args.cases:
         size, frames = (32, 4) if args.tiny else (512, 16)
         call = dict(prompt="a red circle moves left", negative_prompt="", num_frames=frames, height=size, width=size,
-                    num_inference_steps=2, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0))
-        shape = dict(frames=frames, height=size, width=size, steps=2, guidance=7.5)
+                    num_inference_steps=STEPS, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0))
+        shape = dict(frames=frames, height=size, width=size, steps=STEPS, guidance=7.5)
         case(f"AnimateDiff {frames}x{size}x{size}", lambda d, dev: animatediff_pipe(d, dev, args.tiny),
              "animatediff", call, shape, device, half, "float32" if args.tiny else "float16",
              {"weights resident": resident, "group offload": offload}, workdir)
     if "wan" in args.cases:
         (h, w, f) = (32, 32, 5) if args.tiny else (480, 832, 81)
         call = dict(prompt="a red circle moves left", negative_prompt="", num_frames=f, height=h, width=w,
-                    num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(0))
-        shape = dict(frames=f, height=h, width=w, steps=2, guidance=5.0)
+                    num_inference_steps=STEPS, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(0))
+        shape = dict(frames=f, height=h, width=w, steps=STEPS, guidance=5.0)
         tiled = dict(resident, vae_tiling="on")
         case(f"Wan 1.3B {f}x{h}x{w}", lambda d, dev: wan_pipe(d, dev, args.tiny), "wan", call, shape, device,
              bf16, "float32" if args.tiny else "bfloat16",
              {"weights resident, VAE tiled": tiled, "group offload, VAE tiled": dict(offload, vae_tiling="on")},
              workdir)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (--tiny dry run)"
-    text = [f"# Whole-pipeline peaks on {name} (torch {torch.__version__}), bench/gpu_pipeline.py", "",
-            "Random weights from vidrt/models/known_configs, 2 steps, CFG on. Peak = max allocated over the whole call "
-            "(weights + activations). Wan's text encoder is a 1-layer stand-in at UMT5-XXL width (see the "
-            "docstring).", "",
-            "| case | run | peak GiB | lower than diffusers | s | vidrt stage peaks (GiB) |",
-            "|---|---|---|---|---|---|", *ROWS, ""]
-    out = Path(os.environ.get("OUT", ROOT / "bench" / "results")) / ("gpu_pipeline_tiny.md" if args.tiny
-                                                                      else "gpu_pipeline.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(text))
-    print(f"wrote {out}")
+    name = f"{NAME}_tiny" if args.tiny else NAME
+    store = args.out / f"{name}.json"
+    earlier = store if store.is_file() else rio.RESULTS / store.name
+    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
+    run = rio.new_run(args.label or f"Run {n}" + (" (--tiny dry run on the CPU)" if args.tiny else ""), argv)
+    run.update(steps=STEPS, wan_text_encoder_layers=WAN_TE_LAYERS, rows=ROWS)
+    data = rio.store_run(store, run, args.append)
+    text = render(data, name)
+    rio.write_text(args.out / f"{name}.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

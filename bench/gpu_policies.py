@@ -4,8 +4,9 @@ policy's state costs in accelerator memory. Random weights from vidrt/models/kno
 this run fixes each policy's skip pattern by forcing its gate open (threshold = inf), which leaves every cost a
 real gate has: the first block, the gate arithmetic, the fp32 histories, the forecast.
 
-    PYTHONUNBUFFERED=1 python bench/gpu_policies.py            # writes $OUT/gpu_policies.md (or bench/results/)
-    python bench/gpu_policies.py --tiny                        # the same code on a tiny Wan on the CPU
+    PYTHONUNBUFFERED=1 python bench/gpu_policies.py   # writes bench/results/gpu_policies.json, renders .md
+    python bench/gpu_policies.py --tiny               # the same code on a tiny Wan on the CPU (*_tiny.*)
+    python bench/gpu_policies.py --report-only        # re-render gpu_policies.md from the JSON (no GPU)
 
 Per run: the denoising loop of WanPipeline (prompt embeddings given, latents out: no text encoder, no VAE),
 CFG 5, the same seed. Columns: block evaluations full / method (counted by the policy controller), wall time
@@ -15,7 +16,6 @@ and the state the policy holds at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 MiB = 2 ** 20
+NAME = "gpu_policies"
 
+import results_io as rio  # noqa: E402
 from gpu_pipeline import cfg  # noqa: E402
-from policies import wan_tokens  # noqa: E402
 
 
 def build(tiny: bool, device, dtype):
@@ -69,6 +70,32 @@ def methods():
     yield "diffusers FirstBlockCache (threshold=inf)", None, lambda: FirstBlockCacheConfig(threshold=inf)
 
 
+def render(data: dict, name: str = NAME) -> str:
+    lines = ["# Step policies on a full-size denoiser (bench/gpu_policies.py)", "",
+             rio.provenance("bench/gpu_policies.py", name, data, " --tiny" if name.endswith("_tiny") else ""), ""]
+    for run in data["runs"]:
+        c = run["settings"]
+        lines += [*rio.run_heading(run),
+                  f"{c['model']}: {c['frames']}x{c['height']}x{c['width']}"
+                  + (f" ({c['tokens']} tokens)" if c.get("tokens") else "")
+                  + f", {c['steps']} steps, CFG {c['guidance']:g}, "
+                  f"{c['dtype']}, {c['blocks']} blocks. Gates forced open, so the skip pattern is each policy's "
+                  "densest (see the docstring); *saved* = block evaluations full / method (a block counts when its "
+                  "self-attention runs), *speed* = wall time full / method, *extra* = peak allocated minus the full "
+                  "run's peak.", "",
+                  "| method | saved | speed | s | extra MiB | state MiB |", "|---|---|---|---|---|---|"]
+        for r in run["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['label']} | error: {r['error']} | | | | |")
+            else:
+                lines.append(f"| {r['label']} | {r['saved']:.2f}x | {r['speed']:.2f}x | {r['seconds']:.1f} | "
+                             f"{r['extra_mib']:.0f} | {r['state_mib']:.0f} |")
+        lines.append("")
+        lines += rio.notes_block(run.get("notes", []), rio.RUN_NOTES)
+    lines += rio.notes_block(data.get("notes", []))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny Wan on the CPU (checks the code path)")
@@ -76,7 +103,16 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
+    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
+    rio.add_output_args(ap, NAME)
     args = ap.parse_args(argv)
+    if args.report_only:
+        name = f"{NAME}_tiny" if args.tiny else NAME
+        rio.write_text(args.out / f"{name}.md", render(rio.read_json(rio.source_json(args, name)), name))
+        return 0
+    if not args.tiny:
+        rio.check_cuda("bench/gpu_policies.py (use --tiny for a CPU run)")
 
     from vidrt.engine.policies import enable_policy, disable_policy, policy_stats
 
@@ -141,28 +177,22 @@ def main(argv=None) -> int:
             traceback.print_exc()
             rows.append(dict(label=label, error=traceback.format_exc(limit=1).strip().splitlines()[-1]))
 
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    tokens = 0 if args.tiny else wan_tokens(pipe, args.frames, args.height, args.width)
-    lines = [f"# Step policies on {'a tiny Wan' if args.tiny else 'Wan 2.1 T2V 1.3B (random weights)'}, {dev}",
-             "",
-             f"bench/gpu_policies.py: {args.frames}x{args.height}x{args.width}"
-             f"{f' ({tokens} tokens)' if tokens else ''}, {args.steps} steps, CFG 5, {str(dtype).split('.')[-1]}, "
-             f"{n_blocks} blocks, torch {torch.__version__}. Gates forced open, so the skip pattern is each policy's "
-             "densest (see the docstring); *saved* = block evaluations full / method (a block counts when its self-attention runs), "
-             "*speed* = wall time full / method, *extra* = peak allocated minus the full run's peak.",
-             "",
-             "| method | saved | speed | s | extra MiB | state MiB |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['label']} | error: {r['error']} | | | | |")
-        else:
-            lines.append(f"| {r['label']} | {r['saved']:.2f}x | {r['speed']:.2f}x | {r['seconds']:.1f} | "
-                         f"{r['extra_mib']:.0f} | {r['state_mib']:.0f} |")
-    out_dir = Path(os.environ.get("OUT") or ROOT / "bench" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = "gpu_policies_tiny.md" if args.tiny else "gpu_policies.md"
-    (out_dir / name).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from policies import wan_tokens
+
+    settings = {"model": "a tiny Wan" if args.tiny else "Wan 2.1 T2V 1.3B (random weights)", "frames": args.frames,
+                "height": args.height, "width": args.width,
+                "tokens": 0 if args.tiny else wan_tokens(pipe, args.frames, args.height, args.width),
+                "steps": args.steps, "guidance": 5.0, "dtype": str(dtype).split(".")[-1], "blocks": n_blocks}
+    name = f"{NAME}_tiny" if args.tiny else NAME
+    store = args.out / f"{name}.json"
+    earlier = store if store.is_file() else rio.RESULTS / store.name
+    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
+    run = rio.new_run(args.label or f"Run {n}", argv)
+    run.update(settings=settings, rows=rows)
+    data = rio.store_run(store, run, args.append)
+    text = render(data, name)
+    rio.write_text(args.out / f"{name}.md", text)
+    print(text)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Simulated vs real CUDA memory peaks on full-size models with random weights (about 2-3 minutes on one H100).
 
-    OUT=bench/results python bench/gpu_profile.py        # writes $OUT/gpu_profile.md
+    python bench/gpu_profile.py                 # writes bench/results/gpu_profile.json and renders .md
+    python bench/gpu_profile.py --report-only   # re-render gpu_profile.md from the JSON (no GPU)
 
 For each case the same forward runs twice: for real on the GPU (weights initialised on the device, random),
 measured with torch.cuda.max_memory_allocated minus the bytes allocated before the forward; and simulated
@@ -17,8 +18,8 @@ The simulated forward runs every layer (no layer reduction) so the comparison is
 """
 from __future__ import annotations
 
+import argparse
 import gc
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,15 +29,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from vidrt.memory.simulate.fake import cast_  # noqa: E402
-from vidrt.models.known import build_module, components_from_folder, known_dir  # noqa: E402
-from vidrt.memory.tracker import MemoryTracker  # noqa: E402
+import results_io as rio  # noqa: E402
 
+NAME = "gpu_profile"
 GiB = 1024 ** 3
 
 
 def wan_case(device, fake: bool):
+    from vidrt.memory.simulate.fake import cast_
+    from vidrt.models.known import build_module, components_from_folder, known_dir
+
     comps = components_from_folder(known_dir("Wan-AI/Wan2.1-T2V-1.3B-Diffusers"))
     model = cast_(build_module(comps["transformer"]), torch.bfloat16)
     dev = "cpu" if fake else device
@@ -50,11 +54,12 @@ def wan_case(device, fake: bool):
 def animatediff_case(device, fake: bool):
     from diffusers import UNetMotionModel
 
+    from vidrt.memory.simulate.fake import cast_
+    from vidrt.models.known import Component, build_module, components_from_folder, known_dir
+
     sd = components_from_folder(known_dir("stable-diffusion-v1-5/stable-diffusion-v1-5"))
     adapter_cfg = __import__("json").loads(
         (known_dir("guoyww/animatediff-motion-adapter-v1-5-2") / "config.json").read_text())
-    from vidrt.models.known import Component
-
     unet2d = build_module(sd["unet"])
     motion = build_module(Component("diffusers", "MotionAdapter", adapter_cfg))
     stand_in = SimpleNamespace(config=dict(motion.config), to=lambda *a, **k: None)
@@ -103,6 +108,8 @@ def real_peak(case, sliced: bool) -> tuple[int, float] | None:
 def simulated_peak(case, sliced: bool) -> tuple[int, float] | None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from vidrt.memory.tracker import MemoryTracker
+
     t0 = time.perf_counter()
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         model, inputs, chunks = case("cpu", fake=True)
@@ -116,13 +123,16 @@ def simulated_peak(case, sliced: bool) -> tuple[int, float] | None:
     return mem.stages[0]["activation_bytes"], time.perf_counter() - t0
 
 
-def pipeline_stages() -> list[str]:
+def pipeline_stages() -> dict:
     """Whole Wan 1.3B T2V run (UMT5-XXL text encoding with CFG, one denoising step = two transformer calls,
     VAE decode), 81x480x832 bf16, every model resident (offload none): the real stage peaks measured with
     vidrt's CUDA tracker vs `vidrt.simulate` of the same config."""
     from vidrt.memory.simulate import MemorySettings, simulate
     from vidrt.memory.simulate.fake import build_modules
+    from vidrt.memory.tracker import MemoryTracker
     from vidrt.models import get_adapter
+    from vidrt.models.known import components_from_folder, known_dir
+    from vidrt.models.simulation import SimParams
 
     path = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     cfg = SimpleNamespace(model=SimpleNamespace(family="wan", path=path, dtype="bfloat16", motion_adapter=None),
@@ -140,32 +150,88 @@ def pipeline_stages() -> list[str]:
     mem = MemoryTracker("cuda", timeline=False)
     t0 = time.perf_counter()
     with torch.device("cuda"), torch.no_grad(), mem:
-        adapter.simulate_stages(mem, mods, SimpleNamespace(
+        adapter.simulate_stages(mem, mods, SimParams(
             frames=81, height=480, width=832, cfg=True, guidance=5.0, dtype=torch.bfloat16, with_image=False,
-            text_len=512, denoise_variants=None, decode_variants=None, fast_cfg=False))
+            text_len=512))
     real_secs = time.perf_counter() - t0
-    rows = []
+    stages = []
     for real in mem.stages:
         s = sim.stage(real["name"])
-        err = (s["peak_bytes"] - real["peak_bytes"]) / real["peak_bytes"] * 100
-        rows.append(f"| {real['name']} | {real['peak_bytes'] / GiB:.3f} | {s['peak_bytes'] / GiB:.3f} | {err:+.1f} % | "
-                    f"{real['activation_bytes'] / GiB:.3f} | {s['activation_bytes'] / GiB:.3f} |")
-    err = (sim.peak_bytes - mem.peak_bytes) / mem.peak_bytes * 100
-    rows.append(f"| **run** | **{mem.peak_bytes / GiB:.3f}** | **{sim.peak_bytes / GiB:.3f}** | {err:+.1f} % | | |")
+        stages.append({"stage": real["name"], "real_peak_gib": real["peak_bytes"] / GiB,
+                       "sim_peak_gib": s["peak_bytes"] / GiB,
+                       "error_pct": (s["peak_bytes"] - real["peak_bytes"]) / real["peak_bytes"] * 100,
+                       "real_activation_gib": real["activation_bytes"] / GiB,
+                       "sim_activation_gib": s["activation_bytes"] / GiB})
     del mods
     torch.cuda.empty_cache()
-    return ["", "## Whole pipeline: Wan 1.3B T2V, 81x480x832 bf16, CFG, all models resident", "",
-            f"Real run {real_secs:.1f} s on the GPU; `vidrt.simulate` {sim_secs:.1f} s on the CPU.", "",
-            "| stage | real peak GiB | simulated peak GiB | error | real activations GiB | simulated activations GiB |",
-            "|---|---|---|---|---|---|", *rows]
+    return {"title": "Wan 1.3B T2V, 81x480x832 bf16, CFG, all models resident", "real_s": real_secs,
+            "sim_s": sim_secs, "stages": stages,
+            "run": {"real_peak_gib": mem.peak_bytes / GiB, "sim_peak_gib": sim.peak_bytes / GiB,
+                    "error_pct": (sim.peak_bytes - mem.peak_bytes) / mem.peak_bytes * 100}}
 
 
-def main() -> None:
-    if not torch.cuda.is_available():
-        sys.exit("gpu_profile.py needs a CUDA device")
-    out_dir = Path(os.environ.get("OUT", ROOT / "bench/results"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+# ------------------------------------------------------------------------------------------- report
+def reading(run: dict) -> str:
+    """The run's agreement in one sentence, computed from its numbers."""
+    fwd = max(abs(r["error_pct"]) for r in run["forwards"]) if run.get("forwards") else None
+    text = f"Per-forward peaks agree within {fwd:.1f} %." if fwd is not None else ""
+    pipe = run.get("pipeline")
+    if pipe:
+        gaps = sorted(pipe["stages"], key=lambda s: s["sim_activation_gib"] - s["real_activation_gib"])
+        under = [s for s in gaps if s["real_activation_gib"] - s["sim_activation_gib"] >= 0.005]
+        text += (f" In the whole pipeline the simulated run peak is off by {pipe['run']['error_pct']:+.1f} %, "
+                 f"stages by {min(s['error_pct'] for s in pipe['stages']):+.1f} % to "
+                 f"{max(s['error_pct'] for s in pipe['stages']):+.1f} %")
+        if under:
+            text += ("; activations the simulation does not see: " + ", ".join(
+                f"{s['stage']} +{s['real_activation_gib'] - s['sim_activation_gib']:.2f} GiB" for s in under))
+        text += "."
+    return text.strip()
+
+
+def render(data: dict) -> str:
+    lines = ["# Simulated vs real CUDA activation peaks (full size, random weights)", "",
+             rio.provenance("bench/gpu_profile.py", NAME, data), "",
+             "Real = max_memory_allocated during one forward minus memory_allocated before it (after a warm-up "
+             "forward); simulated = vidrt's dispatch tracker on FakeTensorMode CPU tensors, same model and "
+             "inputs, every layer run.", ""]
+    for run in data["runs"]:
+        lines += [*rio.run_heading(run),
+                  "| case | slicing | real GiB | simulated GiB | error | real forward s | simulation s |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in run.get("forwards", []):
+            lines.append(f"| {r['case']} | {r['slicing']} | {r['real_gib']:.3f} | {r['sim_gib']:.3f} | "
+                         f"{r['error_pct']:+.1f} % | {r['real_s']:.2f} | {r['sim_s']:.1f} |")
+        pipe = run.get("pipeline")
+        if pipe:
+            lines += ["", f"### Whole pipeline: {pipe['title']}", "",
+                      f"Real run {pipe['real_s']:.1f} s on the GPU; `vidrt.simulate` {pipe['sim_s']:.1f} s on the CPU.", "",
+                      "| stage | real peak GiB | simulated peak GiB | error | real activations GiB | "
+                      "simulated activations GiB |", "|---|---|---|---|---|---|"]
+            for s in pipe["stages"]:
+                lines.append(f"| {s['stage']} | {s['real_peak_gib']:.3f} | {s['sim_peak_gib']:.3f} | "
+                             f"{s['error_pct']:+.1f} % | {s['real_activation_gib']:.3f} | {s['sim_activation_gib']:.3f} |")
+            r = pipe["run"]
+            lines.append(f"| **run** | **{r['real_peak_gib']:.3f}** | **{r['sim_peak_gib']:.3f}** | "
+                         f"{r['error_pct']:+.1f} % | | |")
+        lines += ["", f"Reading (computed): {reading(run)}", ""]
+        lines += rio.notes_block(run.get("notes", []), rio.RUN_NOTES)
+    lines += rio.notes_block(data.get("notes", []))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-pipeline", action="store_true", help="only the single forwards")
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
+    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
+    rio.add_output_args(ap, NAME)
+    args = ap.parse_args(argv)
+    if args.report_only:
+        rio.write_text(args.out / f"{NAME}.md", render(rio.read_json(rio.source_json(args, NAME))))
+        return
+    rio.check_cuda("bench/gpu_profile.py")
+    forwards = []
     cases = [("Wan2.1 1.3B transformer, 81x480x832 bf16, 1 forward", wan_case),
              ("SD1.5 UNet + MotionAdapter, 16x512x512 fp16, CFG batch 2", animatediff_case)]
     for label, case in cases:
@@ -174,21 +240,21 @@ def main() -> None:
             if real is None:
                 continue
             sim = simulated_peak(case, sliced)
-            err = (sim[0] - real[0]) / real[0] * 100
-            rows.append(f"| {label} | {'sliced' if sliced else 'unsliced'} | {real[0] / GiB:.3f} | "
-                        f"{sim[0] / GiB:.3f} | {err:+.1f} % | {real[1]:.2f} | {sim[1]:.1f} |")
-            print(rows[-1], flush=True)
-    text = ["# Simulated vs real CUDA activation peaks (full size, random weights)", "",
-            f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}. Real = "
-            "max_memory_allocated during one forward minus memory_allocated before it (after a warm-up "
-            "forward); simulated = vidrt's dispatch tracker on FakeTensorMode CPU tensors, same model and "
-            "inputs, every layer run. `python bench/gpu_profile.py`.", "",
-            "| case | slicing | real GiB | simulated GiB | error | real forward s | simulation s |",
-            "|---|---|---|---|---|---|---|", *rows]
-    if "--no-pipeline" not in sys.argv:
-        text += pipeline_stages()
-    (out_dir / "gpu_profile.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+            forwards.append({"case": label, "slicing": "sliced" if sliced else "unsliced", "real_gib": real[0] / GiB,
+                             "sim_gib": sim[0] / GiB, "error_pct": (sim[0] - real[0]) / real[0] * 100,
+                             "real_s": real[1], "sim_s": sim[1]})
+            print(forwards[-1], flush=True)
+    store = args.out / f"{NAME}.json"
+    earlier = store if store.is_file() else rio.RESULTS / store.name
+    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
+    run = rio.new_run(args.label or f"Run {n}", argv)
+    run["forwards"] = forwards
+    if not args.no_pipeline:
+        run["pipeline"] = pipeline_stages()
+    data = rio.store_run(store, run, args.append)
+    text = render(data)
+    rio.write_text(args.out / f"{NAME}.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

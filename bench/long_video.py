@@ -1,7 +1,8 @@
 """Long videos on one device: denoiser activation peak and VAE-decode host memory at 1x, 4x and 8x the
 model's native frame count (context windows + streamed decode), and resume-after-kill equality.
 
-    python bench/long_video.py [--config samples/tiny.yaml] [--steps 8] [--out bench/results/long_video.md]
+    python bench/long_video.py [--config samples/tiny.yaml] [--steps 8] [--out bench/results]
+    python bench/long_video.py --report-only    # re-render long_video.md from long_video.json
 
 All numbers come from one run of this script, side by side. Memory is measured with vidrt's tracker
 (live tensor bytes on the CPU; allocator statistics on CUDA).
@@ -14,15 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import vidrt.run.render as runner  # noqa: E402
-from vidrt.run.checkpoint import StepCheckpointer  # noqa: E402
-from vidrt.cli import _quiet_libraries  # noqa: E402
-from vidrt.config import load_config  # noqa: E402
-from vidrt.models import get_adapter  # noqa: E402
+import results_io as rio  # noqa: E402
+
+NAME = "long_video"
 
 
 def frames_for(adapter, native: int, mult: int) -> int:
@@ -35,12 +33,24 @@ class Killed(Exception):
     pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="samples/tiny.yaml")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/long_video.md"))
-    args = parser.parse_args()
+    rio.add_output_args(parser, NAME)
+    args = parser.parse_args(argv)
+    if args.report_only:
+        rio.write_text(args.out / f"{NAME}.md", render(rio.read_json(rio.source_json(args, NAME))))
+        return
+
+    import numpy as np
+
+    import vidrt.run.render as runner
+    from vidrt.cli import _quiet_libraries
+    from vidrt.config import load_config
+    from vidrt.models import get_adapter
+    from vidrt.run.checkpoint import StepCheckpointer
+
     _quiet_libraries()
 
     base = load_config(args.config, [f"steps={args.steps}"])
@@ -101,25 +111,47 @@ def main() -> None:
                 base.model.path, frames=frames, height=base.height, width=base.width, loop_on_host=host,
                 steps=2, guidance=base.guidance) for host in (False, True)}))
 
-    base_act, base_vae = rows[0][3], rows[0][4]
+    data = dict(rio.metadata(argv), config=args.config, model=str(base.model.path), family=base.model.family,
+                native=native, height=base.height, width=base.width, steps=args.steps, guidance=base.guidance,
+                rows=[dict(mult=mult, frames=frames, windows=(long_info or {}).get("windows", 1),
+                           denoise_activation_bytes=act, vae_decode_peak_bytes=vae_peak,
+                           vae_decode_activation_bytes=vae_act, seconds=seconds)
+                      for mult, frames, long_info, act, vae_peak, vae_act, seconds in rows],
+                resume=dict(kill_step=k, steps=args.steps, frames=frames_for(adapter, native, 4),
+                            max_abs_diff=resume_diff),
+                simulated=[dict(mult=mult, frames=frames, windows=r[True]["windows"],
+                                loop_on_device_bytes=r[False]["accelerator_peak_bytes"],
+                                loop_on_host_bytes=r[True]["accelerator_peak_bytes"])
+                           for mult, frames, r in sim_rows])
+    rio.write_json(args.out / f"{NAME}.json", data)
+    text = render(data)
+    print(text)
+    rio.write_text(args.out / f"{NAME}.md", text)
+
+
+def render(data: dict) -> str:
+    rows, sim = data["rows"], data["simulated"]
+    base_act, base_vae = rows[0]["denoise_activation_bytes"], rows[0]["vae_decode_peak_bytes"]
     lines = [
         "# Long videos: context windows + streamed VAE decode",
         "",
-        f"Model: `{base.model.path}` ({base.model.family}, native {native} frames), {base.height}x{base.width}, "
-        f"{args.steps} steps, CFG {base.guidance}, CPU tracker (live tensor bytes). One run of "
-        "`python bench/long_video.py`.",
+        rio.provenance("bench/long_video.py", NAME, data),
+        "",
+        f"Model: `{data['model']}` ({data['family']}, native {data['native']} frames), {data['height']}x{data['width']}, "
+        f"{data['steps']} steps, CFG {data['guidance']}, CPU tracker (live tensor bytes), all from one run.",
         "",
         "| length | frames | windows | denoise activations | ratio vs 1x | VAE decode peak (host) | ratio vs 1x | wall s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for mult, frames, long_info, act, vae_peak, vae_act, seconds in rows:
-        windows = (long_info or {}).get("windows", 1)
-        lines.append(f"| {mult}x | {frames} | {windows} | {act / 2**20:.3f} MiB | {act / base_act:.2f}x | "
-                     f"{vae_peak / 2**20:.3f} MiB | {vae_peak / base_vae:.2f}x | {seconds:.1f} |")
-    lines += ["", f"Resume after a kill at step {k}/{args.steps} ({frames_for(adapter, native, 4)} frames): "
-              f"max abs difference of frames vs the uninterrupted run = **{resume_diff}**.", ""]
-    if sim_rows:
-        dev0, host0 = (sim_rows[0][2][h]["accelerator_peak_bytes"] for h in (False, True))
+    for r in rows:
+        act, vae_peak = r["denoise_activation_bytes"], r["vae_decode_peak_bytes"]
+        lines.append(f"| {r['mult']}x | {r['frames']} | {r['windows']} | {act / 2**20:.3f} MiB | {act / base_act:.2f}x | "
+                     f"{vae_peak / 2**20:.3f} MiB | {vae_peak / base_vae:.2f}x | {r['seconds']:.1f} |")
+    res = data["resume"]
+    lines += ["", f"Resume after a kill at step {res['kill_step']}/{res['steps']} ({res['frames']} frames): "
+              f"max abs difference of frames vs the uninterrupted run = **{res['max_abs_diff']}**.", ""]
+    if sim:
+        dev0, host0 = sim[0]["loop_on_device_bytes"], sim[0]["loop_on_host_bytes"]
         lines += [
             "## Accelerator memory of the denoise loop (simulated)",
             "",
@@ -128,20 +160,17 @@ def main() -> None:
             "result) together with one window's activations. On an accelerator `long.loop_on_host` (auto) keeps "
             "the loop on the host. The real `WanPipeline` loop below runs under FakeTensorMode with the "
             "transformer on a stand-in accelerator (the meta device; sliced; 2 steps, CFG) and the tracker's "
-            "counter counting only its storages (`vidrt/memory/simulate_long.py`).",
+            "counter counting only its storages (`vidrt/memory/simulate/long.py`).",
             "",
             "| length | frames | windows | loop on the accelerator | ratio vs 1x | loop on the host | ratio vs 1x |",
             "|---|---|---|---|---|---|---|",
         ]
-        for mult, frames, r in sim_rows:
-            dev, host = r[False]["accelerator_peak_bytes"], r[True]["accelerator_peak_bytes"]
-            lines.append(f"| {mult}x | {frames} | {r[True]['windows']} | {dev / 2**20:.3f} MiB | {dev / dev0:.2f}x | "
+        for r in sim:
+            dev, host = r["loop_on_device_bytes"], r["loop_on_host_bytes"]
+            lines.append(f"| {r['mult']}x | {r['frames']} | {r['windows']} | {dev / 2**20:.3f} MiB | {dev / dev0:.2f}x | "
                          f"{host / 2**20:.3f} MiB | {host / host0:.2f}x |")
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

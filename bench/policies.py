@@ -14,7 +14,8 @@ nothing about quality on a real model. For every method and every (prompt, seed)
 * extra memory: the largest total size of the tensors the method keeps between steps (policy state /
   diffusers hook state), sampled at every step end.
 
-Writes bench/results/policies.{md,json,png}.
+Writes bench/results/policies.json (with the command, commit, machine and date) and renders policies.md and
+the speed/quality plot policies.png from it; `--report-only` re-renders both from the JSON.
 """
 from __future__ import annotations
 
@@ -31,13 +32,16 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io as rio  # noqa: E402
 
 from vidrt.models import get_adapter  # noqa: E402
 from vidrt.engine.policies import AdaptiveSkip, StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats  # noqa: E402
 from vidrt.core.tensors import tensors_nbytes  # noqa: E402
 from vidrt.engine.policies import attached_policies  # noqa: E402
 
-OUT = ROOT / "bench" / "results"
+NAME = "policies"
 SAMPLE = ROOT / "samples" / "tiny-wan"
 PROMPTS = [
     "a red circle moves right on a blue background",
@@ -243,9 +247,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=8, help="(prompt, seed) cases, the same for every method")
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="fewer sweep points (smoke run)")
-    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--model", type=Path, default=SAMPLE, help="a Wan pipeline folder (default samples/tiny-wan)")
+    rio.add_output_args(ap, NAME)
     args = ap.parse_args(argv)
+    if args.report_only:
+        data = rio.read_json(rio.source_json(args, NAME))
+        write_md(data, args.out / "policies.md")
+        plot(data["main"] + data["sweep"], args.out / "policies.png", data["meta"])
+        return 0
     torch.set_num_threads(1)  # a tiny model on a shared CPU: more threads only add contention
 
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
@@ -400,12 +409,11 @@ def main(argv=None) -> int:
                 steps=steps, guidance=guidance, cases=[list(c) for c in cases], size=size,
                 full_wall_s=[w for _, w in full], torch=torch.__version__, threads=torch.get_num_threads(),
                 hidden_state_bytes=hidden_state_bytes(pipe, size))
-    (args.out / "policies.json").write_text(json.dumps(dict(meta=meta, main=results, sweep=sweep), indent=1,
-                                                       default=lambda o: None if isinstance(o, float) and
-                                                       math.isinf(o) else str(o)))
-    plot(results + sweep, args.out / "policies.png", meta)
-    write_md(meta, results, sweep, args.out / "policies.md")
-    print(f"wrote {args.out / 'policies.md'}")
+    data = dict(rio.metadata(argv), meta=meta, main=results, sweep=sweep)
+    (args.out / "policies.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    data = rio.read_json(args.out / "policies.json")      # render what was stored
+    plot(data["main"] + data["sweep"], args.out / "policies.png", data["meta"])
+    write_md(data, args.out / "policies.md")
     return 0
 
 
@@ -436,7 +444,9 @@ def plot(rows, path: Path, meta) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def _fmt(r) -> str:
@@ -445,8 +455,10 @@ def _fmt(r) -> str:
             f"{r['psnr_min']:.2f} | {r['ssim']:.4f} | {r['state_bytes'] / 1024:.1f} |")
 
 
-def write_md(meta, results, sweep, path: Path) -> None:
-    lines = ["# Step policies: block evaluations saved vs quality", ""]
+def write_md(data: dict, path: Path) -> None:
+    meta, results, sweep = data["meta"], data["main"], data["sweep"]
+    lines = ["# Step policies: block evaluations saved vs quality", "", rio.provenance("bench/policies.py", NAME, data),
+             ""]
     if meta["trained"]:
         lines.append(f"Model: the trained sample model `{meta['model']}` ({meta['blocks']} blocks; its vidrt.json: "
                      f"{meta['size'].get('sample')}).")
@@ -540,7 +552,7 @@ def write_md(meta, results, sweep, path: Path) -> None:
               "the long late steps of a shifted flow-matching schedule are gated harder than the short early ones. "
               "A coasted step costs no block at all, which matters most on a shallow model: here a gated step costs "
               "1 of " + str(meta["blocks"]) + " blocks, on Wan 1.3B 1 of 30."]
-    path.write_text("\n".join(lines) + "\n")
+    rio.write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,27 +11,34 @@ same component configs re-initialised randomly, and reports per pipeline:
 - temporal consistency: mean |frame_t+1 - frame_t| (lower is steadier; the procedural data is a reference);
 - sharpness: variance of the Laplacian (the procedural data is a reference).
 
-Writes a markdown table to bench/results/sample_quality.md and a frame strip to bench/results/sample_strip.png.
+Writes bench/results/sample_quality.json (the numbers, and the three clips of the frame strip as uint8) and
+renders sample_quality.md and the frame strip sample_strip.png from it.
 
     python bench/sample_quality.py [--model samples/tiny-wan] [--n 16] [--steps 25] [--guidance 5]
+    python bench/sample_quality.py --report-only     # re-render the .md and the strip from the JSON
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import results_io as rio  # noqa: E402
 import vidrt_dev.quality as q  # noqa: E402
 from vidrt_dev.sample_data import COLOURS, DIRECTIONS, SHAPES, caption, make_clip, parse_caption  # noqa: E402
+
+NAME = "sample_quality"
+STRIP = "sample_strip.png"
 
 
 def bench_prompts(n: int, seed: int = 1234) -> list[str]:
@@ -49,6 +56,7 @@ def bench_prompts(n: int, seed: int = 1234) -> list[str]:
 
 
 def load_pipeline(path: str):
+    import torch
     from diffusers import WanPipeline
 
     return WanPipeline.from_pretrained(path, torch_dtype=torch.float32)
@@ -56,6 +64,7 @@ def load_pipeline(path: str):
 
 def random_pipeline(path: str, seed: int = 0):
     """The shipped pipeline's configs with freshly initialised (untrained) weights."""
+    import torch
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
@@ -70,6 +79,8 @@ def random_pipeline(path: str, seed: int = 0):
 
 def render(pipe, prompt: str, *, frames: int, height: int, width: int, steps: int, guidance: float,
            seed: int, negative_prompt: str = "") -> np.ndarray:
+    import torch
+
     from vidrt.models import get_adapter
 
     g = torch.Generator("cpu").manual_seed(seed)
@@ -125,17 +136,68 @@ def frame_strip(rows: list[tuple[str, np.ndarray]], path: Path, scale: int = 4) 
     img.save(path)
 
 
+def _encode_clip(video: np.ndarray) -> dict:
+    clip = (np.clip(video, 0, 1) * 255).astype(np.uint8)
+    return {"shape": list(clip.shape), "uint8_base64": base64.b64encode(clip.tobytes()).decode()}
+
+
+def _decode_clip(d: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["uint8_base64"]), np.uint8).reshape(d["shape"])
+
+
+def render_md(data: dict) -> str:
+    sums, timing, cols = data["summary"], data["seconds_per_video"], list(data["summary"])
+    shape = data["shape"]
+    n = len(data["prompts"])
+    lines = [
+        f"# Sample model quality ({data['model_name']})",
+        "",
+        rio.provenance("bench/sample_quality.py", NAME, data),
+        "",
+        f"{n} grammar prompts, {shape['frames']} frames at {shape['height']}x{shape['width']}, "
+        f"{data['steps']} steps, guidance {data['guidance']}, seeds {data['seed']}..{data['seed'] + n - 1}, "
+        f"CPU float32, {data['threads']} thread(s). Random init = same configs, untrained weights. "
+        "Frame strip of the first prompt: [sample_strip.png](sample_strip.png) (procedural data, trained, random).",
+        "",
+        "| metric | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for metric in sums[cols[0]]:
+        lines.append(f"| {metric} | " + " | ".join(f"{sums[c][metric]:.3f}" for c in cols) + " |")
+    lines.append("| render seconds / video | " + " | ".join(
+        f"{timing[c]:.2f}" if c in timing else "-" for c in cols) + " |")
+    lines += ["", "Per prompt (trained): detected colour / direction", "",
+              "| prompt | colour | direction | cos |", "|---|---|---|---|"]
+    for pr, r in zip(data["prompts"], data["per_prompt"]["trained"]):
+        lines.append(f"| {pr} | {r['colour']} | {r['direction']} | {r['direction_cos']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_strip(data: dict, path: Path) -> None:
+    strip = data.get("strip")
+    if strip:
+        frame_strip([(label, _decode_clip(clip).astype(np.float32) / 255) for label, clip in strip], path)
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "samples" / "tiny-wan"))
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sample_quality.md"))
-    ap.add_argument("--strip", default=str(ROOT / "bench" / "results" / "sample_strip.png"))
+    rio.add_output_args(ap, NAME)
     args = ap.parse_args(argv)
+    if args.report_only:
+        data = rio.read_json(rio.source_json(args, NAME))
+        table = render_md(data)
+        rio.write_text(args.out / f"{NAME}.md", table)
+        write_strip(data, args.out / STRIP)
+        return table
+    import torch
+
     torch.set_num_threads(args.threads)
     meta = json.loads((Path(args.model) / "vidrt.json").read_text())
     shape = dict(frames=meta["native_frames"], height=meta["height"], width=meta["width"])
@@ -161,35 +223,24 @@ def main(argv: list[str] | None = None) -> str:
                              background=p["background"], **shape)[0])
     results["procedural data (reference)"] = [measure(v, pr) for v, pr in zip(ref, prompts)]
 
-    sums = {k: summarise(v) for k, v in results.items()}
-    cols = list(sums)
-    lines = [
-        f"# Sample model quality ({Path(args.model).name})",
-        "",
-        f"{len(prompts)} grammar prompts, {shape['frames']} frames at {shape['height']}x{shape['width']}, "
-        f"{args.steps} steps, guidance {args.guidance}, seeds {args.seed}..{args.seed + len(prompts) - 1}, "
-        f"CPU float32. Random init = same configs, untrained weights. Generated by `bench/sample_quality.py`.",
-        "",
-        "| metric | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for metric in sums[cols[0]]:
-        lines.append(f"| {metric} | " + " | ".join(f"{sums[c][metric]:.3f}" for c in cols) + " |")
-    lines.append("| render seconds / video | " + " | ".join(
-        f"{timing[c]:.2f}" if c in timing else "-" for c in cols) + " |")
-    lines += ["", "Per prompt (trained): detected colour / direction", "",
-              "| prompt | colour | direction | cos |", "|---|---|---|---|"]
-    for pr, r in zip(prompts, results["trained"]):
-        lines.append(f"| {pr} | {r['colour']} | {r['direction']} | {r['direction_cos']:.2f} |")
-    table = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    model = Path(args.model).resolve()
+    data = {
+        **rio.metadata(argv), "model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else str(model),
+        "model_name": model.name, "sample": meta, "shape": shape, "steps": args.steps, "guidance": args.guidance,
+        "seed": args.seed, "threads": args.threads, "prompts": prompts,
+        "summary": {k: {m: float(v) for m, v in summarise(rows).items()} for k, rows in results.items()},
+        "seconds_per_video": timing,
+        "per_prompt": {k: [{f: (bool(v) if isinstance(v, (bool, np.bool_)) else
+                               float(v) if isinstance(v, (float, np.floating)) else v) for f, v in r.items()}
+                           for r in rows] for k, rows in results.items()},
+        "strip": [["data", _encode_clip(ref[0])], ["trained", _encode_clip(videos["trained"][0])],
+                  ["random", _encode_clip(videos["random init"][0])]],
+    }
+    rio.write_json(args.out / f"{NAME}.json", data)
+    table = render_md(data)
+    rio.write_text(args.out / f"{NAME}.md", table)
     print(table)
-
-    strip_prompt = 0
-    frame_strip([("data", ref[strip_prompt]), ("trained", videos["trained"][strip_prompt]),
-                 ("random", videos["random init"][strip_prompt])], Path(args.strip))
-    print(f"strip of {prompts[strip_prompt]!r} -> {args.strip}")
+    write_strip(data, args.out / STRIP)
     return table
 
 
