@@ -67,9 +67,9 @@ def test_bad_numbers_and_keys_refused_before_loading(run_cli, tmp_path, monkeypa
 
 
 def test_seed_bound_is_what_torch_generator_accepts():
-    parse_config(load_config_data(), [f"seed={SEED_MAX}"])
-    torch.Generator().manual_seed(SEED_MAX)
-    with pytest.raises((RuntimeError, ValueError)):
+    assert parse_config(load_config_data(), [f"seed={SEED_MAX}"]).seed == SEED_MAX
+    assert torch.Generator().manual_seed(SEED_MAX).initial_seed() == SEED_MAX
+    with pytest.raises((RuntimeError, ValueError)):   # (torch's type and wording vary by version)
         torch.Generator().manual_seed(SEED_MAX + 1)
     with pytest.raises(VidrtError, match="seed"):
         parse_config(load_config_data(), [f"seed={SEED_MAX + 1}"])
@@ -127,13 +127,21 @@ def test_long_render_warns_with_its_work(run_cli, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("frames, window, overlap", [(100001, None, None), (9, None, None), (85, None, None),
                                                      (333, 33, 8), (97, 17, 4), (101, 81, 76)])
-def test_window_count_matches_the_engine(frames, window, overlap):
-    from vidrt.engine.long import window_plan
+def test_window_count_is_the_fewest_windows_that_cover_the_video(frames, window, overlap):
+    """The count the work estimate prints: windows of the planned length cover every latent frame, neighbours
+    share at least the overlap, and one window fewer could not (the total length bounds it from below)."""
+    from vidrt.core.windows import window_plan, window_starts
     from vidrt.models.specs import SPECS
 
-    spec = SPECS["wan"]
-    plan = window_plan(spec, frames, 81, window, overlap)
-    assert spec.window_count(frames, 81, window, overlap) == plan.windows
+    plan = window_plan(SPECS["wan"], frames, 81, window, overlap)
+    starts = window_starts(plan.total, plan.window, plan.overlap)
+    covered = set()
+    for s in starts:
+        covered |= set(range(s, min(plan.total, s + plan.window)))
+    assert covered == set(range(plan.total)) and plan.windows == len(starts)
+    assert all(b - a <= plan.window - plan.overlap for a, b in zip(starts, starts[1:]))
+    stride = plan.window - plan.overlap
+    assert plan.windows == (1 if plan.total <= plan.window else -(-(plan.total - plan.window) // stride) + 1)
 
 
 # ---------------------------------------------------------------------------------------- output paths

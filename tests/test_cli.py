@@ -6,11 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vidrt.run.video import read_video
 
+REPO = Path(__file__).resolve().parents[1]
 RANDOM_SAMPLES = ["wan-random", "wan-i2v-random", "animatediff-random", "i2vgen-xl-random"]
 STAGES = {"wan-random": ["text_encode", "denoise", "vae_decode"],
           "wan-i2v-random": ["text_encode", "image_encode", "denoise", "vae_decode"],
@@ -55,7 +57,7 @@ def test_console_script_renders_and_lists_models(tmp_path, repo):
 def write_config(tmp_path, **changes) -> str:
     import yaml
 
-    data = yaml.safe_load(open("samples/wan-random.yaml"))
+    data = yaml.safe_load((REPO / "samples" / "wan-random.yaml").read_text())
     for key, value in changes.items():
         node = data
         parts = key.split("__")
@@ -139,7 +141,7 @@ def test_yaml_syntax_error(run_cli, tmp_path):
 
 def test_pickle_only_weights_refused(run_cli, tmp_path):
     folder = tmp_path / "pickled"
-    shutil.copytree("samples/tiny-random-wan", folder)
+    shutil.copytree(REPO / "samples" / "tiny-random-wan", folder)
     import torch
     from safetensors.torch import load_file
 
@@ -153,7 +155,7 @@ def test_pickle_only_weights_refused(run_cli, tmp_path):
 
 def test_corrupt_weights(run_cli, tmp_path):
     folder = tmp_path / "corrupt"
-    shutil.copytree("samples/tiny-random-wan", folder)
+    shutil.copytree(REPO / "samples" / "tiny-random-wan", folder)
     (folder / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
     out = tmp_path / "out"
     result = run_cli("render", write_config(tmp_path, model__path=str(folder)), "-o", out / "x.mp4")

@@ -87,7 +87,7 @@ def test_staged_run_equals_stock_pipeline_call(case):
                  generator=adapter.generator(req, "cpu"), output_type="np").frames
     stock = np.asarray(stock)[0]
     assert stock.shape == ours.shape
-    assert np.abs(stock - ours).max() <= 1e-4
+    assert np.abs(stock - ours).max() <= 1e-5   # measured: 0 (Wan, AnimateDiff), 4.8e-7 (I2VGen-XL)
 
 
 def test_save_load_round_trip(case, tmp_path):

@@ -58,7 +58,7 @@ def test_oom_halves_chunks_and_recovers_exactly():
     assert sliced_max < unsliced_max
     limit = (sliced_max + unsliced_max) // 2
     with torch.no_grad(), AllocationLimit(limit):
-        with pytest.raises(torch.OutOfMemoryError):
+        with pytest.raises(torch.OutOfMemoryError, match=f"injected limit: .* bytes > {limit}"):
             den(**inputs)
     enable_slicing(pipe, chunk_tokens=64)
     messages = []

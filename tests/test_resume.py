@@ -13,6 +13,7 @@ from vidrt.run.checkpoint import StepCheckpointer, checkpoint_dir
 from vidrt.config import load_config
 from vidrt.core.errors import VidrtError
 
+# under the repository (tests join them to the `repo` fixture: the suite runs from any working directory)
 SAMPLES = {"wan": "samples/wan-random.yaml", "animatediff": "samples/animatediff-random.yaml",
            "i2vgen-xl": "samples/i2vgen-xl-random.yaml"}
 
@@ -50,8 +51,7 @@ def kill_after(monkeypatch, step: int):
 
 @pytest.mark.parametrize("family", list(SAMPLES))
 def test_resume_after_kill_gives_identical_frames(family, repo, tmp_path, monkeypatch, captured):
-    monkeypatch.chdir(repo)
-    cfg = load_config(SAMPLES[family], ["steps=3"] + ([] if family == "wan" else ["frames=4"]))
+    cfg = load_config(repo / SAMPLES[family], ["steps=3"] + ([] if family == "wan" else ["frames=4"]))
     runner.render(cfg, tmp_path / "full.mp4", show_progress=False)
     assert not checkpoint_dir(tmp_path / "full.mp4").exists()  # removed after success
 
@@ -69,13 +69,12 @@ def test_resume_after_kill_gives_identical_frames(family, repo, tmp_path, monkey
 
 
 def test_resume_refuses_other_config_and_corrupt_checkpoint(repo, tmp_path, monkeypatch):
-    monkeypatch.chdir(repo)
-    cfg = load_config(SAMPLES["wan"], ["steps=3"])
+    cfg = load_config(repo / SAMPLES["wan"], ["steps=3"])
     kill_after(monkeypatch, 1)
     out = tmp_path / "x.mp4"
     with pytest.raises(Killed):
         runner.render(cfg, out, show_progress=False)
-    other = load_config(SAMPLES["wan"], ["steps=3", "seed=7"])
+    other = load_config(repo / SAMPLES["wan"], ["steps=3", "seed=7"])
     with pytest.raises(VidrtError, match=r"made by another config \(seed: checkpoint 0, now 7\)"):
         runner.render(other, out, show_progress=False, resume=True)
     (checkpoint_dir(out) / "state.pt").write_bytes(b"truncated")
@@ -88,8 +87,7 @@ def test_resume_refuses_other_config_and_corrupt_checkpoint(repo, tmp_path, monk
 
 def test_finished_denoise_resumes_to_decode_only(repo, tmp_path, monkeypatch, captured):
     """A run that failed in VAE decode keeps its final latents: --resume only decodes them."""
-    monkeypatch.chdir(repo)
-    cfg = load_config(SAMPLES["wan"], ["steps=2"])
+    cfg = load_config(repo / SAMPLES["wan"], ["steps=2"])
     real = runner.decoded_frames
 
     def broken(*args, **kwargs):
@@ -107,8 +105,7 @@ def test_finished_denoise_resumes_to_decode_only(repo, tmp_path, monkeypatch, ca
 
 
 def test_interrupt_stops_after_step_with_checkpoint(repo, tmp_path, monkeypatch):
-    monkeypatch.chdir(repo)
-    cfg = load_config(SAMPLES["wan"], ["steps=4"])
+    cfg = load_config(repo / SAMPLES["wan"], ["steps=4"])
     original = StepCheckpointer.save
 
     def save_then_interrupt(self, done, *args, **kwargs):
@@ -151,7 +148,7 @@ def test_checkpoint_names_the_weights(repo, tmp_path):
         StepCheckpointer(tmp_path / "x.mp4", cfg).load()
 
 
-def test_generator_state_is_device_independent(tmp_path):
+def test_generator_state_is_device_independent(tmp_path, monkeypatch):
     """The saved state is a CPU uint8 tensor with the kind of generator that made it; restored into a generator
     of the render's device when the kinds match, else into a new generator of the saved kind (a CPU checkpoint
     resumed on CUDA: the CUDA generator is left alone, as its set_state would refuse the CPU state)."""
@@ -182,9 +179,9 @@ def test_generator_state_is_device_independent(tmp_path):
 
     notes = []   # a CUDA state resumed where there is no CUDA: the render's generator goes on, with a note
     cuda_state = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
-    if not torch.cuda.is_available():
-        fresh = torch.Generator()
-        assert restore_generator(fresh, cuda_state, warn=notes.append) is fresh and "CUDA" in notes[0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # (checked on GPU machines too)
+    fresh = torch.Generator()
+    assert restore_generator(fresh, cuda_state, warn=notes.append) is fresh and "CUDA" in notes[0]
 
 
 def test_scheduler_step_draws_from_the_restored_generator(tmp_path):

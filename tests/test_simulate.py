@@ -160,7 +160,7 @@ def test_per_rank_prediction_for_several_gpus():
     The same figures as the 2-process gloo measurement (bench/results/distributed.md: CFG 0.50x)."""
     from vidrt.config import load_config
 
-    cfg = load_config("samples/animatediff-random.yaml", ["frames=16", "height=64", "width=64"])
+    cfg = load_config(REPO / "samples/animatediff-random.yaml", ["frames=16", "height=64", "width=64"])
     act = {}
     for ranks, mode in ((1, None), (2, "sequence"), (2, "cfg"), (4, None)):
         rep = simulate(cfg, ranks=ranks, mode=mode, track_modules=False)

@@ -236,7 +236,22 @@ def test_composes_with_diffusers_hooks(pipes):
     assert block.forward.__func__ is type(block).forward
 
 
-def test_bare_pipeline_built_without_vidrt_and_frames_match():
+def _spy_wan_blocks(monkeypatch) -> list[tuple[int, int]]:
+    """(tokens, chunk) of every sliced Wan block call from now on."""
+    from vidrt.engine.slicing import wan
+
+    seen: list[tuple[int, int]] = []
+    block = wan.sliced_block
+
+    def spy(blk, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk, *args, **kwargs):
+        seen.append((hidden_states.shape[1], chunk))
+        return block(blk, hidden_states, encoder_hidden_states, temb, rotary_emb, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(wan, "sliced_block", spy)
+    return seen
+
+
+def test_bare_pipeline_built_without_vidrt_and_frames_match(monkeypatch):
     from diffusers import WanPipeline
 
     parts = get_adapter("wan").tiny(0).components
@@ -248,18 +263,25 @@ def test_bare_pipeline_built_without_vidrt_and_frames_match():
         return pipe(prompt="a red ball", num_frames=5, height=32, width=32, num_inference_steps=2,
                     guidance_scale=3.0, generator=g, output_type="pt").frames
 
+    seen = _spy_wan_blocks(monkeypatch)
     with torch.no_grad():
         ref = run()
-        vidrt.enable_slicing(pipe, chunk_tokens=11)
+        assert seen == []
+        vidrt.enable_slicing(pipe, chunk_tokens=3)
         out = run()
         vidrt.disable_slicing(pipe)
-    assert (out - ref).abs().max().item() <= 1e-4
+    # 8 tokens (2 latent frames x 2 x 2) in chunks of 3, 3, 2: every block call of both steps ran sliced
+    # (was chunk_tokens=11: one chunk, so a chunking bug could not show)
+    assert seen == [(8, 3)] * (2 * 2 * len(pipe.transformer.blocks))
+    assert (out - ref).abs().max().item() <= 1e-5   # measured 1.2e-7 (1, 2 and 4 threads)
 
 
 def test_unsupported_object_errors():
-    with pytest.raises(Exception):
+    from vidrt.core.errors import VidrtError
+
+    with pytest.raises(VidrtError, match="unsupported model class Linear"):
         enable_slicing(nn.Linear(2, 2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"chunk_tokens: expected a positive integer or None, got 0"):
         enable_slicing(get_adapter("wan").tiny(0), chunk_tokens=0)
 
 
@@ -285,7 +307,7 @@ def test_works_under_fake_tensor_mode():
 
 
 # ------------------------------------------------------------------------------------------ memory config
-def test_memory_settings_report_json_and_keep_frames():
+def test_memory_settings_report_json_and_keep_frames(monkeypatch):
     from vidrt.config import parse_config
     from vidrt.core.errors import VidrtError
     from vidrt.memory.settings import settings_from_config
@@ -299,16 +321,18 @@ def test_memory_settings_report_json_and_keep_frames():
         return pipe(prompt="a red ball", num_frames=5, height=32, width=32, num_inference_steps=2,
                     guidance_scale=3.0, generator=g, output_type="pt").frames
 
+    seen = _spy_wan_blocks(monkeypatch)
     with torch.no_grad():
         ref = run()
-        cfg = parse_config({**base, "memory": {"slicing": {"tokens": 13}, "offload": "group", "vae_tiling": "auto"}})
+        cfg = parse_config({**base, "memory": {"slicing": {"tokens": 3}, "offload": "group", "vae_tiling": "auto"}})
         applied = apply_settings(pipe, settings_from_config(cfg), torch.device("cpu"), 32, 32)
         out = run()
-    json.dumps(applied)
-    assert applied["slicing"]["tokens"] == 13 and applied["slicing"]["frames"] == "auto"
+    assert json.loads(json.dumps(applied)) == applied
+    assert applied["slicing"]["tokens"] == 3 and applied["slicing"]["frames"] == "auto"
     assert applied["offload"]["offload"] == "group"
     assert applied["vae"]["vae_frame_buffer"] is True
-    assert (out - ref).abs().max().item() <= 1e-4
+    assert seen == [(8, 3)] * (2 * 2 * len(pipe.transformer.blocks))   # 8 tokens really chunked (was 13: one chunk)
+    assert (out - ref).abs().max().item() <= 1e-5   # measured 1.2e-7
     with pytest.raises(VidrtError, match="memory.slicing"):
         parse_config({**base, "memory": {"slicing": {"rows": 2}}})
     with pytest.raises(VidrtError, match="memory.offload"):

@@ -213,7 +213,7 @@ def test_device_table_is_consistent():
         assert size and float(size.group(1)) == g.memory_gib, g.name
     assert get_device("rtx4090").memory_gib == 24 and get_device("h200").memory_gib == 141
     assert get_device("a100").id == "a100-40g"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="unknown GPU 'voodoo5'; known: rtx3060"):
         get_device("voodoo5")
 
 
@@ -241,9 +241,16 @@ def test_torch_device_names(name, gid):
     assert (g.id if g else None) == gid
 
 
-def test_device_from_torch_on_cpu():
-    if not torch.cuda.is_available():
-        assert device_from_torch() is None
+def test_device_from_torch(monkeypatch):
+    """No CUDA: None. With CUDA (faked here, so the test runs on every machine): the table's row for the device's
+    name, or None for a GPU the table does not know."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_from_torch() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
+    assert device_from_torch() is get_device("h100")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA GH200 480GB")
+    assert device_from_torch() is None
 
 
 # ------------------------------------------------------------------------------------------------ seconds
@@ -295,7 +302,7 @@ def test_predict_seconds_is_monotone():
     slow = [predict_seconds(tiny_counts(), g, e)["total"]["total"] for g in ("rtx3060", "rtx4090", "h100")]
     assert slow[0] > slow[1] > slow[2]
     assert predict_seconds(tiny_counts(), "h100", e.with_(eff_matmul=0.25))["total"]["total"] > base
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Efficiency.eff_matmul must be in \(0, 1\], got 1.5"):
         Efficiency(eff_matmul=1.5)
 
 

@@ -49,7 +49,7 @@ def test_failed_write_leaves_no_file(tmp_path):
         yield np.zeros((16, 16, 3), np.uint8)
         raise RuntimeError("decoder crashed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="decoder crashed"):
         write_video(path, frames(), fps=8, size=(16, 16))
     assert list(tmp_path.iterdir()) == []
 
