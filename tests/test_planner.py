@@ -149,3 +149,19 @@ def test_budget_auto_is_the_gpu_memory_less_headroom():
     assert auto_budget(cfg.model_copy(update={"devices": ["cpu"]})) is None      # no device limit on the CPU
     b = auto_budget(cfg.model_copy(update={"devices": ["cuda"]}), gpu="rtx4090")
     assert 22 * GiB < b < 24 * GiB
+
+
+def test_a_fixed_key_prices_the_same_as_the_free_choice():
+    """A config that fixes slicing or VAE tiling simulates one variant of that stage (named plainly, not
+    `stage#i`); its plan must price that stage as the free plan prices the same settings (it was priced at
+    0 s once, which made a fixed-key plan look faster than any other)."""
+    from vidrt.config import load_config
+
+    free = plan(load_config(REPO / "samples/wan-random.yaml"), "100GiB", gpu="rtx4090")
+    by_settings = {tuple(sorted(c["settings"].items())): c["seconds"] for c in free.candidates}
+    for fixed in (["memory.vae_tiling=on"], ["memory.slicing=off"], ["memory.slicing=off", "memory.vae_tiling=off"]):
+        p = plan(load_config(REPO / "samples/wan-random.yaml", fixed), "100GiB", gpu="rtx4090")
+        for c in p.candidates:
+            want = by_settings[tuple(sorted(c["settings"].items()))]
+            assert c["seconds"]["denoise"] > 0 and c["seconds"]["vae_decode"] > 0
+            assert c["seconds"]["total"] == pytest.approx(want["total"], rel=0.02)

@@ -59,6 +59,11 @@ class MemoryConfig(_Strict):
     fit (vidrt.memory.planner); where there is no device limit (a CPU run, or `budget: null`) as off / none.
 
     budget: auto | a size (8GiB, 12GB) | null;
+    host_budget: auto (this machine's free memory less a headroom) | a size | null: the host memory a plan may
+        hold (offloaded and pinned weights, a CPU text encoder); plans that need more are not chosen;
+    offload_disk: auto | on | off | a folder: offload group streams the weights from safetensors files on disk
+        instead of host memory (auto: only when no plan fits host_budget otherwise; the files go to a fresh
+        folder beside the output, or inside the folder given, and are deleted after the render);
     slicing: auto | off | {frames, tokens, positions} (chunk sizes; a key left out: sized at call time);
     offload: auto | none | model | group | shard (FSDP2 over torchrun ranks);
     offload_granularity: auto | block | leaf (offload group: stream block by block or layer by layer);
@@ -70,6 +75,8 @@ class MemoryConfig(_Strict):
     """
 
     budget: str | None = "auto"
+    host_budget: str | None = "auto"
+    offload_disk: str = "auto"
     slicing: Literal["auto", "off"] | SlicingChunks = "auto"
     offload: Literal["auto", "none", "model", "group", "shard"] = "auto"
     offload_granularity: Literal["auto", "block", "leaf"] = "auto"
@@ -79,12 +86,25 @@ class MemoryConfig(_Strict):
     kernels: Literal["torch", "auto", "triton"] = "torch"
     compile: bool = False
 
-    @field_validator("budget")
+    @field_validator("budget", "host_budget")
     @classmethod
-    def _size(cls, value: str | None) -> str | None:
+    def _size(cls, value: str | None, info) -> str | None:
         if value is not None and str(value).strip().lower() != "auto":
-            parse_bytes(value)   # a VidrtError naming memory.budget when it is no size
+            parse_bytes(value, f"memory.{info.field_name}")   # a VidrtError naming the key when it is no size
         return value
+
+    @field_validator("offload_disk", mode="before")
+    @classmethod
+    def _disk(cls, value) -> str:
+        if isinstance(value, bool):          # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
+        if value is None or not str(value).strip():
+            raise ValueError("memory.offload_disk: give auto, on, off or a folder")
+        return str(value)
+
+    def disk_folder(self) -> str | None:
+        """The folder offload_disk names (None for auto / on / off)."""
+        return None if self.offload_disk in ("auto", "on", "off") else self.offload_disk
 
     @field_validator("slicing", "vae_tiling", mode="before")
     @classmethod

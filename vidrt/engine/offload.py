@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,8 +37,12 @@ class OffloadConfig:
     device: the accelerator weights are streamed to (None: the CPU, where offloading is a no-op);
     granularity: for "group": "auto" (block level when every outermost block is small, see
         `offload_granularity`), "block" or "leaf";
-    disk_path: for "group": stream the weights from safetensors files in this folder instead of pinned host
-        memory (for machines whose RAM cannot hold the weights; diffusers writes the files on first use).
+    disk_path: for "group": stream the denoiser's weights from safetensors files in this folder instead of
+        pinned host memory (for machines whose RAM cannot hold the weights; diffusers writes the files when
+        each group first leaves the accelerator and reads a group's file on every use). The encoders stream
+        from host memory: diffusers' disk path writes a tensor shared by two groups (UMT5's tied token
+        embedding) after the first group emptied it, so their output would be wrong. The folder must be
+        empty (diffusers reuses any file of the same group name, whatever weights it holds).
     On CUDA the weights of the next group are copied on a side stream while the current group runs (pinned
     host memory, `record_stream` so no synchronisation is needed to free them)."""
 
@@ -129,13 +134,18 @@ def enable_offload(pipe, config: OffloadConfig = OffloadConfig()) -> dict[str, A
 
     use_stream = dev.type == "cuda" and torch.cuda.is_available()
     streaming = {"use_stream": use_stream, "record_stream": use_stream}
+    disk = {}
     if config.disk_path is not None:
-        streaming["offload_to_disk_path"] = str(config.disk_path)
+        folder = Path(config.disk_path)
+        if folder.exists() and any(folder.iterdir()):
+            raise VidrtError(f"memory.offload_disk: {folder} is not empty; diffusers would reuse its files as "
+                             "this model's weights; give an empty or new folder")
+        disk["offload_to_disk_path"] = str(folder)
     streamed, granularity = [], {}
     for den in denoisers_of(pipe):
         kind = offload_granularity(den) if config.granularity == "auto" else f"{config.granularity}_level"
         apply_group_offloading(den, onload_device=dev, offload_device=torch.device("cpu"), offload_type=kind,
-                               num_blocks_per_group=1 if kind == "block_level" else None, **streaming)
+                               num_blocks_per_group=1 if kind == "block_level" else None, **streaming, **disk)
         streamed.append(type(den).__name__)
         granularity[type(den).__name__] = kind
     for name in _ENCODERS:

@@ -6,7 +6,9 @@ with and without VAE tiling, and counts each variant's work. Every combination w
 model, group at block or leaf level, shard over several GPUs) and a text-encoder placement (accelerator, CPU)
 is then placed analytically (simulate.placement: the accelerator and host peaks) and priced
 (vidrt.memory.pricing: predicted seconds on the GPU model). The fastest combination whose accelerator peak
-fits the budget wins; ties go to the smaller peak.
+fits the budget and whose host peak fits the host budget wins; ties go to the smaller peak. Offload group
+from disk (the weights streamed from files, not held in host memory) is a candidate too: slower, chosen
+where host memory would not hold the weights.
 
 A budget of "auto" is the accelerator's free memory less a headroom (cuDNN/cuBLAS workspaces and the
 allocator's fragmentation, which the simulation does not see); planning for a named GPU model without one at
@@ -26,7 +28,7 @@ from vidrt.memory.report import byte_unit, scaled, stage_table
 from vidrt.memory.settings import MemorySettings, fixed_settings
 from vidrt.memory.simulate.placement import account
 from vidrt.memory.simulate.session import frame_count, run_session
-from vidrt.memory.target import auto_budget, resolve_gpu
+from vidrt.memory.target import auto_budget, host_budget_bytes, resolve_gpu
 from vidrt.memory.timemodel import load_efficiency
 from vidrt.models import get_adapter
 
@@ -47,10 +49,12 @@ class Plan:
     planning_seconds: float = 0.0
     candidates: list[dict[str, Any]] = field(default_factory=list)   # every combination, fastest first
     gpus: int = 1
+    host_budget_bytes: int | None = None   # None: no host limit
 
     @property
     def fits(self) -> bool:
-        return self.budget_bytes is None or self.peak_bytes <= self.budget_bytes
+        return (self.budget_bytes is None or self.peak_bytes <= self.budget_bytes) and \
+            (self.host_budget_bytes is None or self.host_peak_bytes <= self.host_budget_bytes)
 
     def memory_config(self) -> dict[str, Any]:
         """The chosen settings as a config's `memory:` block (which a config accepts as it is)."""
@@ -106,7 +110,9 @@ def _slicing_text(s: MemorySettings) -> str:
 
 
 def _offload_text(s: MemorySettings) -> str:
-    return f"group/{s.granularity}" if s.offload == "group" and s.granularity != "auto" else s.offload
+    if s.offload != "group":
+        return s.offload
+    return "group" + (f"/{s.granularity}" if s.granularity != "auto" else "") + ("/disk" if s.disk else "")
 
 
 def memory_block(s: MemorySettings, budget_bytes: int | None) -> dict[str, Any]:
@@ -120,6 +126,7 @@ def memory_block(s: MemorySettings, budget_bytes: int | None) -> dict[str, Any]:
              "text_encoder": s.text_encoder}
     if s.offload == "group":
         block["offload_granularity"] = s.granularity
+        block["offload_disk"] = "on" if s.disk else "off"
     return block
 
 
@@ -178,14 +185,17 @@ def _session(config, adapter, frames, slicings, tilings, pipe, gpus):
     return sess
 
 
-def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | GpuSpec | None = None) -> Plan:
+def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | GpuSpec | None = None,
+         host_budget: Any = None) -> Plan:
     """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
-    `config.memory.budget`; "auto": see the module docstring), priced on `gpu` (a model id of
+    `config.memory.budget`; "auto": see the module docstring) and whose host peak fits `host_budget`
+    (default: `config.memory.host_budget`; auto: this machine's), priced on `gpu` (a model id of
     vidrt.memory.devices; default: the GPU present, else DEFAULT_GPU). `gpus` > 1: per GPU of a torchrun
     over that many GPUs, with weights replicated or sharded over the ranks (offload "shard")."""
     started = time.perf_counter()
     spec = resolve_gpu(gpu)
     budget_bytes = budget_bytes_of(config, budget, gpu)
+    host_bytes = host_budget_bytes(config, host_budget)
     adapter = get_adapter(config.model.family)
     frames = frame_count(config, adapter)
     fixed = fixed_settings(config)            # what the config does not leave to the planner
@@ -199,13 +209,16 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
     shape = run_shape(config, adapter, frames, sess.windows)
     eff = load_efficiency()
     den = adapter.denoiser_attr
-    offloads = [("none", "auto"), ("model", "auto"), ("group", "block"), ("group", "leaf")]
+    offloads = [("none", "auto", False), ("model", "auto", False), ("group", "block", False),
+                ("group", "leaf", False), ("group", "block", True), ("group", "leaf", True)]
     if gpus > 1:
-        offloads.append(("shard", "auto"))
+        offloads.append(("shard", "auto", False))
     if "offload" in fixed:
-        offloads = [o for o in offloads if o[0] == fixed["offload"]] or [(fixed["offload"], "auto")]
+        offloads = [o for o in offloads if o[0] == fixed["offload"]] or [(fixed["offload"], "auto", False)]
+    if "disk" in fixed:
+        offloads = [o for o in offloads if o[2] == fixed["disk"]]
     if "granularity" in fixed:
-        offloads = [(o, fixed["granularity"] if o == "group" else g) for o, g in offloads]
+        offloads = [(o, fixed["granularity"] if o == "group" else g, d) for o, g, d in offloads]
         offloads = list(dict.fromkeys(offloads))
     encoders = [fixed["text_encoder"]] if "text_encoder" in fixed else \
         ["accelerator"] if sess.device == "cpu" else ["accelerator", "cpu"]   # (on a CPU run both are the host)
@@ -213,12 +226,14 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
     for i, sl in enumerate(slicings):
         for j, tiled in enumerate(tilings):
             raw = _variant(sess.stages, i, j)
-            denoise, decode = f"denoise#{i}", f"vae_decode#{j}"
-            for offload, granularity in offloads:
+            # the session names a stage's variants `stage#i`, a stage with one variant plainly
+            denoise = f"denoise#{i}" if len(slicings) > 1 else "denoise"
+            decode = f"vae_decode#{j}" if len(tilings) > 1 else "vae_decode"
+            for offload, granularity, disk in offloads:
                 for te in encoders if offload != "model" else ["accelerator"]:   # (model offload moves it)
                     st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames, chunk_tokens=sl.chunk_tokens,
                                         chunk_positions=sl.chunk_positions, offload=offload, text_encoder=te,
-                                        vae_tiling=tiled, granularity=granularity)
+                                        vae_tiling=tiled, granularity=granularity, disk=disk)
                     stages, peak, host = account(raw, sess.params, sess.resident(granularity), st, sess.device,
                                                  sess.shard)
                     seconds = price(sess, st, denoise, decode, shape, spec, eff, den)
@@ -226,19 +241,27 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
                         s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
                     rows.append({"settings": st.to_dict(), "peak_bytes": int(peak), "host_peak_bytes": int(host),
                                  "seconds": {k: round(v, 3) for k, v in seconds.items()},
-                                 "fits": budget_bytes is None or peak <= budget_bytes, "_stages": stages,
+                                 "fits": (budget_bytes is None or peak <= budget_bytes) and
+                                         (host_bytes is None or host <= host_bytes), "_stages": stages,
                                  "_key": (seconds["total"], len(rows), peak)})
     # fastest first; equal predictions keep the candidates' order (larger chunks, less offloading first)
     rows.sort(key=lambda r: r["_key"])
     smallest = min(r["peak_bytes"] for r in rows)
     fitting = [r for r in rows if r["fits"]]
     if not fitting:
+        what = f"{config.model.path} {frames}x{config.height}x{config.width}"
+        in_device = [r for r in rows if budget_bytes is None or r["peak_bytes"] <= budget_bytes]
+        if in_device and host_bytes is not None:
+            least = min(r["host_peak_bytes"] for r in in_device)
+            raise VidrtError(f"cannot fit: the plans that fit the device budget need at least {least / GiB:.2f} GiB "
+                             f"of host memory (memory.host_budget {host_bytes / GiB:.2f} GiB) for {what}; allow "
+                             "memory.offload_disk, free host memory or raise memory.host_budget")
         raise VidrtError(f"cannot fit: the smallest plan needs {smallest / GiB:.2f} GiB "
-                         f"(budget {budget_bytes / GiB:.2f} GiB) for {config.model.path} "
-                         f"{frames}x{config.height}x{config.width}")
+                         f"(budget {budget_bytes / GiB:.2f} GiB) for {what}")
     best = fitting[0]
     return Plan(settings=MemorySettings(**best["settings"]), peak_bytes=best["peak_bytes"],
                 host_peak_bytes=best["host_peak_bytes"], budget_bytes=budget_bytes, predicted_seconds=best["seconds"],
                 stages=best["_stages"], smallest_peak_bytes=int(smallest), considered=len(rows), gpu=spec.id,
                 model=str(config.model.path), planning_seconds=round(time.perf_counter() - started, 2),
-                candidates=[{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], gpus=gpus)
+                candidates=[{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], gpus=gpus,
+                host_budget_bytes=host_bytes)

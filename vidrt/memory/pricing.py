@@ -7,6 +7,9 @@ What the settings change:
   at leaf level, where diffusers waits for each copy), the text encoder streams leaf by leaf; "model": each
   model moves to the accelerator once when its stage starts; "shard": each call all-gathers the other ranks'
   share of every block;
+- offload group from disk: every streamed copy of the denoiser is read from its safetensors file first
+  (DISK_READ_GBS, on the host thread, so nothing hides it), and each file is written once when its group
+  first leaves the accelerator (DISK_WRITE_GBS, the "disk_write" entry);
 - text encoder on the CPU: its forward runs on the host (HOST_FLOPS, host memory bandwidth).
 The denoise stage repeats per step: its simulated calls are scaled to the real pipeline's calls per step (Wan
 with CFG calls the transformer twice; the UNet pipelines once, on a batch of two) and by the context windows
@@ -24,6 +27,10 @@ from vidrt.memory.timemodel import Efficiency, predict_seconds
 # A desktop CPU's sustained matmul rate for a text encoder kept on the host (assumed, not fitted: 16 cores at
 # ~60 GFLOP/s each with AVX2/AVX-512 in fp32).
 HOST_FLOPS = 1.0e12
+# A consumer NVMe SSD read through safetensors.load_file and pinned (assumed, not fitted: sequential reads of
+# 2-7 GB/s on PCIe 3/4 drives, less the copy into pinned memory); writes of the offload files once per render.
+DISK_READ_GBS = 2.0
+DISK_WRITE_GBS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
         step = _with_streaming(step, denoise, denoiser, ranks_share * calls, streams.get(denoiser, 1) * calls,
                                serial=False)
     out["denoise_step"] = _seconds(step, device, eff)
+    if settings.offload == "group" and settings.disk:
+        out["denoise_step"] += sess.params[denoiser] * calls / (DISK_READ_GBS * 1e9)
+        out["disk_write"] = sess.params[denoiser] / (DISK_WRITE_GBS * 1e9)
     out["denoise"] = out["denoise_step"] * shape.steps
 
     parts = [s for s in counts.sections() if s.split("/")[0].startswith(decode + "~")]

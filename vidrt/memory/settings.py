@@ -22,6 +22,7 @@ class MemorySettings:
     text_encoder: str = "accelerator"  # accelerator | cpu
     vae_tiling: bool = False
     granularity: str = "auto"          # offload group: auto | block | leaf
+    disk: bool = False                 # offload group: the weights stream from files on disk, not host memory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,8 +32,10 @@ class MemorySettings:
         if self.slicing:
             parts = [f"{k}={getattr(self, 'chunk_' + k) or 'auto'}" for k in ("frames", "tokens", "positions")]
             sl = ",".join(parts)
-        offload = self.offload if self.offload != "group" or self.granularity == "auto" else \
-            f"group ({self.granularity} level)"
+        offload = self.offload
+        if self.offload == "group":
+            how = ([f"{self.granularity} level"] if self.granularity != "auto" else []) + (["from disk"] if self.disk else [])
+            offload = f"group ({', '.join(how)})" if how else "group"
         return (f"slicing {sl}; offload {offload}; text encoder on {self.text_encoder}; "
                 f"vae tiling {'on' if self.vae_tiling else 'off'}")
 
@@ -58,6 +61,13 @@ def fixed_settings(config) -> dict[str, Any]:
         out["vae_tiling"] = mem.vae_tiling == "on"
     if mem.text_encoder != "auto":
         out["text_encoder"] = mem.text_encoder
+    if mem.offload_disk != "auto":
+        out["disk"] = mem.offload_disk != "off"
+        if out["disk"] and out.get("offload", "group") != "group":
+            raise VidrtError(f"memory.offload_disk: streaming from disk is a way of offload group, not of "
+                             f"offload {out['offload']}; set memory.offload: group (or auto), or offload_disk: off")
+        if out["disk"]:
+            out["offload"] = "group"
     return out
 
 

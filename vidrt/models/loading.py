@@ -217,6 +217,23 @@ def check_pipeline_folder(folder: Path, spec: FamilySpec, *, image: bool, steps:
                          f"{most}")
 
 
+def process_resident_bytes() -> int:
+    """This process's resident memory now (0 where /proc is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def host_memory() -> tuple[int | None, int | None]:
     """(total, available) bytes of host memory: /proc/meminfo within the cgroup's limit (None when unknown)."""
     total = available = None

@@ -27,7 +27,7 @@ from vidrt.memory.simulate import simulate
 from vidrt.memory.report import stage_table
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
-from vidrt.run.memory_setup import AUTO_KEYS, apply_settings, choose_settings
+from vidrt.run.memory_setup import AUTO_KEYS, apply_settings, choose_settings, disk_folder_for
 from vidrt.run.plot import render_plot
 from vidrt.run.render import load_pipeline, request_from, resolve_device
 from vidrt.run.stages import run_stages
@@ -122,7 +122,8 @@ def _profile_real(config) -> tuple[dict[str, Any], Any, Any]:
     pipe = load_pipeline(config, device, with_image=image is not None)
     req = request_from(config, adapter, pipe, image)
     settings, chosen = choose_settings(pipe, config, device)
-    apply_settings(pipe, settings, device, req.height, req.width, config.memory.kernels)
+    apply_settings(pipe, settings, device, req.height, req.width, config.memory.kernels,
+                   disk_folder_for(pipe, config, settings, Path(config.output.path)))
     mem = MemoryTracker(device, track_modules=pipe, timeline=True)
     with mem:
         run_stages(pipe, adapter, req, device, mem, Console(file=io.StringIO()), show_progress=False,

@@ -3,12 +3,17 @@ by the planner for the budget (the fastest predicted plan that fits), composed f
 (slicing, VAE settings, text-encoder placement, offload, attention kernel, regional compilation)."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
 from vidrt.config import RenderConfig
+from vidrt.core.errors import VidrtError
 from vidrt.engine.attention import set_attention
 from vidrt.engine.compile import enable_compile
 from vidrt.engine.offload import OffloadConfig, enable_offload
@@ -21,9 +26,10 @@ AUTO_KEYS = ("slicing", "offload", "vae_tiling", "text_encoder")
 
 
 def apply_settings(pipe, settings: MemorySettings, device: torch.device, height: int, width: int,
-                   kernels: str = "torch") -> dict[str, Any]:
+                   kernels: str = "torch", disk_folder: Path | None = None) -> dict[str, Any]:
     """Slicing, the VAE, the text encoder's place, then offload (offload hooks wrap the sliced computation);
-    returns what was applied, JSON-able (the sidecar's `memory`)."""
+    returns what was applied, JSON-able (the sidecar's `memory`). `disk_folder`: an empty folder for offload
+    group from disk (settings.disk)."""
     applied: dict[str, Any] = {}
     if not settings.slicing:
         disable_slicing(pipe)
@@ -46,9 +52,29 @@ def apply_settings(pipe, settings: MemorySettings, device: torch.device, height:
         pipe.text_encoder.to("cpu")          # it encodes on the host and never touches the accelerator
         host = ("text_encoder",)
     applied["text_encoder"] = settings.text_encoder
-    applied["offload"] = enable_offload(pipe, OffloadConfig(settings.offload, str(device), settings.granularity,
-                                                            keep_on_host=host))
+    if settings.disk and disk_folder is None:
+        raise VidrtError("memory.offload_disk: offload from disk needs a folder for the weight files")
+    applied["offload"] = enable_offload(pipe, OffloadConfig(
+        settings.offload, str(device), settings.granularity, keep_on_host=host,
+        disk_path=str(disk_folder) if settings.disk and settings.offload == "group" else None))
     return applied
+
+
+def disk_folder_for(pipe, cfg: RenderConfig, settings: MemorySettings, output: Path) -> Path | None:
+    """A fresh folder for the offload files of `pipe` (None unless the settings stream from disk): inside
+    memory.offload_disk's folder, or beside the output; a fresh one each time, as diffusers would take files
+    of the same group name for this model's weights. The files live as long as the pipeline (its hooks read
+    them on every use) and go with it, or at exit."""
+    if not settings.disk:
+        return None
+    base = Path(cfg.memory.disk_folder() or output.parent)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{output.stem}.offload-", dir=base))
+    except OSError as exc:
+        raise VidrtError(f"memory.offload_disk: cannot make a folder in {base} ({exc.strerror or exc})") from None
+    weakref.finalize(pipe, shutil.rmtree, str(folder), True)
+    return folder
 
 
 def choose_settings(pipe, cfg: RenderConfig, device: torch.device, gpus: int = 1) -> tuple[MemorySettings, Plan | None]:
@@ -66,13 +92,16 @@ def choose_settings(pipe, cfg: RenderConfig, device: torch.device, gpus: int = 1
 
 
 def apply_memory(pipe, cfg: RenderConfig, device: torch.device, log: Console, height: int, width: int,
-                 gpus: int = 1) -> tuple[dict[str, Any], MemorySettings]:
+                 gpus: int = 1, output: Path | None = None) -> tuple[dict[str, Any], MemorySettings]:
     """Choose and apply this run's memory settings (per GPU of `gpus` under torchrun, where the planner may
     shard the weights: offload "shard"). Returns what was applied and the settings."""
     settings, chosen = choose_settings(pipe, cfg, device, gpus)
     if chosen is not None:
         log.print(f"plan: {chosen}")
-    applied = apply_settings(pipe, settings, device, height, width, cfg.memory.kernels)
+    folder = disk_folder_for(pipe, cfg, settings, Path(output or cfg.output.path))
+    applied = apply_settings(pipe, settings, device, height, width, cfg.memory.kernels, folder)
+    if folder is not None:
+        applied["offload_folder"] = str(folder)
     applied["attention"] = set_attention(pipe, cfg.memory.attention, device)
     if cfg.memory.compile:
         applied["compiled_blocks"] = enable_compile(pipe)

@@ -28,7 +28,7 @@ from vidrt.engine.policies import enable_policy, policy_from_config, policy_stat
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.base import ModelAdapter, RenderRequest
-from vidrt.models.loading import local_or_hub
+from vidrt.models.loading import local_or_hub, process_peak_resident_bytes
 from vidrt.run.checkpoint import StepCheckpointer
 from vidrt.run.memory_setup import apply_memory
 from vidrt.run.stages import decoded_frames, encode_and_denoise, log_stage
@@ -178,7 +178,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         log.print(f"resume: continuing after step {resume_from.step}/{req.steps} from {checkpointer.folder}")
 
     memory, settings = apply_memory(pipe, cfg, device, log, req.height, req.width,
-                                    gpus=dist_ctx.world if dist_ctx is not None else 1)
+                                    gpus=dist_ctx.world if dist_ctx is not None else 1, output=out_path)
     oom = enable_oom_fallback(pipe, OomFallbackConfig(log=lambda msg: log.print(f"[yellow]{msg}[/]")))
     shard = (memory.get("offload") or {}).get("offload") == "shard"   # asked for, or chosen by the planner
     dist_state = vdist.enable_distributed(pipe, dist_ctx, vdist.DistributedConfig.from_env(guidance=cfg.guidance,
@@ -245,6 +245,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "versions": versions(),
         "peak_memory_bytes": int(tracker.peak_bytes),
+        "host_peak_bytes": process_peak_resident_bytes(),
         "stages": tracker.stages,
         "memory": memory,
         "oom_retries": oom.retries,

@@ -27,9 +27,13 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
       outside the blocks + two blocks / the two largest leaves); the VAE stays on the accelerator;
     * offload shard (several ranks): like none, with the denoiser's weights sharded over the ranks (`shard`:
       per-rank bytes, 1/N plus the running and the prefetched block);
+    * offload group from disk (`s.disk`): the denoiser's weights live in files; the host holds only the copies
+      in flight (as many bytes as the accelerator's resident share); the encoders stream from host memory
+      (vidrt.engine.offload: tied weights break diffusers' disk path);
     * text encoder on the CPU: it never touches the accelerator; its forward runs on the host.
     `raw`: the session's stages, each with the `models` that run in it. Host bytes: weights kept in host
-    memory (offloaded or released) plus a CPU text encoder's tensors."""
+    memory (offloaded or released) plus a CPU text encoder's tensors. (What loading the pipeline takes before
+    the plan applies is not counted: diffusers' from_pretrained holds each model in host memory once.)"""
     stages = []
     peak = 0
     host_peak = 0
@@ -57,7 +61,10 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
         resident = sum(on_accel.values())
         tensors = r["input_bytes"] + r["activation_bytes"]
         accel = resident + (0 if on_host else tensors)
-        if s.offload == "group":  # streamed weights live on the host; the accelerator holds copies
+        if s.offload == "group" and s.disk:   # the denoiser from files: only its copies in flight pass the host
+            host = sum(b for n, b in params.items() if n in ENCODERS) + \
+                sum(group.get(n, params[n]) for n in names if n not in ENCODERS and n != "vae")
+        elif s.offload == "group":  # streamed weights live on the host; the accelerator holds copies
             host = sum(b for n, b in params.items() if n != "vae")
         else:
             host = sum(b for n, b in params.items() if n not in on_accel)
