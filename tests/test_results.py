@@ -24,6 +24,7 @@ RESULTS = BENCH / "results"
 # results file -> the command (after `python`) that renders it from its JSON
 RENDERERS: dict[str, list[str]] = {
     "distributed.md": ["bench/distributed.py"],
+    "fp8_quality.md": ["bench/fp8_quality.py"],
     "gpu_check.md": ["bench/gpu_check.py"],
     "gpu_long.md": ["bench/gpu_long.py"],
     "gpu_long_streamed.md": ["bench/gpu_long.py", "--vae-tiling", "off"],

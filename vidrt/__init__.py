@@ -39,6 +39,9 @@ _EXPORTS = {
     "DistributedConfig": "vidrt.engine.distributed",
     "enable_distributed": "vidrt.engine.distributed",
     "disable_distributed": "vidrt.engine.distributed",
+    "WeightStorageConfig": "vidrt.engine.weights",
+    "enable_weight_storage": "vidrt.engine.weights",
+    "disable_weight_storage": "vidrt.engine.weights",
     # profiler / simulator / planner
     "track_memory": "vidrt.memory.tracker",
     "simulate": "vidrt.memory.simulate",

@@ -69,6 +69,9 @@ class MemoryConfig(_Strict):
     offload_granularity: auto | block | leaf (offload group: stream block by block or layer by layer);
     vae_tiling: auto | on | off;
     text_encoder: auto | accelerator (released after encoding) | cpu (encodes on the host);
+    weights: auto | native | fp8 | fp8_e5m2: how the denoiser's weights are stored between calls; fp8 halves
+        their bytes (what stays resident and what streams) and computes in the model's dtype, and is lossy
+        (docs/WEIGHTS.md); auto: native, and fp8 only where no plan with native weights fits the budget;
     attention: auto (xformers on CUDA when installed) | sdpa | xformers;
     kernels: torch (the model's own arithmetic) | auto | triton (vidrt's fused kernels in sliced blocks, CUDA);
     compile: regional torch.compile of the denoiser's repeated blocks.
@@ -82,6 +85,7 @@ class MemoryConfig(_Strict):
     offload_granularity: Literal["auto", "block", "leaf"] = "auto"
     vae_tiling: Literal["auto", "on", "off"] = "auto"
     text_encoder: Literal["auto", "accelerator", "cpu"] = "auto"
+    weights: Literal["auto", "native", "fp8", "fp8_e5m2"] = "auto"
     attention: Literal["auto", "sdpa", "xformers"] = "auto"
     kernels: Literal["torch", "auto", "triton"] = "torch"
     compile: bool = False

@@ -1,1 +1,2 @@
-"""Layer 3: what vidrt attaches to a pipeline (slicing, policies, offload, long videos, OOM fallback, VAE, attention, distributed)."""
+"""Layer 3: what vidrt attaches to a pipeline (slicing, policies, offload, fp8 weight storage, long videos, OOM
+fallback, VAE, attention, distributed)."""

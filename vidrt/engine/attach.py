@@ -154,10 +154,11 @@ def wrap_module(module: nn.Module, hook: ModelHook, feature: str, part: str = ""
     return hook
 
 
-def _unregister(registry: HookRegistry, module: nn.Module, name: str) -> ModelHook:
+def _unregister(registry: HookRegistry, module: nn.Module, name: str, deinitialize: bool = True) -> ModelHook:
     """`HookRegistry.remove_hook`, relinking right when hooks sit above the removed one: diffusers points the
     next hook's `forward` at what the removed one wrapped, but a hook with `new_forward` calls its
-    `original_forward`, so every hook above would drop out of the chain."""
+    `original_forward`, so every hook above would drop out of the chain. `deinitialize=False` skips the hook's
+    own undo (diffusers' layerwise casting raises there rather than cast weights back)."""
     order, refs = registry._hook_order, registry._fn_refs
     i = order.index(name)
     ref = refs[i]
@@ -169,7 +170,8 @@ def _unregister(registry: HookRegistry, module: nn.Module, name: str) -> ModelHo
     else:
         refs[i + 1].forward = inner
     hook = registry.hooks.pop(name)
-    registry._module_ref = hook.deinitalize_hook(registry._module_ref)
+    if deinitialize:
+        registry._module_ref = hook.deinitalize_hook(registry._module_ref)
     order.pop(i)
     refs.pop(i)
     return hook
@@ -184,13 +186,29 @@ def _remove_hook(module: nn.Module, name: str) -> None:
         # e.g. a policy's histories on the GPU) would wait for the cyclic collector
         hook.fn_ref = None
     if registry is not None and not registry.hooks and _FIRST_HOOK in module.__dict__:
-        made_registry, had_forward = module.__dict__.pop(_FIRST_HOOK)
-        if made_registry:
-            del module._diffusers_hook
-        forward = module.__dict__.get("forward")
-        if not had_forward and getattr(forward, "__func__", None) is type(module).forward \
-                and getattr(forward, "__self__", None) is module:
-            del module.forward                # the registry left the class's own forward as an attribute
+        _leave_bare(module, *module.__dict__.pop(_FIRST_HOOK))
+
+
+def _leave_bare(module: nn.Module, made_registry: bool, had_forward: bool) -> None:
+    """Undo what diffusers' registry did to a module that had no hooks before: drop the registry vidrt caused
+    and the class's own forward that the registry left bound as an instance attribute."""
+    if made_registry:
+        del module._diffusers_hook
+    forward = module.__dict__.get("forward")
+    if not had_forward and getattr(forward, "__func__", None) is type(module).forward \
+            and getattr(forward, "__self__", None) is module:
+        del module.forward
+
+
+def remove_diffusers_hook(module: nn.Module, name: str, *, made_registry: bool, had_forward: bool) -> None:
+    """Take off a hook that a diffusers helper registered for vidrt (not through `wrap_module`), without the
+    hook's own undo, relinking the hooks above it; when it was the last, leave the module as it was before
+    (`made_registry`, `had_forward`: whether the registry and a `forward` attribute were vidrt's doing)."""
+    registry = module._diffusers_hook
+    hook = _unregister(registry, module, name, deinitialize=False)
+    hook.fn_ref = None
+    if not registry.hooks:
+        _leave_bare(module, made_registry, had_forward)
 
 
 def unwrap_module(module: nn.Module, feature: str, part: str = "") -> bool:

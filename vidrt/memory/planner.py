@@ -8,7 +8,9 @@ is then placed analytically (simulate.placement: the accelerator and host peaks)
 (vidrt.memory.pricing: predicted seconds on the GPU model). The fastest combination whose accelerator peak
 fits the budget and whose host peak fits the host budget wins; ties go to the smaller peak. Offload group
 from disk (the weights streamed from files, not held in host memory) is a candidate too: slower, chosen
-where host memory would not hold the weights.
+where host memory would not hold the weights. So is fp8 weight storage (half the denoiser's bytes resident and
+streamed); because it changes the video (lossy), `memory.weights: auto` takes it only where no candidate with
+native weights fits, and the table shows what it would have saved.
 
 A budget of "auto" is the accelerator's free memory less a headroom (cuDNN/cuBLAS workspaces and the
 allocator's fragmentation, which the simulation does not see); planning for a named GPU model without one at
@@ -79,15 +81,16 @@ class Plan:
         unit, size = byte_unit(max(max(r["peak_bytes"], r["host_peak_bytes"]) for r in self.candidates))
         table = Table(title=f"candidates, fastest first (seconds predicted on {self.gpu}"
                             f"{f', per GPU of {self.gpus}' if self.gpus > 1 else ''})")
-        for col in ("", "slicing", "offload", "tiling", "text enc.", f"peak {unit}", f"host {unit}", "seconds",
-                    "fits"):
-            table.add_column(col, justify="left" if col in ("", "slicing", "offload", "text enc.") else "right",
+        for col in ("", "slicing", "offload", "tiling", "text enc.", "weights", f"peak {unit}", f"host {unit}",
+                    "seconds", "fits"):
+            table.add_column(col, justify="left" if col in ("", "slicing", "offload", "text enc.", "weights")
+                             else "right",
                              no_wrap=True)
         for row in self.candidates:
             s = MemorySettings(**row["settings"])
             chosen = s == self.settings
             table.add_row("->" if chosen else "", _slicing_text(s), _offload_text(s), "on" if s.vae_tiling else "off",
-                          "accel." if s.text_encoder == "accelerator" else s.text_encoder,
+                          "accel." if s.text_encoder == "accelerator" else s.text_encoder, s.weights,
                           scaled(row["peak_bytes"], size), scaled(row["host_peak_bytes"], size),
                           f"{row['seconds']['total']:.1f}", "yes" if row["fits"] else "no",
                           style="bold" if chosen else None)
@@ -123,7 +126,7 @@ def memory_block(s: MemorySettings, budget_bytes: int | None) -> dict[str, Any]:
                    if getattr(s, "chunk_" + k) is not None} or "auto"
     block = {"budget": format_bytes(budget_bytes).replace(" ", "") if budget_bytes is not None else None,
              "slicing": slicing, "offload": s.offload, "vae_tiling": "on" if s.vae_tiling else "off",
-             "text_encoder": s.text_encoder}
+             "text_encoder": s.text_encoder, "weights": s.weights}
     if s.offload == "group":
         block["offload_granularity"] = s.granularity
         block["offload_disk"] = "on" if s.disk else "off"
@@ -185,6 +188,20 @@ def _session(config, adapter, frames, slicings, tilings, pipe, gpus):
     return sess
 
 
+def _candidate(sess, st: MemorySettings, raw, denoise: str, decode: str, shape, spec, eff, den: str,
+               budget_bytes: int | None, host_bytes: int | None, order: int) -> dict[str, Any]:
+    """One combination placed and priced: its stages, peaks, predicted seconds and whether it fits."""
+    stages, peak, host = account(raw, sess.params_for(st.weights), sess.resident(st.granularity, st.weights), st,
+                                 sess.device, sess.shard, sess.upcast(st.weights))
+    seconds = price(sess, st, denoise, decode, shape, spec, eff, den)
+    for s in stages:
+        s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
+    return {"settings": st.to_dict(), "peak_bytes": int(peak), "host_peak_bytes": int(host),
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "fits": (budget_bytes is None or peak <= budget_bytes) and (host_bytes is None or host <= host_bytes),
+            "_stages": stages, "_key": (seconds["total"], order, peak)}
+
+
 def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | GpuSpec | None = None,
          host_budget: Any = None) -> Plan:
     """The fastest memory settings whose simulated accelerator peak fits `budget` (default:
@@ -222,6 +239,7 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
         offloads = list(dict.fromkeys(offloads))
     encoders = [fixed["text_encoder"]] if "text_encoder" in fixed else \
         ["accelerator"] if sess.device == "cpu" else ["accelerator", "cpu"]   # (on a CPU run both are the host)
+    storages = [fixed["weights"]] if "weights" in fixed else ["native", "fp8"] if gpus == 1 else ["native"]
     rows = []
     for i, sl in enumerate(slicings):
         for j, tiled in enumerate(tilings):
@@ -231,19 +249,13 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
             decode = f"vae_decode#{j}" if len(tilings) > 1 else "vae_decode"
             for offload, granularity, disk in offloads:
                 for te in encoders if offload != "model" else ["accelerator"]:   # (model offload moves it)
-                    st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames, chunk_tokens=sl.chunk_tokens,
-                                        chunk_positions=sl.chunk_positions, offload=offload, text_encoder=te,
-                                        vae_tiling=tiled, granularity=granularity, disk=disk)
-                    stages, peak, host = account(raw, sess.params, sess.resident(granularity), st, sess.device,
-                                                 sess.shard)
-                    seconds = price(sess, st, denoise, decode, shape, spec, eff, den)
-                    for s in stages:
-                        s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
-                    rows.append({"settings": st.to_dict(), "peak_bytes": int(peak), "host_peak_bytes": int(host),
-                                 "seconds": {k: round(v, 3) for k, v in seconds.items()},
-                                 "fits": (budget_bytes is None or peak <= budget_bytes) and
-                                         (host_bytes is None or host <= host_bytes), "_stages": stages,
-                                 "_key": (seconds["total"], len(rows), peak)})
+                    for weights in storages if offload != "shard" else [w for w in storages if w == "native"]:
+                        st = MemorySettings(slicing=sl.slicing, chunk_frames=sl.chunk_frames,
+                                            chunk_tokens=sl.chunk_tokens, chunk_positions=sl.chunk_positions,
+                                            offload=offload, text_encoder=te, vae_tiling=tiled,
+                                            granularity=granularity, disk=disk, weights=weights)
+                        rows.append(_candidate(sess, st, raw, denoise, decode, shape, spec, eff, den,
+                                               budget_bytes, host_bytes, len(rows)))
     # fastest first; equal predictions keep the candidates' order (larger chunks, less offloading first)
     rows.sort(key=lambda r: r["_key"])
     smallest = min(r["peak_bytes"] for r in rows)
@@ -258,7 +270,9 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
                              "memory.offload_disk, free host memory or raise memory.host_budget")
         raise VidrtError(f"cannot fit: the smallest plan needs {smallest / GiB:.2f} GiB "
                          f"(budget {budget_bytes / GiB:.2f} GiB) for {what}")
-    best = fitting[0]
+    # fp8 storage changes the video: left to auto, it is taken only where nothing with native weights fits
+    exact = [r for r in fitting if r["settings"]["weights"] == "native"] if "weights" not in fixed else fitting
+    best = (exact or fitting)[0]
     return Plan(settings=MemorySettings(**best["settings"]), peak_bytes=best["peak_bytes"],
                 host_peak_bytes=best["host_peak_bytes"], budget_bytes=budget_bytes, predicted_seconds=best["seconds"],
                 stages=best["_stages"], smallest_peak_bytes=int(smallest), considered=len(rows), gpu=spec.id,

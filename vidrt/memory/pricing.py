@@ -10,7 +10,10 @@ What the settings change:
 - offload group from disk: every streamed copy of the denoiser is read from its safetensors file first
   (DISK_READ_GBS, on the host thread, so nothing hides it), and each file is written once when its group
   first leaves the accelerator (DISK_WRITE_GBS, the "disk_write" entry);
-- text encoder on the CPU: its forward runs on the host (HOST_FLOPS, host memory bandwidth).
+- text encoder on the CPU: its forward runs on the host (HOST_FLOPS, host memory bandwidth);
+- weights fp8: the denoiser's weights move (streamed, sharded, moved once, read from disk) at their fp8 bytes,
+  and every call upcasts each cast layer to the compute dtype and casts it back (diffusers' layerwise casting:
+  two memory-bound element-wise ops per layer, reading and writing one fp8 and one compute-dtype copy each).
 The denoise stage repeats per step: its simulated calls are scaled to the real pipeline's calls per step (Wan
 with CFG calls the transformer twice; the UNet pipelines once, on a batch of two) and by the context windows
 of a long video. A tiled decode extrapolated from 2 and 3 latent frames is extrapolated in time the same way.
@@ -76,11 +79,24 @@ def _with_streaming(counts: Counts, section: str, model: str, nbytes: float, cop
     return out
 
 
+def _with_casting(counts: Counts, section: str, stored, calls: float) -> Counts:
+    """`counts` with `calls` denoiser calls' layerwise casts: per cast layer an upcast (read fp8, write the
+    compute dtype) and a recast (the reverse), each one element-wise op."""
+    if not stored.cast_layers:
+        return counts
+    weights = stored.cast_bytes / stored.itemsize
+    per_op = weights * (1 + stored.itemsize) / stored.cast_layers
+    out = counts.scaled(1.0)
+    out.add_op(section, "vidrt.layerwise_cast", "elementwise", 0, int(per_op), n=2 * stored.cast_layers * calls)
+    return out
+
+
 def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunShape, device: GpuSpec,
           eff: Efficiency, denoiser: str) -> dict[str, float]:
     """Predicted seconds per stage (and "denoise_step", "total") of the run `sess` measured, with `settings`,
     whose denoise / decode variants are the sections `denoise` / `decode`. `denoiser`: its params key."""
     counts: Counts = sess.counts
+    params = sess.params_for(settings.weights)
     out: dict[str, float] = {}
     streams = sess.stream_groups(settings.granularity)
     leaf = settings.offload == "group" and sess.leaf_level(denoiser, settings.granularity)
@@ -99,8 +115,10 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
     simulated = max(1, sess.denoise_calls.get(denoise, 1))
     calls = shape.calls_per_step * shape.windows
     step = counts.select(denoise).scaled(calls / simulated)
+    if settings.weights != "native" and sess.stored is not None:
+        step = _with_casting(step, denoise, sess.stored, calls)
     if settings.offload == "group":
-        step = _with_streaming(step, denoise, denoiser, sess.params[denoiser] * calls,
+        step = _with_streaming(step, denoise, denoiser, params[denoiser] * calls,
                                streams.get(denoiser, 1) * calls, serial=leaf)
     elif settings.offload == "shard" and sess.shard:
         ranks_share = max(0, sess.params[denoiser] - sess.shard.get(denoiser, 0))
@@ -108,8 +126,8 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
                                serial=False)
     out["denoise_step"] = _seconds(step, device, eff)
     if settings.offload == "group" and settings.disk:
-        out["denoise_step"] += sess.params[denoiser] * calls / (DISK_READ_GBS * 1e9)
-        out["disk_write"] = sess.params[denoiser] / (DISK_WRITE_GBS * 1e9)
+        out["denoise_step"] += params[denoiser] * calls / (DISK_READ_GBS * 1e9)
+        out["disk_write"] = params[denoiser] / (DISK_WRITE_GBS * 1e9)
     out["denoise"] = out["denoise_step"] * shape.steps
 
     parts = [s for s in counts.sections() if s.split("/")[0].startswith(decode + "~")]
@@ -124,7 +142,7 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
         link = device.host_gbs * 1e9 * eff.eff_transfer
         for stage, models in (("text_encode", ("text_encoder",)), ("image_encode", ("image_encoder",)),
                               ("denoise", (denoiser,)), ("vae_decode", ("vae",))):
-            moved = sum(sess.params.get(m, 0) for m in models
+            moved = sum(params.get(m, 0) for m in models
                         if not (m == "text_encoder" and settings.text_encoder == "cpu"))
             if stage in out:
                 out[stage] += moved / link

@@ -23,6 +23,7 @@ class MemorySettings:
     vae_tiling: bool = False
     granularity: str = "auto"          # offload group: auto | block | leaf
     disk: bool = False                 # offload group: the weights stream from files on disk, not host memory
+    weights: str = "native"            # native | fp8 | fp8_e5m2: the denoiser's weights stored in fp8 (lossy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,8 +37,9 @@ class MemorySettings:
         if self.offload == "group":
             how = ([f"{self.granularity} level"] if self.granularity != "auto" else []) + (["from disk"] if self.disk else [])
             offload = f"group ({', '.join(how)})" if how else "group"
+        weights = f"; weights {self.weights} (lossy)" if self.weights != "native" else ""
         return (f"slicing {sl}; offload {offload}; text encoder on {self.text_encoder}; "
-                f"vae tiling {'on' if self.vae_tiling else 'off'}")
+                f"vae tiling {'on' if self.vae_tiling else 'off'}{weights}")
 
 
 def fixed_settings(config) -> dict[str, Any]:
@@ -68,6 +70,11 @@ def fixed_settings(config) -> dict[str, Any]:
                              f"offload {out['offload']}; set memory.offload: group (or auto), or offload_disk: off")
         if out["disk"]:
             out["offload"] = "group"
+    if mem.weights != "auto":
+        out["weights"] = mem.weights
+        if mem.weights != "native" and out.get("offload") == "shard":
+            raise VidrtError(f"memory.weights: {mem.weights} storage is not combined with offload shard (FSDP2 "
+                             "shards the full-precision weights); choose weights native or another offload")
     return out
 
 

@@ -19,15 +19,18 @@ from vidrt.engine.compile import enable_compile
 from vidrt.engine.offload import OffloadConfig, enable_offload
 from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 from vidrt.engine.vae import VaeConfig, enable_vae_settings
+from vidrt.engine.weights import WeightStorageConfig, enable_weight_storage, weight_storage_on
 from vidrt.memory.planner import Plan, plan
 from vidrt.memory.settings import MemorySettings, fixed_settings, settings_from_config
+from vidrt.models import denoisers_of
 
-AUTO_KEYS = ("slicing", "offload", "vae_tiling", "text_encoder")
+AUTO_KEYS = ("slicing", "offload", "vae_tiling", "text_encoder", "weights")
 
 
 def apply_settings(pipe, settings: MemorySettings, device: torch.device, height: int, width: int,
                    kernels: str = "torch", disk_folder: Path | None = None) -> dict[str, Any]:
-    """Slicing, the VAE, the text encoder's place, then offload (offload hooks wrap the sliced computation);
+    """Slicing, the VAE, the text encoder's place, the weights' storage, then offload (offload hooks wrap the
+    sliced computation; group offloading copies the weights as they are stored when it is applied);
     returns what was applied, JSON-able (the sidecar's `memory`). `disk_folder`: an empty folder for offload
     group from disk (settings.disk)."""
     applied: dict[str, Any] = {}
@@ -52,12 +55,26 @@ def apply_settings(pipe, settings: MemorySettings, device: torch.device, height:
         pipe.text_encoder.to("cpu")          # it encodes on the host and never touches the accelerator
         host = ("text_encoder",)
     applied["text_encoder"] = settings.text_encoder
+    applied["weights"] = _store_weights(pipe, settings.weights, device)
     if settings.disk and disk_folder is None:
         raise VidrtError("memory.offload_disk: offload from disk needs a folder for the weight files")
     applied["offload"] = enable_offload(pipe, OffloadConfig(
         settings.offload, str(device), settings.granularity, keep_on_host=host,
         disk_path=str(disk_folder) if settings.disk and settings.offload == "group" else None))
     return applied
+
+
+def _store_weights(pipe, weights: str, device: torch.device) -> Any:
+    """The denoiser's weights stored as the settings say, summarised for the sidecar. fp8 storage is one-way:
+    a pipeline whose weights are already stored keeps them, whatever the settings."""
+    if any(weight_storage_on(d) for d in denoisers_of(pipe)):
+        return "already stored in fp8 (one-way)"
+    if weights == "native":
+        return "native"
+    summary = enable_weight_storage(pipe, WeightStorageConfig(weights, non_blocking=device.type == "cuda"))
+    return {"storage": summary["storage"], "bytes_before": summary["bytes_before"],
+            "bytes_after": summary["bytes_after"],
+            "layers_cast": sum(m["layers_cast"] for m in summary["models"].values())}
 
 
 def disk_folder_for(pipe, cfg: RenderConfig, settings: MemorySettings, output: Path) -> Path | None:

@@ -111,8 +111,9 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
         settings = MemorySettings(**settings)
     sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
                        top_n=top_n, timeline=timeline, exact_layers=exact_layers, ranks=ranks, mode=mode)
-    stages, peak, host_peak = account(sess.stages, sess.params, sess.resident(settings.granularity), settings,
-                                      sess.device, sess.shard)
+    stages, peak, host_peak = account(sess.stages, sess.params_for(settings.weights),
+                                      sess.resident(settings.granularity, settings.weights), settings, sess.device,
+                                      sess.shard, sess.upcast(settings.weights))
     spec = resolve_gpu(gpu)
     adapter = get_adapter(config.model.family)
     seconds = price(sess, settings, "denoise", "vae_decode", run_shape(config, adapter, sess.frames, sess.windows), spec,
@@ -122,7 +123,8 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
     return SimReport(
         model=str(config.model.path), family=sess.family, dtype=sess.dtype, frames=sess.frames,
         height=sess.height, width=sess.width, settings=settings.to_dict(), peak_bytes=peak,
-        host_peak_bytes=host_peak, stages=stages, modules=sess.modules, params=sess.params, device=sess.device,
+        host_peak_bytes=host_peak, stages=stages, modules=sess.modules, params=sess.params_for(settings.weights),
+        device=sess.device,
         seconds=round(time.perf_counter() - started, 3), timeline=sess.timeline, distributed=sess.distributed,
         device_model=spec.id, predicted_seconds={k: round(v, 3) for k, v in seconds.items()},
     )

@@ -5,19 +5,60 @@ weigh every offload and text-encoder setting against one session.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.core.tensors import module_bytes
 from vidrt.engine.offload import offload_granularity
+from vidrt.engine.weights import WeightStorageConfig, cast_layers, storage_sizer
 from vidrt.memory.settings import MemorySettings
 from vidrt.models.layout import stream_units
 
 ENCODERS = ("text_encoder", "image_encoder")
 
 
+@dataclass(frozen=True)
+class StoredWeights:
+    """A denoiser's weights under fp8 storage (vidrt.engine.weights), measured on the simulated model: its bytes,
+    its resident bytes under group offloading, the transient of one upcast layer and the per-call casting work;
+    the layers a reduced model left out count as copies of its built repeated layers."""
+
+    model: str                   # the denoiser's params key
+    total_bytes: int             # every weight, fp8 where cast
+    resident: dict[str, int]     # under group offloading, per granularity (GRANULARITIES)
+    upcast_bytes: int            # the largest cast layer in the compute dtype: held while it runs
+    cast_bytes: int              # native bytes of every cast layer: each call upcasts and recasts them
+    cast_layers: int
+    itemsize: int                # bytes per weight in the compute dtype
+
+
+def stored_weights(name: str, den: nn.Module, total_bytes: int, repeated: list[nn.Module]) -> StoredWeights:
+    """fp8 storage of the simulated denoiser `den` (meta or fake tensors) whose full model has `total_bytes`
+    natively; `repeated`: its built repeated layers, which stand for the ones a reduced model left out."""
+    config = WeightStorageConfig("fp8")
+    size = storage_sizer(den, config)
+    built = module_bytes([den])
+    missing = max(0, total_bytes - built)            # the layers left out, natively
+    rep = module_bytes(repeated)
+    ratio = size(repeated) / rep if rep else 1.0
+    layers = [den.get_submodule(n) for n in cast_layers(den, config)]
+    in_rep = {id(m) for layer in repeated for m in layer.modules()}
+    rep_cast = [m for m in layers if id(m) in in_rep]
+    per_rep_layer = missing / rep if rep else 0.0    # how many built repeated layers' worth were left out
+    stored_total = int(size([den]) + missing * ratio)
+    itemsize = next((p.element_size() for p in den.parameters() if p.is_floating_point()), 4)
+    return StoredWeights(
+        name, stored_total,
+        {g: group_resident(den, stored_total, g, size) for g in GRANULARITIES},
+        max((module_bytes([m]) for m in layers), default=0),
+        int(module_bytes(layers) + module_bytes(rep_cast) * per_rep_layer),
+        int(round(len(layers) + len(rep_cast) * per_rep_layer)), itemsize)
+
+
 def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings,
-            device: str = "cuda", shard: dict[str, int] | None = None):
+            device: str = "cuda", shard: dict[str, int] | None = None, upcast: dict[str, int] | None = None):
     """Place parameters and each stage's tensors on the accelerator or the host, the way the runner does:
 
     * offload none: every model on the accelerator; the text encoder leaves it after encoding (the runner's
@@ -30,7 +71,9 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
     * offload group from disk (`s.disk`): the denoiser's weights live in files; the host holds only the copies
       in flight (as many bytes as the accelerator's resident share); the encoders stream from host memory
       (vidrt.engine.offload: tied weights break diffusers' disk path);
-    * text encoder on the CPU: it never touches the accelerator; its forward runs on the host.
+    * text encoder on the CPU: it never touches the accelerator; its forward runs on the host;
+    * weights fp8: `params` and `group` count the denoiser's stored bytes (Session.params_for / resident), and
+      the stages it runs in hold one layer upcast to the compute dtype on top (`upcast`, per model).
     `raw`: the session's stages, each with the `models` that run in it. Host bytes: weights kept in host
     memory (offloaded or released) plus a CPU text encoder's tensors. (What loading the pipeline takes before
     the plan applies is not counted: diffusers' from_pretrained holds each model in host memory once.)"""
@@ -60,6 +103,7 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
                 on_accel["vae"] = params["vae"]
         resident = sum(on_accel.values())
         tensors = r["input_bytes"] + r["activation_bytes"]
+        resident += sum(b for n, b in (upcast or {}).items() if n in names)
         accel = resident + (0 if on_host else tensors)
         if s.offload == "group" and s.disk:   # the denoiser from files: only its copies in flight pass the host
             host = sum(b for n, b in params.items() if n in ENCODERS) + \
@@ -99,24 +143,29 @@ def resident_under_group_offload(named: dict[str, nn.Module], params: dict[str, 
             for k, v in named.items()}
 
 
-def group_resident(mod: nn.Module, total_bytes: int, granularity: str = "auto") -> int:
+def group_resident(mod: nn.Module, total_bytes: int, granularity: str = "auto", size=module_bytes) -> int:
     """Resident bytes of a denoiser under vidrt's group offloading (vidrt.engine.offload): block level keeps what
     is outside the outermost blocks plus two blocks (the one running and the one being prefetched); leaf
-    level keeps two leaves. `total_bytes` counts the layers a reduced simulation model dropped."""
+    level keeps two leaves. `total_bytes` counts the layers a reduced simulation model dropped; `size`
+    counts a list of modules' bytes (`module_bytes`, or weight storage's `storage_sizer`)."""
     if _level(mod, total_bytes, granularity) == "leaf_level" or not stream_units(mod):
-        return leaf_resident(mod)
-    sizes = sorted((module_bytes([b]) for b in stream_units(mod)), reverse=True)
-    return module_bytes([mod]) - sum(sizes) + sum(sizes[:2])
+        return leaf_resident(mod, size)
+    units = sorted((size([b]) for b in stream_units(mod)), reverse=True)
+    built = size([mod])
+    running = units[:2]
+    if len(running) == 1 and total_bytes > built:   # a reduced model built one of several blocks
+        running = running * 2
+    return built - sum(units) + sum(running)
 
 
-def leaf_resident(mod: nn.Module) -> int:
+def leaf_resident(mod: nn.Module, size=module_bytes) -> int:
     """Resident bytes under leaf-level group offloading: the two largest leaves (one running, one
     prefetched)."""
-    leaves = sorted((m for m in mod.modules() if not list(m.children())), key=lambda m: -module_bytes([m]))
+    leaves = sorted((m for m in mod.modules() if not list(m.children())), key=lambda m: -size([m]))
     seen: set[int] = set()
     picked: list[int] = []
     for leaf in leaves:  # tied weights (UMT5's shared / embed_tokens) count once
-        b = module_bytes([leaf], seen=seen)
+        b = size([leaf], seen=seen)
         if b:
             picked.append(b)
         if len(picked) == 2:

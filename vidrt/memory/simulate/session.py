@@ -30,8 +30,8 @@ from vidrt.memory.settings import MemorySettings
 from vidrt.memory.simulate.fake import KEEP_LAYERS, build_modules
 from vidrt.memory.target import accelerator
 from vidrt.engine.offload import offload_granularity
-from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, resident_under_group_offload,
-                                            stream_groups_under_group_offload)
+from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, resident_under_group_offload,
+                                            stored_weights, stream_groups_under_group_offload)
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.known import components_from_pipe, resolve_components
@@ -63,12 +63,27 @@ class Session:
     group_by: dict[str, dict[str, int]] = field(default_factory=dict)
     stream_groups_by: dict[str, dict[str, int]] = field(default_factory=dict)
     auto_levels: dict[str, str] = field(default_factory=dict)     # what "auto" granularity picks, per model
+    stored: StoredWeights | None = None                  # the denoiser under fp8 weight storage
 
     def leaf_level(self, model: str, granularity: str = "auto") -> bool:
         return granularity == "leaf" or (granularity == "auto" and self.auto_levels.get(model) != "block_level")
 
-    def resident(self, granularity: str = "auto") -> dict[str, int]:
-        return self.group_by.get(granularity, self.group)
+    def resident(self, granularity: str = "auto", weights: str = "native") -> dict[str, int]:
+        """Accelerator bytes of each model under group offloading, the denoiser's as `weights` stores them."""
+        group = self.group_by.get(granularity, self.group)
+        if weights == "native" or self.stored is None:
+            return group
+        return dict(group, **{self.stored.model: self.stored.resident[granularity]})
+
+    def params_for(self, weights: str = "native") -> dict[str, int]:
+        """Bytes of each model's weights, the denoiser's as `weights` stores them."""
+        if weights == "native" or self.stored is None:
+            return self.params
+        return dict(self.params, **{self.stored.model: self.stored.total_bytes})
+
+    def upcast(self, weights: str = "native") -> dict[str, int]:
+        """Bytes a model holds on top while it runs: one layer upcast from fp8 storage."""
+        return {} if weights == "native" or self.stored is None else {self.stored.model: self.stored.upcast_bytes}
 
     def stream_groups(self, granularity: str = "auto") -> dict[str, int]:
         return self.stream_groups_by.get(granularity, {})
@@ -207,12 +222,14 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         group = group_by["auto"]
         streams_by = {g: stream_groups_under_group_offload(named, params, mods["_repeated"], g) for g in GRANULARITIES}
         levels = {k: offload_granularity(v, params[k]) for k, v in named.items() if k not in ENCODERS + ("vae",)}
+        den_name = adapter.denoiser_attr
+        stored = stored_weights(den_name, den, params[den_name], list(repeated.get(den_name, ((), 0))[0]))
         shard = {}
         if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
-            den_name = adapter.denoiser_attr
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
     stage_models = {st.name: tuple(n for n in st.modules if n in params) for st in adapter.stages}
     stages = [dict(s, models=stage_models.get(s["name"].partition("#")[0], ())) for s in tracker.stages]
     return Session(adapter.family, dtype_name, frames, height, width, accel, stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
-                   layout, shard, _full_layers(cost.counts, repeated), calls, windows, group_by, streams_by, levels)
+                   layout, shard, _full_layers(cost.counts, repeated), calls, windows, group_by, streams_by, levels,
+                   stored)
