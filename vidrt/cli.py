@@ -203,8 +203,9 @@ def plan(
     gpu: GpuOption = None,
     set_: SetOption = None,
 ):
-    """The fastest plan by predicted seconds (chunk sizes, offload, text-encoder placement, VAE tiling) that fits
-    BUDGET; lists every candidate and prints the chosen `memory:` block."""
+    """The fastest plan by predicted seconds (chunk sizes, offload, text-encoder placement, VAE tiling; fp8
+    weights only where nothing native fits) that fits BUDGET; lists every candidate and prints the chosen
+    `memory:` block."""
     from vidrt.config import load_config
 
     cfg = load_config(config, set_ or [])

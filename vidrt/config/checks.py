@@ -1,5 +1,5 @@
 """What a render refuses before any model loads, from the config and the files it names: a missing or wrong
-model folder, an image the model cannot take or lacks, more steps than its scheduler has, a video beyond host
+model folder, an image or input video that is missing or the model cannot take, more steps than its scheduler has, a video beyond host
 memory; and the warning for a render with a lot of work."""
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
     if cfg.model.motion_adapter and model_files:
         local_or_hub(cfg.model.motion_adapter, "model.motion_adapter", _places(cfg.model.motion_adapter, cfg),
                      "config.json", kind="MotionAdapter")
-    if cfg.image and not Path(cfg.image).expanduser().is_file():
-        raise VidrtError(f"image: no such file {cfg.image}{_places(cfg.image, cfg)}")
+    for key in ("image", "input_video"):
+        value = getattr(cfg, key)
+        if value and not Path(value).expanduser().is_file():
+            raise VidrtError(f"{key}: no such file {value}{_places(value, cfg)}")
     if folder is not None:
         check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
                               allow_pickle=cfg.model.allow_pickle)

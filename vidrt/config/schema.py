@@ -163,7 +163,9 @@ class RenderConfig(_Strict):
     prompt: str
     negative_prompt: str = ""
     image: str | None = None
-    frames: int | None = Field(default=None, ge=1)  # None: the model's native frame count
+    input_video: str | None = None   # video-to-video: the clip to transform (its frames, resized to height x width)
+    strength: float = Field(default=0.7, gt=0, le=1, allow_inf_nan=False)   # video-to-video: how much changes
+    frames: int | None = Field(default=None, ge=1)  # None: the model's native frame count (input_video: its length)
     height: int = Field(ge=8)
     width: int = Field(ge=8)
     steps: int = Field(default=20, ge=1)
@@ -211,6 +213,14 @@ class RenderConfig(_Strict):
             problems.append(f"image: the {spec.family} family needs a conditioning image")
         if self.image and not (spec.needs_image or spec.optional_image):
             problems.append(f"image: the {spec.family} family renders from text only; remove image")
+        if self.input_video and not spec.video_to_video:
+            problems.append(f"input_video: the {spec.family} family has no video-to-video pipeline; remove "
+                            "input_video")
+        if self.input_video and int(self.steps * self.strength) < 1:
+            problems.append(f"strength: {self.strength} x {self.steps} steps leaves no step to run; raise strength "
+                            "or steps")
+        if self.input_video and self.image:
+            problems.append("input_video: a video-to-video render takes no image; remove image or input_video")
         if self.model.motion_adapter and spec.family != "animatediff":
             problems.append(f"model.motion_adapter: only the animatediff family takes a motion adapter, "
                             f"not {spec.family}; remove the key")

@@ -109,8 +109,9 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
             text = _with_streaming(text, "text_encode", "text_encoder", sess.params["text_encoder"] * shape.text_calls,
                                    streams.get("text_encoder", 1) * shape.text_calls, serial=True)
         out["text_encode"] = _seconds(text, device, eff)
-    if "image_encode" in counts.sections():
-        out["image_encode"] = _seconds(counts.select("image_encode"), device, eff)
+    for stage in ("image_encode", "video_encode"):
+        if stage in counts.sections():
+            out[stage] = _seconds(counts.select(stage), device, eff)
 
     simulated = max(1, sess.denoise_calls.get(denoise, 1))
     calls = shape.calls_per_step * shape.windows
@@ -141,7 +142,7 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
     if settings.offload == "model":    # each model moves to the accelerator once, when its stage starts
         link = device.host_gbs * 1e9 * eff.eff_transfer
         for stage, models in (("text_encode", ("text_encoder",)), ("image_encode", ("image_encoder",)),
-                              ("denoise", (denoiser,)), ("vae_decode", ("vae",))):
+                              ("video_encode", ("vae",)), ("denoise", (denoiser,)), ("vae_decode", ("vae",))):
             moved = sum(params.get(m, 0) for m in models
                         if not (m == "text_encoder" and settings.text_encoder == "cpu"))
             if stage in out:

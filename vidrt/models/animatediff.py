@@ -11,7 +11,7 @@ from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.models.specs import SPECS
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage, strength_start
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.known import KNOWN_MOTION_ADAPTERS, Component, known_dir, read_json
 from vidrt.models.layout import outermost
@@ -30,6 +30,7 @@ class AnimateDiffAdapter(UNetSimulation, ModelAdapter):
     frame_parallel = True
     stages = (
         Stage("text_encode", ("text_encoder",)),
+        Stage("video_encode", ("vae",)),
         Stage("denoise", ("unet",)),
         Stage("vae_decode", ("vae",)),
     )
@@ -109,8 +110,43 @@ class AnimateDiffAdapter(UNetSimulation, ModelAdapter):
         return out
 
     def call_kwargs(self, pipe, req: RenderRequest) -> dict[str, Any]:
+        if req.video is not None:      # the video-to-video pipeline takes the length from the latents
+            return dict(height=req.height, width=req.width, num_inference_steps=req.steps,
+                        guidance_scale=req.guidance, strength=req.strength)
         return dict(num_frames=req.frames, height=req.height, width=req.width,
                     num_inference_steps=req.steps, guidance_scale=req.guidance)
+
+    def video_pipeline(self, pipe):
+        from diffusers import AnimateDiffVideoToVideoPipeline
+
+        return self.prepare(AnimateDiffVideoToVideoPipeline.from_pipe(pipe))
+
+    def encode_video(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
+        """As AnimateDiffVideoToVideoPipeline encodes: 16 frames at a time (its decode_chunk_size, so the latent
+        samples draw the same numbers from `generator`), in float32 when the VAE asks to be upcast, times the
+        scaling factor; (1, F, C, h, w)."""
+        from diffusers.pipelines.animatediff.pipeline_animatediff_video2video import retrieve_latents
+
+        vae = pipe.vae
+        dtype = pipe.text_encoder.dtype        # the pipeline's prompt_embeds dtype
+        upcast = bool(vae.config.force_upcast) and vae.dtype != torch.float32
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            chunks = self.video_chunks(pipe, req, device, dtype)
+            latents = [retrieve_latents(vae.encode(c[0].transpose(0, 1).to(vae.dtype)), generator=generator)
+                       for c in chunks]
+        finally:
+            if upcast:
+                vae.to(dtype)
+        return vae.config.scaling_factor * torch.cat(latents).to(dtype).unsqueeze(0)
+
+    def noised_video_latents(self, pipe, clean, req, generator, device) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler, t0 = strength_start(pipe, req, device)
+        noise = randn_tensor(tuple(clean.shape), generator=generator, device=device, dtype=clean.dtype)
+        return scheduler.add_noise(clean, noise, t0).permute(0, 2, 1, 3, 4)
 
     def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)

@@ -57,7 +57,28 @@ class RenderRequest:
     guidance: float
     seed: int
     image: Any = None  # PIL image for I2V families
+    video: Any = None  # vidrt.core.video_input.VideoInput for video-to-video
+    strength: float = 1.0   # video-to-video: the share of the schedule that runs (1: all of it)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps the pipeline runs: all of them, or a video-to-video render's share (as diffusers trims)."""
+        return min(int(self.steps * self.strength), self.steps) if self.video is not None else self.steps
+
+
+def strength_start(pipe, req: RenderRequest, device):
+    """A fresh copy of the pipeline's scheduler set up as diffusers' video-to-video pipelines set theirs
+    (`retrieve_timesteps`, then `get_timesteps` for `req.strength`), and the first timestep they run."""
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(req.steps, device=device)
+    t_start = max(req.steps - req.denoise_steps, 0) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start)
+    if req.denoise_steps < 1:
+        raise VidrtError(f"strength: {req.strength} x {req.steps} steps leaves no step to run; raise strength or "
+                         "steps")
+    return scheduler, scheduler.timesteps[t_start:t_start + 1]
 
 
 class ModelAdapter:
@@ -174,6 +195,35 @@ class ModelAdapter:
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device
         return torch.Generator(device=gen_device).manual_seed(req.seed)
+
+    # ---- video-to-video ------------------------------------------------------------------------
+    video_chunk_frames: ClassVar[int] = 16        # input frames read, preprocessed and encoded at a time
+
+    def video_pipeline(self, pipe):
+        """The family's video-to-video pipeline on `pipe`'s components (diffusers' `from_pipe`)."""
+        raise VidrtError(f"input_video: the {self.family} family has no video-to-video pipeline")
+
+    def video_chunks(self, pipe, req: RenderRequest, device, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+        """The input video's first `req.frames` frames, `video_chunk_frames` at a time, preprocessed by the
+        pipeline's own video processor (resized to the render size, in [-1, 1]): (1, C, f, H, W) tensors."""
+        from PIL import Image
+
+        for chunk in req.video.chunks(req.frames, self.video_chunk_frames):
+            frames = [Image.fromarray(f) for f in chunk]
+            yield pipe.video_processor.preprocess_video(frames, height=req.height, width=req.width).to(device, dtype)
+
+    def encode_video(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
+        """The input video's clean latents, in the layout `noised_video_latents` takes, encoded chunk by chunk."""
+        raise NotImplementedError
+
+    def noised_video_latents(self, pipe, clean: torch.Tensor, req: RenderRequest, generator, device) -> torch.Tensor:
+        """`clean` noised to the first timestep the video-to-video pipeline runs, as it would noise them: what it
+        takes as `latents=` (it then denoises them over `req.denoise_steps` steps)."""
+        raise NotImplementedError
+
+    def video_latents(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
+        return self.noised_video_latents(pipe, self.encode_video(pipe, req, generator, device), req, generator,
+                                         device)
 
     # ---- slicing -------------------------------------------------------------------------------
     def denoiser_calls_per_step(self, cfg: bool) -> int:

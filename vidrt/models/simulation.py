@@ -35,6 +35,7 @@ class SimParams:
     # the pipeline's loop tensors that stay on the accelerator (the window's when the loop is on the host)
     denoise_frames: int | None = None
     loop_frames: int | None = None
+    video_input: bool = False      # video-to-video: the input clip is encoded first (stage video_encode)
 
     @property
     def window_frames(self) -> int:

@@ -28,6 +28,7 @@ class FamilySpec:
     denoiser_class_names: tuple[str, ...]
     needs_image: bool = False
     optional_image: bool = False          # image switches to the family's image-to-video pipeline
+    video_to_video: bool = False          # input_video switches to the family's video-to-video pipeline
     frame_rule: str = "any"               # "4k+1" for Wan's causal VAE
     size_multiple: int = 8
     native_frames: int = 16               # the length the model was trained on (a sample model's vidrt.json wins)
@@ -41,6 +42,10 @@ class FamilySpec:
         if self.frame_rule == "4k+1" and (frames - 1) % 4:
             return f"frames: {frames} is not 4k+1 (required by {self.family}, e.g. 17, 33, 81)"
         return None
+
+    def frames_at_most(self, frames: int) -> int:
+        """The longest frame count this family renders that is at most `frames` (>= 1)."""
+        return (frames - 1) // 4 * 4 + 1 if self.frame_rule == "4k+1" else frames
 
     def size_error(self, key: str, value: int) -> str | None:
         if value % self.size_multiple:
@@ -76,12 +81,14 @@ class FamilySpec:
 
 SPECS: dict[str, FamilySpec] = {s.family: s for s in (
     FamilySpec("wan", "Wan 2.1 DiT (T2V 1.3B/14B; I2V 14B when `image` is given). frames 4k+1, size multiple of 16",
-               "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline"), ("WanTransformer3DModel",),
-               optional_image=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
+               "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"), ("WanTransformer3DModel",),
+               optional_image=True, video_to_video=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
                latent_channels=16, denoiser_folder="transformer"),
     FamilySpec("animatediff", "AnimateDiff: SD1.5 UNet + MotionAdapter (model.path = SD1.5 folder or AnimateDiff "
                "pipeline; model.motion_adapter = adapter folder/hub id). size multiple of 8",
-               "vidrt.models.animatediff", ("AnimateDiffPipeline", "StableDiffusionPipeline"), ("UNetMotionModel",)),
+               "vidrt.models.animatediff", ("AnimateDiffPipeline", "StableDiffusionPipeline",
+                                           "AnimateDiffVideoToVideoPipeline"), ("UNetMotionModel",),
+               video_to_video=True),
     FamilySpec("i2vgen-xl", "I2VGen-XL: image + text to video (needs `image`). size multiple of 8",
                "vidrt.models.i2vgen", ("I2VGenXLPipeline",), ("I2VGenXLUNet",), needs_image=True),
 )}

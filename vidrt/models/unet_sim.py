@@ -49,6 +49,13 @@ def simulate_stages(adapter, tracker, mods, p) -> None:
     h, w = p.height // sf, p.width // sf
     batch = 2 if p.cfg else 1
     extra = adapter.simulate_image_inputs(tracker, mods, p, batch)
+    if p.video_input:        # as AnimateDiffAdapter.encode_video: the clip through the image VAE in chunks
+        with tracker.stage("video_encode", params={"vae": vae}):
+            step = adapter.video_chunk_frames
+            clean = torch.cat([vae.encode(torch.zeros(min(step, p.frames - i), 3, p.height, p.width,
+                                                      dtype=p.dtype)).latent_dist.mode()
+                               for i in range(0, p.frames, step)])
+            del clean
     call_extra = {k: (v[:, :, :p.window_frames] if isinstance(v, torch.Tensor) and v.ndim == 5 else v)
                   for k, v in extra.items()}       # a context window's frames of the frame inputs
     latents = None

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from vidrt.models.specs import SPECS
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
+from vidrt.core.errors import VidrtError
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage, strength_start
 from vidrt.models.layout import outermost
-from vidrt.models.wan_vae import decode_stream
+from vidrt.models.wan_vae import decode_stream, encode_stream
 from vidrt.models.tokenizers import word_tokenizer
 from vidrt.models import wan_sim
 
@@ -25,6 +26,7 @@ class WanAdapter(ModelAdapter):
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),
+        Stage("video_encode", ("vae",)),
         Stage("denoise", ("transformer", "transformer_2")),
         Stage("vae_decode", ("vae",)),
     )
@@ -94,7 +96,37 @@ class WanAdapter(ModelAdapter):
                       max_sequence_length=self.max_sequence_length(pipe))
         if req.image is not None:
             kwargs["image"] = req.image
+        if req.video is not None:      # the video-to-video pipeline takes the length from the latents
+            del kwargs["num_frames"]
+            kwargs["strength"] = req.strength
         return kwargs
+
+    def video_pipeline(self, pipe):
+        from diffusers import WanPipeline, WanVideoToVideoPipeline
+
+        if not isinstance(pipe, WanPipeline):
+            raise VidrtError(f"input_video: video-to-video needs a Wan text-to-video model, not a "
+                             f"{type(pipe).__name__}")
+        return self.prepare(WanVideoToVideoPipeline.from_pipe(pipe))
+
+    def encode_video(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
+        """As WanVideoToVideoPipeline encodes (the distribution's mode, normalised by the VAE's latent mean and
+        std, float32), through the causal encoder a few frames at a time."""
+        vae = pipe.vae
+        mean = encode_stream(vae, self.video_chunks(pipe, req, device, torch.float32)).float()
+        z = vae.config.z_dim
+        shift = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, torch.float32)
+        scale = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(device, torch.float32)
+        return (mean - shift) * scale
+
+    def noised_video_latents(self, pipe, clean, req, generator, device) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler, t0 = strength_start(pipe, req, device)
+        noise = randn_tensor(tuple(clean.shape), generator=generator, device=device, dtype=torch.float32)
+        if hasattr(scheduler, "add_noise"):
+            return scheduler.add_noise(clean, noise, t0)
+        return scheduler.scale_noise(clean, t0, noise)
 
     def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         return decode_stream(pipe.vae, latents)

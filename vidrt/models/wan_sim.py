@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vidrt.models.simulation import encode_text, stage_variants, stream_decode
-from vidrt.models.wan_vae import decode_host
+from vidrt.models.wan_vae import decode_host, encode_stream
 
 
 def simulate_stages(adapter, tracker, mods, p) -> None:
@@ -42,6 +42,13 @@ def simulate_stages(adapter, tracker, mods, p) -> None:
             mask = torch.ones(1, 4, tf, h, w)
             condition = torch.cat([mask, lat], dim=1)
             del lat, mask
+    if p.video_input:        # as WanAdapter.encode_video: chunks of the clip through the causal encoder
+        with tracker.stage("video_encode", params={"vae": vae}):
+            step = adapter.video_chunk_frames
+            chunks = (torch.zeros(1, 3, min(step, p.frames - i), p.height, p.width, dtype=p.dtype)
+                      for i in range(0, p.frames, step))
+            clean = encode_stream(vae, chunks).to(torch.float32)
+            del clean
     latents = None
     for name, setup in stage_variants(p.denoise_variants, "denoise"):
         setup()

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
+
+from vidrt.core.errors import VidrtError
 
 _HOST = contextvars.ContextVar("vidrt_vae_host", default="cpu")
 
@@ -32,6 +34,34 @@ def decode_host(device):
 
 def is_causal_video_vae(vae) -> bool:
     return hasattr(vae, "clear_cache") and hasattr(vae, "_feat_map") and hasattr(vae, "decoder")
+
+
+def encode_stream(vae, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The mode of the causal VAE's latent distribution for a video given as pixel chunks (1, C, f, H, W) in
+    [-1, 1], in frame order: `AutoencoderKLWan._encode`'s loop (the first frame, then four at a time through the
+    encoder's feature cache) fed as the chunks arrive, so only one chunk of pixels exists at a time. Frames
+    beyond the last complete group of four are dropped, as `_encode` drops them."""
+    if getattr(vae.config, "patch_size", None) is not None:
+        raise VidrtError("input_video: this Wan VAE patchifies its input (Wan 2.2); video-to-video supports the "
+                         "Wan 2.1 VAE")
+    vae.clear_cache()
+    z = vae.config.z_dim
+    outs, pending = [], None
+    try:
+        for chunk in chunks:
+            chunk = chunk.to(vae.dtype)
+            pending = chunk if pending is None else torch.cat([pending, chunk], dim=2)
+            while pending is not None and pending.shape[2] >= (1 if not outs else 4):
+                n = 1 if not outs else 4
+                group, pending = pending[:, :, :n], (pending[:, :, n:] if pending.shape[2] > n else None)
+                vae._enc_conv_idx = [0]
+                enc = vae.encoder(group, feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx)
+                outs.append(vae.quant_conv(enc)[:, :z])   # pointwise in time: per group = on the whole
+    finally:
+        vae.clear_cache()
+    if not outs:
+        raise VidrtError("input_video: no frames to encode")
+    return torch.cat(outs, dim=2)
 
 
 def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -20,6 +20,7 @@ from rich.console import Console
 from vidrt.config import RenderConfig, check_request, model_path_places
 from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
+from vidrt.core.video_input import VideoInput
 from vidrt.engine import distributed as vdist
 from vidrt.core.windows import window_plan
 from vidrt.engine.long import LongVideoConfig, disable_long_video, enable_long_video
@@ -86,11 +87,14 @@ def resume_command(cfg: RenderConfig, out_path: Path) -> str:
     return shlex.join(args + ["--resume"])
 
 
-def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image) -> RenderRequest:
-    frames = cfg.frames or adapter.native_frame_count(pipe)
+def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image, video=None) -> RenderRequest:
+    """What the pipeline call is asked; a video-to-video render is as long as its input (or `frames` of it)."""
+    frames = cfg.frames or (adapter.spec.frames_at_most(video.count) if video is not None else
+                            adapter.native_frame_count(pipe))
     return RenderRequest(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, frames=frames,
                          height=cfg.height, width=cfg.width, steps=cfg.steps, guidance=cfg.guidance,
-                         seed=cfg.seed, image=image, extra={"fps": cfg.output.fps})
+                         seed=cfg.seed, image=image, video=video, strength=cfg.strength if video else 1.0,
+                         extra={"fps": cfg.output.fps})
 
 
 def policy_requested(cfg: RenderConfig) -> bool:
@@ -129,7 +133,8 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
     if wanted and req.image is not None:
         raise VidrtError("long.loop_on_host: image-conditioned runs keep the loop on the device; remove the key")
     on_host = bool(wanted) or (wanted is None and device.type != "cpu" and req.image is None)
-    reschedule = adapter.long_noise_reschedule and not resuming
+    # (noise rescheduling would shuffle a video-to-video render's input frames with its noise)
+    reschedule = adapter.long_noise_reschedule and not resuming and req.video is None
     enable_long_video(pipe, LongVideoConfig(windows.window, windows.overlap, loop_on_host=on_host,
                                             compute_device=str(device),
                                             noise_seed=(req.seed + 1) % 2 ** 64 if reschedule else None))
@@ -151,6 +156,15 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     started = time.perf_counter()
     log = console or Console(stderr=True)
     notes = check_request(cfg, model_files=pipe is None)
+    video = VideoInput.open(cfg.input_video) if cfg.input_video else None
+    if video is not None:
+        if resume:
+            raise VidrtError("--resume: video-to-video renders keep no step checkpoints; render again without "
+                             "--resume")
+        checkpoints = False      # the resumed schedule would start from the input's noised latents again
+        if cfg.frames and cfg.frames > video.count:
+            raise VidrtError(f"frames: {cfg.frames} asked, but input_video {video.path} has {video.count} frames; "
+                             f"ask at most {get_adapter(cfg.model.family).spec.frames_at_most(video.count)} or leave frames out")
     out_path = check_writable(out or cfg.output.path, resume=resume, checkpoints=checkpoints or resume)
     adapter = get_adapter(cfg.model.family)
     image = load_image(cfg.image) if cfg.image else None
@@ -170,7 +184,9 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
                          "(--nproc-per-node N) or choose none, model or group")
     if pipe is None:
         pipe = load_pipeline(cfg, device, with_image=image is not None)
-    req = request_from(cfg, adapter, pipe, image)
+    if video is not None:
+        pipe = adapter.video_pipeline(pipe)     # the same components under the video-to-video pipeline
+    req = request_from(cfg, adapter, pipe, image, video)
     problem = adapter.spec.frames_error(req.frames)
     if problem:
         raise VidrtError(problem)
@@ -189,7 +205,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
         log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
                   "the resume step, so frames may differ slightly from an uninterrupted run[/]")
-    control = StepControl(total_steps=req.steps, checkpointer=checkpointer, resume=resume_from, policy=policy,
+    control = StepControl(total_steps=req.denoise_steps, checkpointer=checkpointer, resume=resume_from, policy=policy,
                           loop_device=torch.device("cpu") if (long_applied or {}).get("loop_on_host") else None,
                           warn=lambda msg: log.print(f"[yellow]{msg}[/]", highlight=False))
     if dist_ctx is not None and not dist_ctx.is_main:  # only rank 0 writes checkpoints
@@ -250,6 +266,9 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "memory": memory,
         "oom_retries": oom.retries,
         "long": long_applied,
+        "input_video": {"path": str(video.path), "frames_read": req.frames, "source_frames": video.count,
+                        "source_size": [video.height, video.width], "strength": req.strength,
+                        "denoise_steps": req.denoise_steps} if video is not None else None,
         "policy": policy_stats(pipe),
         "distributed": distributed,
         "resumed_from_step": resume_from.step if resume_from is not None else None,

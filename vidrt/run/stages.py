@@ -1,4 +1,4 @@
-"""A render's stages on a loaded pipeline: text_encode -> (image_encode) -> denoise -> vae_decode.
+"""A render's stages on a loaded pipeline: text_encode -> (image_encode | video_encode) -> denoise -> vae_decode.
 
 Stages are run explicitly (text encoding before the pipeline call, VAE decoding after it) so that each has its
 own time and peak memory, the text encoder can leave the accelerator before denoising, and the decoder streams
@@ -23,9 +23,9 @@ from vidrt.run.video import to_uint8_frames
 def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: torch.device, tracker,
                        log: Console, show_progress: bool = True, control: StepControl | None = None,
                        text_on_host: bool = False) -> torch.Tensor:
-    """Stages text_encode -> (image_encode) -> denoise; returns the final latents. `text_on_host`: the text
+    """Stages text_encode -> (image_encode | video_encode) -> denoise; returns the final latents. `text_on_host`: the text
     encoder runs on the CPU (its embeddings then go to the device)."""
-    control = control or StepControl(total_steps=req.steps)
+    control = control or StepControl(total_steps=req.denoise_steps)
     denoiser = adapter.denoiser(pipe)
 
     with tracker.stage("text_encode", params=[] if text_on_host else [pipe.text_encoder]):
@@ -38,6 +38,14 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
     if control.resume is not None and control.resume.step >= req.steps:
         log.print(f"resume: all {req.steps} steps were done; decoding the saved latents")
         return control.resume.latents.to(device)
+
+    loop_device = control.loop_device or device
+    generator = adapter.generator(req, loop_device)
+    kwargs = adapter.call_kwargs(pipe, req)
+    if req.video is not None:     # the input clip, encoded and noised to the first step the strength leaves
+        with tracker.stage("video_encode", params=[pipe.vae]):
+            kwargs["latents"] = adapter.video_latents(pipe, req, generator, loop_device)
+        log_stage(log, tracker)
 
     if req.image is not None:
         image_modules = [m for m in (getattr(pipe, adapter.image_encoder_attr or "", None), pipe.vae) if m is not None]
@@ -53,11 +61,8 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
 
     progress = Progress(TextColumn("denoise"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=log, disable=not show_progress, transient=False)
-    task = progress.add_task("denoise", total=req.steps, completed=control.done_before)
+    task = progress.add_task("denoise", total=req.denoise_steps, completed=control.done_before)
     control.on_step = lambda done, total: progress.update(task, completed=done)
-    loop_device = control.loop_device or device
-    generator = adapter.generator(req, loop_device)
-    kwargs = adapter.call_kwargs(pipe, req)
     if control.resume is not None:
         # pipelines that scale given latents by init_noise_sigma (UNet families) would scale them twice
         kwargs["latents"] = control.resume.latents.to(loop_device) / getattr(pipe.scheduler, "init_noise_sigma", 1.0)

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.video_input import VIDEO_SUFFIXES, read_video, unpad_frame  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import torch
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
 
 
 # ---------------------------------------------------------------------------------------- output paths
@@ -124,36 +124,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, size: 
 
 
 # ---------------------------------------------------------------------------------------- reading
-def unpad_frame(frame: np.ndarray) -> np.ndarray:
-    """decord returns padded rows for some widths (a (H, W, C') array with C' != 3): drop the padding."""
-    if frame.ndim == 3 and frame.shape[-1] == 3:
-        return frame
-    h, w = frame.shape[0], frame.shape[1]
-    return frame.reshape(h, -1)[:, : w * 3].reshape(h, w, 3)
-
-
-def _decord():
-    try:
-        import decord
-    except ImportError:
-        raise VidrtError("reading video needs decord: pip install 'vidrt[video]' (the decord2 wheel)") from None
-    return decord
-
-
-def read_video(path: str | Path) -> np.ndarray:
-    """All frames of a video as (F, H, W, 3) uint8."""
-    decord = _decord()
-    path = Path(path)
-    if not path.is_file():
-        raise VidrtError(f"video: no such file {path}")
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        frames = [unpad_frame(reader[i].asnumpy()) for i in range(len(reader))]
-    except Exception as exc:  # decord raises its own DECORDError types
-        raise VidrtError(f"video: cannot decode {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    return np.stack(frames)
-
-
 def load_image(path: str | Path, key: str = "image"):
     """A conditioning image as RGB PIL: an image file, or the first frame of a video (through decord)."""
     from PIL import Image, UnidentifiedImageError

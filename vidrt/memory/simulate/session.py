@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import vidrt.engine.distributed as vdist
 from vidrt.core.dtypes import torch_dtype
+from vidrt.core.video_input import VideoInput
 from vidrt.core.tensors import module_bytes
 from vidrt.engine.distributed.comm import simulated_context
 from vidrt.engine.distributed.shard import rank_weight_bytes
@@ -139,8 +140,14 @@ def long_video(config, adapter, frames: int, accel: str, with_image: bool) -> tu
 
 
 def frame_count(config, adapter) -> int:
+    """The frames a render of `config` makes: `frames`, else the input video's (video-to-video), else the
+    model's native length."""
     frames = getattr(config, "frames", None)
-    return int(frames) if frames else adapter.spec.native_frame_count(config.model.path)
+    if frames:
+        return int(frames)
+    if getattr(config, "input_video", None):
+        return adapter.spec.frames_at_most(VideoInput.open(config.input_video).count)
+    return adapter.spec.native_frame_count(config.model.path)
 
 
 def run_session(config, slicing_variants: list[MemorySettings], tiling_variants: list[bool], *, pipe=None,
@@ -210,7 +217,8 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                     frames=frames, height=height, width=width, cfg=guidance > 1.0, guidance=guidance, dtype=dtype,
                     with_image=with_image, text_len=adapter.simulated_text_len(comps, mods, pipe),
                     denoise_variants=den_variants, decode_variants=dec_variants, fast_cfg=fast,
-                    denoise_frames=window_frames, loop_frames=loop_frames))
+                    denoise_frames=window_frames, loop_frames=loop_frames,
+                    video_input=bool(getattr(config, "input_video", None))))
         finally:
             for handle in handles:
                 handle.remove()
