@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import results_io as rio  # noqa: E402
 import vidrt_dev.quality as q  # noqa: E402
-from vidrt_dev.sample_data import COLOURS, DIRECTIONS, SHAPES, caption, make_clip, parse_caption  # noqa: E402
+from vidrt_dev.sample_data import COLOURS, DIRECTIONS, PALETTE, SHAPES, caption, make_clip, parse_caption  # noqa: E402
 
 NAME = "sample_quality"
 STRIP = "sample_strip.png"
@@ -105,6 +105,45 @@ def measure(video: np.ndarray, prompt: str) -> dict:
         "colour": colour,
         "direction": direction,
     }
+
+
+def core_pixels(mask: np.ndarray) -> np.ndarray:
+    """The blob pixels whose four neighbours are blob pixels too: a rendered object's edge blends with the
+    background, so its colour is judged on the core."""
+    core = np.zeros_like(mask)
+    core[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return core
+
+
+def palette_distance(rgb, name: str) -> float:
+    """Euclidean RGB distance from a palette colour, in 0-255 units."""
+    return float(255 * np.linalg.norm(np.asarray(rgb, np.float32) - np.asarray(PALETTE[name], np.float32)))
+
+
+def frame_attributes(video: np.ndarray, prompt: str, threshold: float = 0.25) -> list[dict]:
+    """The attributes above, frame by frame, each frame against its own border colour: a long video's
+    background can drift, and one background for the whole clip would then misplace the object in the frames
+    where it did. Per frame: the background's palette name and distance from the prompted one; whether an
+    object is there (>= 3 blob pixels, as `blob_colour`); its core colour (median of `core_pixels`, all blob
+    pixels where the core is empty) and distance from the prompted colour; its centroid (NaN when absent)."""
+    p = parse_caption(prompt)
+    out = []
+    for frame in np.asarray(video, np.float32):
+        clip = frame[None]
+        bg = q.background_colour(clip)
+        mask = q.blob_masks(clip, threshold)[0]
+        present = int(mask.sum()) >= 3
+        core = core_pixels(mask)
+        rgb = np.median(frame[core if core.any() else mask], axis=0) if present else None
+        out.append({
+            "background": q.nearest_colour(bg),
+            "background_error": palette_distance(bg, p["background"]),
+            "present": present,
+            "colour": q.nearest_colour(rgb) if present else None,
+            "colour_error": palette_distance(rgb, p["colour"]) if present else None,
+            "centroid": q.centroid_track(clip, threshold)[0],
+        })
+    return out
 
 
 def summarise(rows: list[dict]) -> dict:
