@@ -219,14 +219,19 @@ def write_strip(data: dict, path: Path) -> None:
         print(f"wrote {path}")
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_case_args(ap: argparse.ArgumentParser) -> None:
+    """The options of a run over (grammar prompt, seed) cases of the sample model (shared with fp8_quality)."""
     ap.add_argument("--model", default=str(ROOT / "samples" / "tiny-wan"))
-    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--n", type=int, default=16, help="(prompt, seed) cases")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_case_args(ap)
     rio.add_output_args(ap, NAME)
     args = ap.parse_args(argv)
     if args.report_only:

@@ -38,3 +38,23 @@ def run_cli(monkeypatch):
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
 
     return run
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """Frames each render hands to the mp4 writer, one (F, H, W, 3) uint8 array per call (compared before the
+    lossy encode)."""
+    import numpy as np
+
+    import vidrt.run.render as runner
+
+    calls: list = []
+    original = runner.write_video
+
+    def capture(path, frames, fps, size, **kw):
+        frames = list(frames)
+        calls.append(np.stack(frames))
+        return original(path, frames, fps, size, **kw)
+
+    monkeypatch.setattr(runner, "write_video", capture)
+    return calls

@@ -98,16 +98,8 @@ def test_offload_disk_belongs_to_offload_group():
         load_config(REPO / "samples/wan-random.yaml", ["memory.host_budget=lots"])
 
 
-def test_render_from_disk_matches_and_leaves_no_files(tmp_path, monkeypatch):
-    frames = []
-    original = runner.write_video
-
-    def capture(path, video, fps, size, **kw):
-        video = list(video)
-        frames.append(np.stack(video))
-        return original(path, video, fps, size, **kw)
-
-    monkeypatch.setattr(runner, "write_video", capture)
+def test_render_from_disk_matches_and_leaves_no_files(tmp_path, captured):
+    frames = captured
     base = ["steps=3", "memory.budget=null"]
     cfg = load_config(REPO / "samples/tiny.yaml", base)
     runner.render(cfg, tmp_path / "plain.mp4", show_progress=False)

@@ -22,21 +22,6 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture()
-def captured(monkeypatch):
-    """Frames handed to the mp4 writer, per call (compared before encoding)."""
-    calls: list[np.ndarray] = []
-    original = runner.write_video
-
-    def capture(path, frames, fps, size, **kw):
-        frames = list(frames)
-        calls.append(np.stack(frames))
-        return original(path, frames, fps, size, **kw)
-
-    monkeypatch.setattr(runner, "write_video", capture)
-    return calls
-
-
 def kill_after(monkeypatch, step: int):
     original = StepCheckpointer.save
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import vidrt
 from vidrt.models import get_adapter
+from vidrt_dev.inputs import denoiser_inputs
 from vidrt.engine.offload import OffloadConfig
 from vidrt.engine.slicing import disable_slicing, enable_slicing
 from vidrt_dev.counting import peak_activation_bytes
@@ -25,24 +26,6 @@ def _randomize_zeros(model: nn.Module) -> None:
         for p in model.parameters():
             if p.numel() and p.abs().max() == 0:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
-def _inputs(family: str, den, batch: int, frames: int, size: int = 16) -> dict:
-    g = torch.Generator().manual_seed(0)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    if family == "wan":
-        return dict(hidden_states=r(batch, den.config.in_channels, frames, size, size),
-                    timestep=torch.tensor([500] * batch), encoder_hidden_states=r(batch, 16, den.config.text_dim),
-                    return_dict=False)
-    if family == "animatediff":
-        return dict(sample=r(batch, 4, frames, size, size), timestep=torch.tensor(500),
-                    encoder_hidden_states=r(batch, 16, 32).repeat_interleave(frames, 0), return_dict=False)
-    return dict(sample=r(batch, 4, frames, size, size), timestep=torch.tensor(500),
-                fps=torch.tensor([16] * batch), image_latents=r(batch, 4, frames, size, size),
-                image_embeddings=r(batch, 4), encoder_hidden_states=r(batch, 16, 4), return_dict=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +52,7 @@ def _forwards_are_original(model: nn.Module) -> bool:
 def test_sliced_denoiser_matches_unsliced(pipes, family, batch, frames, chunks):
     pipe = pipes[family]
     den = get_adapter(family).denoiser(pipe)
-    kw = _inputs(family, den, batch, frames)
+    kw = denoiser_inputs(family, den, batch, frames)
     with torch.no_grad():
         ref = den(**kw)[0]
         summary = enable_slicing(pipe, **chunks)
@@ -108,7 +91,7 @@ def test_sliced_path_really_runs(pipes, monkeypatch):
         enable_slicing(pipe, chunk_frames=2, chunk_tokens=16, chunk_positions=40)
         try:
             with torch.no_grad():
-                den(**_inputs(fam, den, 1, 3))
+                den(**denoiser_inputs(fam, den, 1, 3))
         finally:
             disable_slicing(pipe)
     assert calls["block"] == len(pipes["wan"].transformer.blocks)
@@ -168,7 +151,7 @@ def test_unet_sliced_peak_follows_chunk_ratio(pipes):
     pipe = pipes["animatediff"]
     den = pipe.unet
     batch, frames, size = 2, 8, 16
-    kw = _inputs("animatediff", den, batch, frames, size=size)
+    kw = denoiser_inputs("animatediff", den, batch, frames, size=size)
     unsliced = _peak(lambda: den(**kw))
     chunk_frames, chunk_positions = 2, 64
     enable_slicing(pipe, chunk_frames=chunk_frames, chunk_positions=chunk_positions)
@@ -189,7 +172,7 @@ def test_unet_sliced_peak_follows_chunk_ratio(pipes):
 def test_enable_twice_and_disable_restore_originals(pipes):
     pipe = pipes["animatediff"]
     den = pipe.unet
-    kw = _inputs("animatediff", den, 1, 2)
+    kw = denoiser_inputs("animatediff", den, 1, 2)
     with torch.no_grad():
         ref = den(**kw)[0]
         den_ref = pipe.unet  # a reference held before enabling runs sliced afterwards
@@ -220,7 +203,7 @@ def test_composes_with_diffusers_hooks(pipes):
 
     pipe = pipes["wan"]
     block = pipe.transformer.blocks[0]
-    kw = _inputs("wan", pipe.transformer, 1, 3)
+    kw = denoiser_inputs("wan", pipe.transformer, 1, 3)
     with torch.no_grad():
         ref = pipe.transformer(**kw)[0]
         enable_slicing(pipe, chunk_tokens=7)
@@ -407,7 +390,7 @@ def test_up_block_upsampler_is_deferred_into_the_next_group(pipes, family):
     pipe = pipes[family]
     den = get_adapter(family).denoiser(pipe)
     ups = den.up_blocks
-    kw = _inputs(family, den, 2, 3)
+    kw = denoiser_inputs(family, den, 2, 3)
     with _output_sizes(ups) as shapes, torch.no_grad():
         ref = den(**kw)[0]
         ref_shapes = dict(shapes)
@@ -450,7 +433,7 @@ def test_up_block_keeps_its_upsampler_under_block_level_group_offloading():
     pipe = get_adapter("animatediff").tiny(0)
     den = pipe.unet
     _randomize_zeros(den)
-    kw = _inputs("animatediff", den, 2, 3)
+    kw = denoiser_inputs("animatediff", den, 2, 3)
     ups = den.up_blocks
     with _output_sizes(ups) as shapes, torch.no_grad():
         ref = den(**kw)[0]

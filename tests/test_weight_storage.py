@@ -18,6 +18,7 @@ from vidrt.engine.offload import OffloadConfig, disable_offload, enable_offload
 from vidrt.engine.weights import (WeightStorageConfig, cast_layers, disable_weight_storage, enable_weight_storage,
                                   weight_bytes_under_storage, weight_storage_on)
 from vidrt.models import get_adapter
+from vidrt_dev.inputs import denoiser_inputs
 
 FAMILIES = ("wan", "animatediff")
 KEEP = WeightStorageConfig(keep_originals=True)
@@ -25,20 +26,6 @@ KEEP = WeightStorageConfig(keep_originals=True)
 FORWARD_REL = {"wan": (0.01129, 0.02351), "animatediff": (0.07808, 0.1511)}
 # pipeline frames in [0, 1] (2 steps, seed 0): measured max |fp8 - native| with e4m3
 FRAMES_MAX = {"wan": 7.01e-4, "animatediff": 0.0577}
-
-
-def _inputs(family: str, den, batch: int = 2, frames: int = 4, size: int = 16) -> dict:
-    g = torch.Generator().manual_seed(0)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    if family == "wan":
-        return dict(hidden_states=r(batch, den.config.in_channels, frames, size, size),
-                    timestep=torch.tensor([500] * batch), encoder_hidden_states=r(batch, 16, den.config.text_dim),
-                    return_dict=False)
-    return dict(sample=r(batch, 4, frames, size, size), timestep=torch.tensor(500),
-                encoder_hidden_states=r(batch, 16, 32).repeat_interleave(frames, 0), return_dict=False)
 
 
 def _frames(pipe, family: str) -> np.ndarray:
@@ -63,7 +50,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fp8_moves_the_output_by_the_measured_amount(family):
     pipe, den = _tiny(family)
-    kw = _inputs(family, den)
+    kw = denoiser_inputs(family, den, 2, 4)
     with torch.no_grad():
         ref = den(**kw)[0]
         frames_ref = _frames(pipe, family)
@@ -171,7 +158,7 @@ def test_skipped_layers_stay_in_compute_dtype_and_cast_layers_compute_upcast(fam
     for op in ("linear", "conv2d"):
         monkeypatch.setattr(torch.nn.functional, op, spy(getattr(torch.nn.functional, op)))
     with torch.no_grad():
-        den(**_inputs(family, den, 1, 2))
+        den(**denoiser_inputs(family, den, 1, 2))
     # the layer's own computation sees its weight upcast by diffusers' hook; between calls it is stored in fp8
     assert seen == {n: torch.float32 for n in cast}
     assert all(m.weight.dtype == torch.float8_e4m3fn for m in layers)
@@ -210,7 +197,7 @@ def test_slicing_on_fp8_equals_fp8_unsliced(family, chunks, monkeypatch):
 
     monkeypatch.setattr(target, attr, counted)
     pipe, den = _tiny(family)
-    kw = _inputs(family, den)
+    kw = denoiser_inputs(family, den, 2, 4)
     enable_weight_storage(pipe)
     with torch.no_grad():
         ref = den(**kw)[0]
@@ -225,7 +212,7 @@ def test_slicing_on_fp8_equals_fp8_unsliced(family, chunks, monkeypatch):
 
 def test_order_with_group_offloading():
     pipe, den = _tiny("wan")
-    kw = _inputs("wan", den, 1, 2)
+    kw = denoiser_inputs("wan", den, 1, 2)
     enable_offload(pipe, OffloadConfig("group", "cpu"))
     with pytest.raises(VidrtError, match=r"weight storage: transformer streams its weights \(group offloading\); "
                                          r"call enable_weight_storage before enable_offload"):
