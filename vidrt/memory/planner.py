@@ -28,12 +28,16 @@ from vidrt.memory.devices import GpuSpec
 from vidrt.memory.pricing import price, run_shape
 from vidrt.memory.report import byte_unit, scaled, stage_table
 from vidrt.memory.settings import MemorySettings, fixed_settings
-from vidrt.memory.simulate.placement import account
 from vidrt.memory.simulate.session import frame_count, run_session
 from vidrt.memory.target import auto_budget, host_budget_bytes, resolve_gpu
 from vidrt.memory.timemodel import load_efficiency
 from vidrt.models import get_adapter
 
+
+
+def fits(peak: int, host_peak: int, budget: int | None, host_budget: int | None) -> bool:
+    """Whether peaks fit the budgets (None: no limit)."""
+    return (budget is None or peak <= budget) and (host_budget is None or host_peak <= host_budget)
 
 
 @dataclass
@@ -55,8 +59,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return (self.budget_bytes is None or self.peak_bytes <= self.budget_bytes) and \
-            (self.host_budget_bytes is None or self.host_peak_bytes <= self.host_budget_bytes)
+        return fits(self.peak_bytes, self.host_peak_bytes, self.budget_bytes, self.host_budget_bytes)
 
     def memory_config(self) -> dict[str, Any]:
         """The chosen settings as a config's `memory:` block (which a config accepts as it is)."""
@@ -191,14 +194,13 @@ def _session(config, adapter, frames, slicings, tilings, pipe, gpus):
 def _candidate(sess, st: MemorySettings, raw, denoise: str, decode: str, shape, spec, eff, den: str,
                budget_bytes: int | None, host_bytes: int | None, order: int) -> dict[str, Any]:
     """One combination placed and priced: its stages, peaks, predicted seconds and whether it fits."""
-    stages, peak, host = account(raw, sess.params_for(st.weights), sess.resident(st.granularity, st.weights), st,
-                                 sess.device, sess.shard, sess.upcast(st.weights))
+    stages, peak, host = sess.place(st, raw)
     seconds = price(sess, st, denoise, decode, shape, spec, eff, den)
     for s in stages:
         s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
     return {"settings": st.to_dict(), "peak_bytes": int(peak), "host_peak_bytes": int(host),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            "fits": (budget_bytes is None or peak <= budget_bytes) and (host_bytes is None or host <= host_bytes),
+            "fits": fits(peak, host, budget_bytes, host_bytes),
             "_stages": stages, "_key": (seconds["total"], order, peak)}
 
 

@@ -27,7 +27,6 @@ from vidrt.memory.report import stage_table
 from vidrt.memory.settings import MemorySettings, settings_from_config
 from vidrt.memory.devices import GpuSpec
 from vidrt.memory.pricing import price, run_shape
-from vidrt.memory.simulate.placement import account
 from vidrt.memory.simulate.session import Session, run_session
 from vidrt.memory.target import resolve_gpu
 from vidrt.memory.timemodel import load_efficiency
@@ -111,9 +110,7 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
         settings = MemorySettings(**settings)
     sess = run_session(config, [settings], [settings.vae_tiling], pipe=pipe, track_modules=track_modules,
                        top_n=top_n, timeline=timeline, exact_layers=exact_layers, ranks=ranks, mode=mode)
-    stages, peak, host_peak = account(sess.stages, sess.params_for(settings.weights),
-                                      sess.resident(settings.granularity, settings.weights), settings, sess.device,
-                                      sess.shard, sess.upcast(settings.weights))
+    stages, peak, host_peak = sess.place(settings)
     spec = resolve_gpu(gpu)
     adapter = get_adapter(config.model.family)
     seconds = price(sess, settings, "denoise", "vae_decode", run_shape(config, adapter, sess.frames, sess.windows), spec,

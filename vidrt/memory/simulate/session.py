@@ -31,8 +31,9 @@ from vidrt.memory.settings import MemorySettings
 from vidrt.memory.simulate.fake import KEEP_LAYERS, build_modules
 from vidrt.memory.target import accelerator
 from vidrt.engine.offload import offload_granularity
-from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, resident_under_group_offload,
-                                            stored_weights, stream_groups_under_group_offload)
+from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, account,
+                                            resident_under_group_offload, stored_weights,
+                                            stream_groups_under_group_offload)
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.known import components_from_pipe, resolve_components
@@ -85,6 +86,13 @@ class Session:
     def upcast(self, weights: str = "native") -> dict[str, int]:
         """Bytes a model holds on top while it runs: one layer upcast from fp8 storage."""
         return {} if weights == "native" or self.stored is None else {self.stored.model: self.stored.upcast_bytes}
+
+    def place(self, settings: MemorySettings, stages: list[dict[str, Any]] | None = None):
+        """`placement.account` of these stages (default: all the session's) under `settings`: (stages, accelerator
+        peak, host peak)."""
+        return account(self.stages if stages is None else stages, self.params_for(settings.weights),
+                       self.resident(settings.granularity, settings.weights), settings, self.device, self.shard,
+                       self.upcast(settings.weights))
 
     def stream_groups(self, granularity: str = "auto") -> dict[str, int]:
         return self.stream_groups_by.get(granularity, {})
