@@ -11,7 +11,7 @@ from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.models.specs import SPECS
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage, strength_start
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.known import KNOWN_MOTION_ADAPTERS, Component, known_dir, read_json
 from vidrt.models.layout import outermost
@@ -142,11 +142,8 @@ class AnimateDiffAdapter(UNetSimulation, ModelAdapter):
         return vae.config.scaling_factor * torch.cat(latents).to(dtype).unsqueeze(0)
 
     def noised_video_latents(self, pipe, clean, req, generator, device) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        scheduler, t0 = strength_start(pipe, req, device)
-        noise = randn_tensor(tuple(clean.shape), generator=generator, device=device, dtype=clean.dtype)
-        return scheduler.add_noise(clean, noise, t0).permute(0, 2, 1, 3, 4)
+        """Noised in the encoder's (1, F, C, h, w) layout, as the pipeline draws its noise, then (1, C, F, h, w)."""
+        return super().noised_video_latents(pipe, clean, req, generator, device).permute(0, 2, 1, 3, 4)
 
     def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
         return decode_per_frame(pipe.vae, latents, chunk_frames)

@@ -67,17 +67,17 @@ class RenderRequest:
         return min(int(self.steps * self.strength), self.steps) if self.video is not None else self.steps
 
 
-def strength_start(pipe, req: RenderRequest, device):
+def _strength_start(pipe, req: RenderRequest, device):
     """A fresh copy of the pipeline's scheduler set up as diffusers' video-to-video pipelines set theirs
     (`retrieve_timesteps`, then `get_timesteps` for `req.strength`), and the first timestep they run."""
+    if req.denoise_steps < 1:    # (a config is refused earlier; this guards a request built by hand)
+        raise VidrtError(f"strength: {req.strength} x {req.steps} steps leaves no step to run; raise strength or "
+                         "steps")
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(req.steps, device=device)
     t_start = max(req.steps - req.denoise_steps, 0) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start)
-    if req.denoise_steps < 1:
-        raise VidrtError(f"strength: {req.strength} x {req.steps} steps leaves no step to run; raise strength or "
-                         "steps")
     return scheduler, scheduler.timesteps[t_start:t_start + 1]
 
 
@@ -217,9 +217,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     def noised_video_latents(self, pipe, clean: torch.Tensor, req: RenderRequest, generator, device) -> torch.Tensor:
-        """`clean` noised to the first timestep the video-to-video pipeline runs, as it would noise them: what it
-        takes as `latents=` (it then denoises them over `req.denoise_steps` steps)."""
-        raise NotImplementedError
+        """`clean` noised to the first timestep the video-to-video pipeline runs, as it would noise them (noise of
+        their shape and dtype from `generator`; the scheduler's add_noise, or scale_noise for flow matching):
+        what it takes as `latents=` (it then denoises them over `req.denoise_steps` steps)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler, t0 = _strength_start(pipe, req, device)
+        noise = randn_tensor(tuple(clean.shape), generator=generator, device=device, dtype=clean.dtype)
+        if hasattr(scheduler, "add_noise"):
+            return scheduler.add_noise(clean, noise, t0)
+        return scheduler.scale_noise(clean, t0, noise)
 
     def video_latents(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
         return self.noised_video_latents(pipe, self.encode_video(pipe, req, generator, device), req, generator,

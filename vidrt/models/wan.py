@@ -9,9 +9,9 @@ from torch import nn
 
 from vidrt.models.specs import SPECS
 from vidrt.core.errors import VidrtError
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage, strength_start
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.layout import outermost
-from vidrt.models.wan_vae import decode_stream, encode_stream
+from vidrt.models.wan_vae import decode_stream, encode_stream, latent_stats
 from vidrt.models.tokenizers import word_tokenizer
 from vidrt.models import wan_sim
 
@@ -112,21 +112,9 @@ class WanAdapter(ModelAdapter):
     def encode_video(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
         """As WanVideoToVideoPipeline encodes (the distribution's mode, normalised by the VAE's latent mean and
         std, float32), through the causal encoder a few frames at a time."""
-        vae = pipe.vae
-        mean = encode_stream(vae, self.video_chunks(pipe, req, device, torch.float32)).float()
-        z = vae.config.z_dim
-        shift = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, torch.float32)
-        scale = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(device, torch.float32)
-        return (mean - shift) * scale
-
-    def noised_video_latents(self, pipe, clean, req, generator, device) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        scheduler, t0 = strength_start(pipe, req, device)
-        noise = randn_tensor(tuple(clean.shape), generator=generator, device=device, dtype=torch.float32)
-        if hasattr(scheduler, "add_noise"):
-            return scheduler.add_noise(clean, noise, t0)
-        return scheduler.scale_noise(clean, t0, noise)
+        mode = encode_stream(pipe.vae, self.video_chunks(pipe, req, device, torch.float32)).float()
+        mean, inv_std = latent_stats(pipe.vae.config, device, torch.float32)
+        return (mode - mean) * inv_std
 
     def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         return decode_stream(pipe.vae, latents)

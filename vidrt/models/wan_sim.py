@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vidrt.models.simulation import encode_text, stage_variants, stream_decode
-from vidrt.models.wan_vae import decode_host, encode_stream
+from vidrt.models.wan_vae import decode_host, encode_stream, latent_stats
 
 
 def simulate_stages(adapter, tracker, mods, p) -> None:
@@ -36,9 +36,8 @@ def simulate_stages(adapter, tracker, mods, p) -> None:
             del image
             lat = vae.encode(video).latent_dist.mode()
             del video
-            mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(torch.float32)
-            std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(torch.float32)
-            lat = (lat.to(torch.float32) - mean) * std
+            mean, inv_std = latent_stats(cfg, None, torch.float32)
+            lat = (lat.to(torch.float32) - mean) * inv_std
             mask = torch.ones(1, 4, tf, h, w)
             condition = torch.cat([mask, lat], dim=1)
             del lat, mask

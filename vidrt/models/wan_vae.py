@@ -36,6 +36,15 @@ def is_causal_video_vae(vae) -> bool:
     return hasattr(vae, "clear_cache") and hasattr(vae, "_feat_map") and hasattr(vae, "decoder")
 
 
+def latent_stats(config, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Wan VAE's per-channel latent mean and inverse std, shaped (1, z, 1, 1, 1), as diffusers' Wan pipelines
+    build them (the inverse taken after the cast): latents = (mode - mean) * inv_std."""
+    z = config.z_dim
+    mean = torch.tensor(config.latents_mean).view(1, z, 1, 1, 1).to(device, dtype)
+    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, z, 1, 1, 1).to(device, dtype)
+    return mean, inv_std
+
+
 def encode_stream(vae, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     """The mode of the causal VAE's latent distribution for a video given as pixel chunks (1, C, f, H, W) in
     [-1, 1], in frame order: `AutoencoderKLWan._encode`'s loop (the first frame, then four at a time through the
@@ -73,10 +82,8 @@ def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
     tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
     tiles one at a time and blends them on the host (identical result), so the device holds one tile.
     """
-    z = vae.config.z_dim
     latents = latents.to(vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    mean, inv_std = latent_stats(vae.config, latents.device, latents.dtype)
     latents = latents / inv_std + mean
     if getattr(vae, "use_tiling", False) and vae.config.patch_size is None and tiles_needed(vae, latents):
         for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
