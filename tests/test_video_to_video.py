@@ -148,3 +148,14 @@ def test_dry_run_encodes_the_input_clip_like_the_render(tmp_path):
     simulated = {s["name"]: s["activation_bytes"] for s in sim.stages}
     assert abs(simulated["video_encode"] - measured["video_encode"]) <= 0.05 * measured["video_encode"], \
         (simulated, measured)                                  # measured equal
+
+
+def test_checks_before_loading_size_the_render_by_the_clip(tmp_path):
+    """Without `frames`, the pre-load work estimate counts the clip's frames (17: two windows), not the model's
+    native length (9: one window)."""
+    from vidrt.config import check_request
+
+    clip = _clip(tmp_path / "in.mp4")
+    cfg = load_config(TINY, [f"input_video={clip}", "frames=null", "steps=600", "strength=1.0"])
+    warnings = check_request(cfg)
+    assert any(w.startswith("17 frames: 2 context windows x 600 steps") for w in warnings), warnings

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vidrt.config.schema import RenderConfig
 from vidrt.core.errors import VidrtError
+from vidrt.core.video_input import VideoInput
 from vidrt.core.windows import window_plan
 from vidrt.core.units import format_bytes
 from vidrt.models.loading import check_pipeline_folder, host_memory, local_or_hub, weight_files
@@ -51,10 +52,18 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
     return _check_size(cfg, spec, folder)
 
 
+def input_frames(cfg: RenderConfig) -> int | None:
+    """The frames of the config's input video when the render's length comes from it (video-to-video without
+    `frames`), probed with decord; None otherwise."""
+    if cfg.frames or not cfg.input_video:
+        return None
+    return VideoInput.open(cfg.input_video).count
+
+
 def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
     """Refuse a video whose loop cannot fit host memory; warn when its work is large."""
     native = spec.native_frame_count(folder)
-    frames = cfg.frames or native
+    frames = spec.render_frames(cfg.frames, native, input_frames(cfg))
     long = cfg.long
     windows = window_plan(spec, frames, native, long.window if long else None,
                           long.overlap if long else None).windows

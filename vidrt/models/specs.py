@@ -47,6 +47,13 @@ class FamilySpec:
         """The longest frame count this family renders that is at most `frames` (>= 1)."""
         return (frames - 1) // 4 * 4 + 1 if self.frame_rule == "4k+1" else frames
 
+    def render_frames(self, frames: int | None, native: int, input_frames: int | None = None) -> int:
+        """The frames a render makes: `frames` when given, else as many of an input video's `input_frames` as
+        this family renders (video-to-video), else the model's `native` length."""
+        if frames:
+            return int(frames)
+        return self.frames_at_most(input_frames) if input_frames else native
+
     def size_error(self, key: str, value: int) -> str | None:
         if value % self.size_multiple:
             return f"{key}: {value} is not a multiple of {self.size_multiple} (required by {self.family})"

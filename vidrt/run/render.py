@@ -89,8 +89,8 @@ def resume_command(cfg: RenderConfig, out_path: Path) -> str:
 
 def request_from(cfg: RenderConfig, adapter: ModelAdapter, pipe, image, video=None) -> RenderRequest:
     """What the pipeline call is asked; a video-to-video render is as long as its input (or `frames` of it)."""
-    frames = cfg.frames or (adapter.spec.frames_at_most(video.count) if video is not None else
-                            adapter.native_frame_count(pipe))
+    frames = adapter.spec.render_frames(cfg.frames, adapter.native_frame_count(pipe),
+                                        video.count if video is not None else None)
     return RenderRequest(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, frames=frames,
                          height=cfg.height, width=cfg.width, steps=cfg.steps, guidance=cfg.guidance,
                          seed=cfg.seed, image=image, video=video, strength=cfg.strength if video else 1.0,

@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import vidrt.engine.distributed as vdist
 from vidrt.core.dtypes import torch_dtype
-from vidrt.core.video_input import VideoInput
+from vidrt.config.checks import input_frames
 from vidrt.core.tensors import module_bytes
 from vidrt.engine.distributed.comm import simulated_context
 from vidrt.engine.distributed.shard import rank_weight_bytes
@@ -150,12 +150,8 @@ def long_video(config, adapter, frames: int, accel: str, with_image: bool) -> tu
 def frame_count(config, adapter) -> int:
     """The frames a render of `config` makes: `frames`, else the input video's (video-to-video), else the
     model's native length."""
-    frames = getattr(config, "frames", None)
-    if frames:
-        return int(frames)
-    if getattr(config, "input_video", None):
-        return adapter.spec.frames_at_most(VideoInput.open(config.input_video).count)
-    return adapter.spec.native_frame_count(config.model.path)
+    return adapter.spec.render_frames(getattr(config, "frames", None),
+                                      adapter.spec.native_frame_count(config.model.path), input_frames(config))
 
 
 def run_session(config, slicing_variants: list[MemorySettings], tiling_variants: list[bool], *, pipe=None,
