@@ -185,10 +185,12 @@ def decode_drift(video, native_video, latent: int, tc: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- measuring
-def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path) -> tuple[list, list, list]:
+def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
+                   overrides: tuple[str, ...] = ()) -> tuple[list, list, list]:
     """Every prompt at 1x / 4x / 8x through vidrt's runner, a freshly loaded pipeline per length (the memory row is
-    the first prompt's render on it, as before the quality figures; memory does not depend on the words).
-    Returns the memory rows, the quality figures and each prompt's 1x frames and latents."""
+    the first prompt's render on it, as before the quality figures; memory does not depend on the words), with
+    the config `overrides` (e.g. a step policy). Returns the memory rows, the quality figures and each prompt's
+    1x frames and latents."""
     import vidrt.run.render as runner
     from vidrt.config import load_config
 
@@ -203,7 +205,7 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path) ->
         videos = []
         for i, prompt in enumerate(prompts):
             cfg = load_config(args.config, [f"steps={args.steps}", f"frames={frames}", f"prompt={prompt}",
-                                            f"seed={i}"])
+                                            f"seed={i}", *overrides])
             with Capture(runner) as cap:
                 t0 = time.perf_counter()
                 result = runner.render(cfg, tmp / f"x{mult}-{i}.mp4", pipe=pipe, show_progress=False)
@@ -214,7 +216,7 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path) ->
             if mult == 1:
                 native_runs.append((video, cap.latents[0]))
             videos.append(dict(prompt=prompt, seed=i, seconds=seconds, **consistency(video, prompt),
-                               jumps=seam_jumps(video, latent, tc, seams)))
+                               jumps=seam_jumps(video, latent, tc, seams), policy=result.sidecar.get("policy")))
         quality.append(dict(mult=mult, frames=frames, windows=plan.windows, latent_frames=latent,
                             window_latent_frames=plan.window, overlap_latent_frames=plan.overlap,
                             seam_latent_boundaries=sorted(b for b in seams if 0 < b < latent), videos=videos))
@@ -317,6 +319,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=8,
                         help="grammar prompts for the quality figures (bench/sample_quality.py's bench_prompts)")
+    parser.add_argument("--policy", default="taylor_gate",
+                        help="a step policy (acceleration.policy) rendered at every length too, with the same figures; "
+                             "'none' leaves it out")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 by default: on 2 shared cores two threads wait on each other "
                              "whenever another process runs, and a render takes many times longer")
@@ -343,11 +348,16 @@ def main(argv=None) -> None:
     prompts = bench_prompts(args.prompts)
     rows, quality, native_runs = render_lengths(args, adapter, native, prompts, tmp)
     decoded = decode_lengths(args, adapter, native_runs, prompts)
+    with_policy = None
+    if args.policy != "none":
+        with_policy = dict(policy=args.policy, quality=render_lengths(
+            args, adapter, native, prompts, tmp, overrides=(f"acceleration.policy={args.policy}",))[1])
     data = dict(rio.metadata(argv), config=args.config, model=str(base.model.path), family=base.model.family,
                 native=native, height=base.height, width=base.width, steps=args.steps, guidance=base.guidance,
                 threads=args.threads, temporal_compression=adapter.temporal_compression, palette_gap=palette_gap(),
                 prompts=prompts, rows=rows, resume=resume_check(args, adapter, native, tmp),
-                simulated=simulated(base, adapter, native), quality=quality, decode_only=decoded)
+                simulated=simulated(base, adapter, native), quality=quality, decode_only=decoded,
+                with_policy=with_policy)
     data["seconds_total"] = time.perf_counter() - started
     rio.write_json(args.out / f"{NAME}.json", data)
     text = render(data)
@@ -497,8 +507,37 @@ def quality_section(data: dict) -> list[str]:
     for d in decoded:
         lines.append(f"| {d['mult']}x | {d['frames']} | " + " | ".join(consistency_cells(d["videos"])) + " | "
                      + max_mean(pooled([v["drift"] for v in d["videos"]])) + " | " + repetition_drift(d) + " |")
+    lines += policy_section(data)
     lines += ["", *per_prompt_section(quality, decoded), ""]
     return lines
+
+
+def policy_section(data: dict) -> list[str]:
+    """The same renders with a step policy: consistency, seam jumps, the blocks it evaluated and its time."""
+    wp = data.get("with_policy")
+    if not wp:
+        return []
+    ncols = len(CONSISTENCY_HEAD.split(" | "))
+    lines = [
+        f"### With a step policy: `acceleration.policy: {wp['policy']}` (its defaults)",
+        "",
+        "The renders above again, each window and CFG stream a policy stream of its own "
+        "(docs/POLICIES.md, \"Long videos\"). *Blocks evaluated*: the share of the transformer's blocks the policy "
+        "ran, over all windows and steps; *time*: its renders' wall seconds over the renders without it, same "
+        "prompts and seeds, in this run.",
+        "",
+        "| length | windows | " + CONSISTENCY_HEAD + " | jump at seams max / mean | jump inside max / mean | "
+        "blocks evaluated | time vs no policy |",
+        "|---|---|" + "---|" * (ncols + 4),
+    ]
+    for q, base in zip(wp["quality"], data["quality"]):
+        vids = q["videos"]
+        seam, inside = (pooled([v["jumps"][k] for v in vids]) for k in ("seam", "inside"))
+        evaluated = sum(v["policy"]["blocks_evaluated"] for v in vids) / sum(v["policy"]["blocks_total"] for v in vids)
+        ratio = sum(v["seconds"] for v in vids) / sum(v["seconds"] for v in base["videos"])
+        lines.append(f"| {q['mult']}x | {q['windows']} | " + " | ".join(consistency_cells(vids))
+                     + f" | {max_mean(seam)} | {max_mean(inside)} | {evaluated:.2f} | {ratio:.2f}x |")
+    return lines + [""]
 
 
 def repetition_drift(d: dict) -> str:

@@ -34,7 +34,7 @@ def test_hooks_keep_feature_order_whatever_the_enable_order():
         for feature in order:
             attach.wrap_module(m, Tag(feature, log), feature)
         m(x)
-        assert log == ["policy", "long", "oom"], order   # outer first: policy > long > oom
+        assert log == ["long", "policy", "oom"], order   # outer first: long > policy > oom
         for feature in order:
             attach.detach(m, feature)
         assert "_diffusers_hook" not in vars(m) and "forward" not in vars(m)
@@ -72,7 +72,7 @@ def test_method_chains_run_in_feature_order_and_restore_exactly():
     attach.wrap_method(sch, "step", wrapper("policy"), "policy")
     attach.wrap_method(sch, "step", wrapper("run"), "run")
     attach.wrap_method(sch, "step", wrapper("long"), "long")
-    assert sch.step(1) == 2000 and log == ["run", "policy", "long"]
+    assert sch.step(1) == 2000 and log == ["run", "long", "policy"]
     attach.detach(sch, "policy")
     assert sch.step(1) == 200
     attach.detach(sch, "run")
@@ -122,8 +122,8 @@ def test_removing_a_hook_from_the_middle_keeps_the_hooks_above():
         attach.wrap_module(m, Tag(feature, log), feature)
     attach.detach(m, "distributed")
     attach.detach(m, "oom")                # the innermost, under two others
-    assert torch.equal(m(x), ref) and log == ["policy", "long"]
+    assert torch.equal(m(x), ref) and log == ["long", "policy"]
     log.clear()
     attach.wrap_module(m, Tag("oom", log), "oom")   # and back in, under them again
     m(x)
-    assert log == ["policy", "long", "oom"]
+    assert log == ["long", "policy", "oom"]

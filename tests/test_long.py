@@ -3,12 +3,15 @@ plain one when the input fits one window, the activation peak stays flat in tota
 beyond the native length."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from vidrt.engine.long import (LongVideoConfig, disable_long_video, enable_long_video, reschedule_noise, window_state,
                               window_starts, window_weights)
+from vidrt.engine.policies import StepRehash, TaylorGate, disable_policy, enable_policy, policy_stats
 from vidrt.models import get_adapter
 
 
@@ -130,6 +133,74 @@ def test_cli_renders_beyond_native_length(run_cli, tmp_path):
     assert side["long"]["windows"] >= 3 and side["long"]["window_latent_frames"] == 3
     assert read_video(out).shape == (33, 32, 32, 3)
 
+
+
+@pytest.mark.parametrize("make", [lambda: TaylorGate(threshold=math.inf, warmup=2),
+                                  lambda: StepRehash(threshold=math.inf, warmup=1)], ids=["taylor_gate", "rehash"])
+def test_block_policies_keep_state_per_window_and_cfg_stream(make):
+    """Under context windows each window is a call of its own to the policy: its output equals each window run
+    alone through a policy of its own, blended as the windows blend (a policy that saw the whole call once would
+    forecast and reuse one window's features for all of them)."""
+    den = get_adapter("wan").tiny(0).transformer
+    total, window, overlap, steps = 7, 3, 1, 5
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 16, total, 4, 4, generator=g) for _ in range(steps)]
+    ctx = {name: torch.randn(1, 16, 32, generator=g) for name in ("cond", "uncond")}
+    times = [torch.tensor([900.0 - 150 * i]) for i in range(steps)]
+
+    def call(x, t, name):
+        with den.cache_context(name):
+            return den(hidden_states=x, timestep=t, encoder_hidden_states=ctx[name], return_dict=False)[0]
+
+    pol = make()
+    enable_long_video(den, LongVideoConfig(window=window, overlap=overlap))
+    enable_policy(den, pol, num_steps=steps)
+    try:
+        with torch.no_grad():
+            got = [{name: call(x, t, name) for name in ctx} for x, t in zip(xs, times)]
+        stats, streams = policy_stats(den), set(pol._streams)
+    finally:
+        disable_policy(den)
+        disable_long_video(den)
+    starts = window_starts(total, window, overlap)
+    assert streams == {f"{n}{'' if i == 0 else f'#{i}'}" for n in ctx for i in range(len(starts))}
+    assert 0 < stats["blocks_evaluated"] < stats["blocks_total"]          # the policy did skip blocks
+
+    weights = window_weights(total, window, starts)
+    want = [{name: torch.zeros(1, 16, total, 4, 4) for name in ctx} for _ in range(steps)]
+    for i, start in enumerate(starts):
+        enable_policy(den, make(), num_steps=steps)
+        try:
+            with torch.no_grad():
+                for x, t, w in zip(xs, times, want):
+                    for name in ctx:
+                        piece = call(x[:, :, start:start + window], t, name)
+                        w[name][:, :, start:start + window] += piece * weights[i, start:start + window].view(1, 1, -1, 1, 1)
+        finally:
+            disable_policy(den)
+    for g_step, w_step in zip(got, want):
+        for name in ctx:
+            assert torch.equal(g_step[name], w_step[name]), name
+
+
+def test_cli_renders_long_video_with_a_step_policy(run_cli, tmp_path, repo):
+    import json
+
+    from vidrt.run.video import read_video
+
+    out = tmp_path / "long.mp4"
+    result = run_cli("render", "samples/wan-random.yaml", "-o", out, "--set", "frames=33", "--set", "steps=6",
+                     "--set", "long.window=9", "--set", "long.overlap=4", "--set", "acceleration.policy=taylor_gate",
+                     "--set", "acceleration.threshold=1e9", "--set", "acceleration.warmup=2", "--quiet")
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    windows = side["long"]["windows"]
+    assert windows >= 3
+    policy = side["policy"]
+    assert policy["steps_total"] == 6 and policy["steps_skipped"] > 0
+    layers = json.loads((repo / "samples" / "tiny-random-wan" / "transformer" / "config.json").read_text())["num_layers"]
+    assert policy["blocks_total"] == 6 * 2 * windows * layers      # every window and CFG stream is a call
+    assert read_video(out).shape == (33, 32, 32, 3)
 
 
 def test_loop_on_host_gives_the_same_frames_and_restores_the_pipeline(tmp_path, repo):

@@ -422,7 +422,12 @@ def test_policy_from_config():
     assert isinstance(p, TaylorGate) and p.threshold == 0.2 and p.warmup == 6
     ps = policy_from_config({"policy": ["adaptive", "taylor_gate"], "delta": 0.02, "taylor_gate": {"warmup": 4}})
     assert [type(x) for x in ps] == [AdaptiveSkip, TaylorGate] and ps[0].delta == 0.02 and ps[1].warmup == 4
-    for bad, key in [({"policy": "taylor_gate", "threshold": -1}, "acceleration.threshold"),
+    # YAML 1.1 reads 1e9 and inf as words (`--set acceleration.threshold=1e9`): numbers here
+    assert policy_from_config({"policy": "taylor_gate", "threshold": "1e9"}).threshold == 1e9
+    assert policy_from_config({"policy": "taylor_gate", "threshold": "inf"}).threshold == math.inf
+    for bad, key in [({"policy": "taylor_gate", "threshold": "high"}, "acceleration.threshold"),
+                     ({"policy": "adaptive", "max_skips": "inf"}, "acceleration.max_skips"),
+                     ({"policy": "taylor_gate", "threshold": -1}, "acceleration.threshold"),
                      ({"policy": "nope"}, "acceleration.policy"),
                      ({"policy": "taylor_gate", "delta": 0.1}, "acceleration.delta"),
                      ({"policy": ["taylor_gate", "step_rehash"]}, "acceleration.policy"),

@@ -37,7 +37,9 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from torch import nn
 
 # Inner -> outer. A feature's wrappers sit inside those of every feature after it.
-FEATURES = ("slicing", "vae", "oom", "distributed", "long", "policy", "run")
+# policy < long: a long video's context windows each reach the policy as a call of their own (a stream per
+# window and CFG stream, vidrt.engine.policies.controller), so block features and forecasts are per window.
+FEATURES = ("slicing", "vae", "oom", "distributed", "policy", "long", "run")
 # diffusers' weight-streaming hooks (group offloading): they move weights, never a block's tensors
 STREAMING_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 

@@ -123,9 +123,6 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
     window_px = (long.window if long and long.window else None) or native
     if windows.total <= windows.window:
         return {"windows": 1, "window_frames": window_px}, lambda: None
-    if policy_requested(cfg):
-        raise VidrtError("acceleration.policy: step policies do not compose with context windows yet "
-                         f"({req.frames} frames > window {window_px}); set acceleration.policy: none")
     # the loop's full-length tensors stay on the host (auto on accelerators; `long.loop_on_host: true` forces
     # it, also on the CPU where it changes nothing but the code path). Image-conditioned pipelines encode the
     # image inside the loop's device context, so they keep the loop where it is.
