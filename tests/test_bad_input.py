@@ -53,6 +53,7 @@ def no_model_loads(monkeypatch):
     ("seed=-1", ("seed", "-1")),
     ("steps=.inf", ("steps", "finite")),
     ("acceleration.threshold=.inf", ("acceleration.threshold", "finite")),
+    ("acceleration.threshold=inf", ("acceleration.threshold", "finite")),     # YAML 1.1 reads inf as a word
     ("memory.budget=lots", ("memory.budget", "lots")),
     ("steps.x=1", ("--set", "steps is a single value", "--set steps=VALUE")),   # was: TypeError traceback
     ("memory.slicng=off", ("unknown key 'memory.slicng'", "did you mean 'memory.slicing'")),

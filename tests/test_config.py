@@ -24,6 +24,10 @@ def test_overrides_parse_yaml_values():
     assert cfg.steps == 3 and cfg.guidance == 1.5 and cfg.output.fps == 12
     assert cfg.memory.slicing.frames == 2
     assert cfg.acceleration.as_dict() == {"policy": "taylor_gate", "threshold": 0.3}
+    # YAML 1.1 reads 1e9 as a word; an acceleration setting takes it as the number (also nested per policy)
+    cfg = parse_config(BASE, ["acceleration.policy=taylor_gate", "acceleration.threshold=1e9",
+                              "acceleration.taylor_gate.warmup=3e0"])
+    assert cfg.acceleration.as_dict() == {"policy": "taylor_gate", "threshold": 1e9, "taylor_gate": {"warmup": 3.0}}
 
 
 @pytest.mark.parametrize("patch, message", [

@@ -11,6 +11,7 @@ from vidrt.core.video_input import VideoInput
 from vidrt.core.windows import window_plan
 from vidrt.core.units import format_bytes
 from vidrt.models.loading import check_pipeline_folder, host_memory, local_or_hub, weight_files
+from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file
 from vidrt.models.specs import get_spec, tiles_by_default
 
 LARGE_WORK = 1000           # denoiser calls from which a render warns how much work it is (50 steps x CFG: 100)
@@ -42,6 +43,8 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
     if cfg.model.motion_adapter and model_files:
         local_or_hub(cfg.model.motion_adapter, "model.motion_adapter", _places(cfg.model.motion_adapter, cfg),
                      "config.json", kind="MotionAdapter")
+    if cfg.model.weights and model_files:
+        check_weights_file(cfg, spec)
     for key in ("image", "input_video"):
         value = getattr(cfg, key)
         if value and not Path(value).expanduser().is_file():
@@ -50,6 +53,21 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
         check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
                               allow_pickle=cfg.model.allow_pickle)
     return _check_size(cfg, spec, folder)
+
+
+def check_weights_file(cfg: RenderConfig, spec) -> SingleFile:
+    """model.weights: a readable .gguf / .safetensors file, for a family whose denoiser diffusers loads from a
+    single file."""
+    import diffusers
+
+    value = cfg.model.weights
+    if not Path(value).expanduser().is_file():
+        raise VidrtError(f"model.weights: no such file {value}{_places(value, cfg)}")
+    cls = getattr(diffusers, spec.denoiser_class_names[0])
+    if loadable_class_name(cls) is None:
+        raise VidrtError(f"model.weights: the {spec.family} family's {cls.__name__} has no single-file loader in "
+                         "diffusers; remove model.weights and use a pipeline folder")
+    return read_single_file(value)
 
 
 def input_frames(cfg: RenderConfig) -> int | None:
@@ -74,7 +92,12 @@ def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
     need = spec.host_bytes(frames, cfg.height, cfg.width, streams, tiled)
     on_host = cfg.devices[0] == "cpu" or cfg.memory.offload in ("model", "group") or (
         cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay
-    weights = sum(f.stat().st_size for f in weight_files(folder)) if folder is not None and on_host else 0
+    weights = 0
+    if on_host and folder is not None:      # a single-file denoiser replaces the folder's own
+        own = folder / spec.denoiser_folder if cfg.model.weights else None
+        weights = sum(f.stat().st_size for f in weight_files(folder) if own is None or own not in f.parents)
+    if on_host and cfg.model.weights and Path(cfg.model.weights).expanduser().is_file():
+        weights += Path(cfg.model.weights).expanduser().stat().st_size
     parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in {**need, "weights": weights}.items() if v)
     need_total = sum(need.values()) + weights
     total, available = host_memory()

@@ -22,6 +22,20 @@ def _did_you_mean(word: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _words_as_numbers(value):
+    """YAML 1.1 (PyYAML) reads 1e9, 5e-3 and inf as words: numbers in the acceleration settings."""
+    if isinstance(value, dict):
+        return {k: _words_as_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_words_as_numbers(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
 def _numbers(value) -> list[float]:
     if isinstance(value, (list, tuple, dict)):
         return [n for v in (value.values() if isinstance(value, dict) else value) for n in _numbers(v)]
@@ -38,6 +52,9 @@ class ModelConfig(_Strict):
     dtype: Literal[DTYPE_NAMES] = "float32"
     motion_adapter: str | None = None  # AnimateDiff: MotionAdapter folder or hub id
     allow_pickle: bool = False         # load .bin/.pt weights (runs pickle: only for trusted files)
+    # one .gguf (quantized) or .safetensors file holding the denoiser, used with model.path's configs and other
+    # components in place of its denoiser weights (vidrt.models.single_file)
+    weights: str | None = None
 
     @field_validator("family")
     @classmethod
@@ -134,6 +151,13 @@ class AccelerationConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     policy: str | list[str] = "none"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _number_words(cls, data):
+        if isinstance(data, dict):
+            return {k: v if k == "policy" else _words_as_numbers(v) for k, v in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _finite_settings(self) -> AccelerationConfig:
         for key, value in (self.model_extra or {}).items():
@@ -224,6 +248,12 @@ class RenderConfig(_Strict):
         if self.model.motion_adapter and spec.family != "animatediff":
             problems.append(f"model.motion_adapter: only the animatediff family takes a motion adapter, "
                             f"not {spec.family}; remove the key")
+        weights = self.model.weights
+        if weights and Path(weights).suffix.lower() not in (".gguf", ".safetensors"):
+            problems.append(f"model.weights: {weights} is neither a .gguf nor a .safetensors file")
+        if weights and Path(weights).suffix.lower() == ".gguf" and self.memory.weights.startswith("fp8"):
+            problems.append(f"memory.weights: {self.memory.weights} stores native weights in fp8, and the GGUF file "
+                            "in model.weights is already quantized; remove memory.weights or set it to auto")
         for problem in problems:
             if problem:
                 raise ValueError(problem)

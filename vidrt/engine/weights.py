@@ -229,6 +229,9 @@ def enable_weight_storage(obj, config: WeightStorageConfig = WeightStorageConfig
     for name, model in targets:                 # check everything before changing anything
         if weight_storage_on(model):
             raise VidrtError(f"weight storage: already on for {name}; disable_weight_storage first")
+        if any(type(p).__name__ == "GGUFParameter" for p in model.parameters()):
+            raise VidrtError(f"weight storage: {name} holds GGUF-quantized weights already; fp8 storage applies to "
+                             "native weights")
         _refuse_wrong_order(name, model, "call enable_weight_storage before enable_offload "
                                          "(disable_offload, enable_weight_storage, enable_offload)")
         plans.append((name, model, _compute_dtype(name, model)))

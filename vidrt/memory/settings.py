@@ -23,7 +23,7 @@ class MemorySettings:
     vae_tiling: bool = False
     granularity: str = "auto"          # offload group: auto | block | leaf
     disk: bool = False                 # offload group: the weights stream from files on disk, not host memory
-    weights: str = "native"            # native | fp8 | fp8_e5m2: the denoiser's weights stored in fp8 (lossy)
+    weights: str = "native"            # native | fp8 | fp8_e5m2 (stored in fp8, lossy) | gguf (model.weights' file)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +75,12 @@ def fixed_settings(config) -> dict[str, Any]:
         if mem.weights != "native" and out.get("offload") == "shard":
             raise VidrtError(f"memory.weights: {mem.weights} storage is not combined with offload shard (FSDP2 "
                              "shards the full-precision weights); choose weights native or another offload")
+    file = getattr(config.model, "weights", None)
+    if file and str(file).lower().endswith(".gguf"):
+        out["weights"] = "gguf"           # the file decides how the denoiser's weights are stored
+        if out.get("offload") == "shard":
+            raise VidrtError("memory.offload: shard splits full-precision weights over GPUs, and model.weights is a "
+                             "GGUF file; choose offload none, model or group")
     return out
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from vidrt.core.errors import VidrtError
 from vidrt.models.loading import check_family_folder, first_line, hub_failure, looks_like_hub_id
 from vidrt.models.specs import FamilySpec
+from vidrt.models.single_file import load_denoiser, read_single_file
 
 # Module roles the slicer understands.
 SPATIAL = "spatial"      # treats each frame independently: slice the batch*frames axis
@@ -113,14 +114,18 @@ class ModelAdapter:
         raise NotImplementedError
 
     def load(self, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             *, with_image: bool = False, allow_pickle: bool = False, **kwargs):
-        """Load through the real `from_pretrained` (a local folder or a hub id)."""
+             *, with_image: bool = False, allow_pickle: bool = False, weights: str | Path | None = None, **kwargs):
+        """Load through the real `from_pretrained` (a local folder or a hub id). `weights`: a single GGUF or
+        safetensors file holding the denoiser (vidrt.models.single_file), loaded with the folder's config in
+        place of the folder's own denoiser weights."""
         cls = self.pipeline_class(with_image)
         local = Path(path)
         if local.exists():
             self.check_folder(local, allow_pickle=allow_pickle)
         elif not looks_like_hub_id(str(path)):
             raise VidrtError(f"model.path: no such folder {path}")
+        if weights is not None:
+            kwargs[self.denoiser_attr] = self.load_denoiser_file(path, weights, dtype)
         try:
             pipe = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=not allow_pickle or None,
                                        **self.load_kwargs(path, dtype, allow_pickle), **kwargs)
@@ -138,6 +143,15 @@ class ModelAdapter:
 
     def load_kwargs(self, path, dtype, allow_pickle) -> dict[str, Any]:
         return {}
+
+    def denoiser_class(self):
+        import diffusers
+
+        return getattr(diffusers, self.spec.denoiser_class_names[0])
+
+    def load_denoiser_file(self, path, weights, dtype) -> nn.Module:
+        file = read_single_file(weights)
+        return load_denoiser(self.denoiser_class(), file, str(path), self.spec.denoiser_folder, dtype, self.family)
 
     def check_folder(self, folder: Path, *, allow_pickle: bool) -> dict:
         """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from vidrt.config import RenderConfig
 from vidrt.core.errors import VidrtError
+from vidrt.core.tensors import module_bytes
 from vidrt.engine.attention import set_attention
 from vidrt.engine.compile import enable_compile
 from vidrt.engine.offload import OffloadConfig, enable_offload
@@ -71,6 +72,8 @@ def _store_weights(pipe, weights: str, device: torch.device) -> Any:
         return "already stored in fp8 (one-way)"
     if weights == "native":
         return "native"
+    if weights == "gguf":      # quantized when loaded (model.weights): what the denoiser holds now
+        return {"storage": "gguf", "bytes": sum(module_bytes([d]) for d in denoisers_of(pipe))}
     summary = enable_weight_storage(pipe, WeightStorageConfig(weights, non_blocking=device.type == "cuda"))
     return {"storage": summary["storage"], "bytes_before": summary["bytes_before"],
             "bytes_after": summary["bytes_after"],

@@ -70,7 +70,7 @@ def load_pipeline(cfg: RenderConfig, device: torch.device, with_image: bool):
     local_or_hub(cfg.model.path, "model.path", places)   # a missing folder: say where it was looked for
     try:
         return adapter.load(cfg.model.path, torch_dtype(cfg.model.dtype), device, with_image=with_image,
-                            allow_pickle=cfg.model.allow_pickle,
+                            allow_pickle=cfg.model.allow_pickle, weights=cfg.model.weights,
                             **({"motion_adapter": cfg.model.motion_adapter} if cfg.model.motion_adapter else {}))
     except VidrtError as exc:
         text = str(exc)

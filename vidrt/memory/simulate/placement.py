@@ -5,6 +5,7 @@ weigh every offload and text-encoder setting against one session.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -15,6 +16,7 @@ from vidrt.engine.offload import offload_granularity
 from vidrt.engine.weights import WeightStorageConfig, cast_layers, storage_sizer
 from vidrt.memory.settings import MemorySettings
 from vidrt.models.layout import stream_units
+from vidrt.models.single_file import SingleFile, diffusers_names
 
 ENCODERS = ("text_encoder", "image_encoder")
 
@@ -55,6 +57,53 @@ def stored_weights(name: str, den: nn.Module, total_bytes: int, repeated: list[n
         max((module_bytes([m]) for m in layers), default=0),
         int(module_bytes(layers) + module_bytes(rep_cast) * per_rep_layer),
         int(round(len(layers) + len(rep_cast) * per_rep_layer)), itemsize)
+
+
+def file_stored_weights(name: str, den: nn.Module, total_bytes: int, file: SingleFile) -> StoredWeights:
+    """The denoiser as a GGUF file stores it (`model.weights`; vidrt.models.single_file), from the file's header
+    and the simulated model `den` (meta or fake tensors) whose full model has `total_bytes` natively. diffusers'
+    GGUF quantizer keeps a block-quantized tensor quantized where it is the weight of a Linear layer outside the
+    class's `_keep_in_fp32_modules` (a GGUFLinear, which dequantizes it on every call); everything else loads in
+    the model's dtype. So the stored bytes are the native ones with each kept tensor's native bytes replaced by
+    its bytes in the file, exactly, including the layers a reduced model left out (the file has them all)."""
+    import re
+
+    tensors = diffusers_names(file, type(den), {n for n, _ in den.named_parameters()})
+    not_convert = [m for m in (getattr(den, "_keep_in_fp32_modules", None) or []) if m]
+    itemsize = next((p.element_size() for p in den.parameters() if p.is_floating_point()), 4)
+
+    def layer(path: str) -> nn.Module | None:
+        for candidate in (path, re.sub(r"^(\w+)\.\d+\.", r"\g<1>.0.", path)):   # a block left out: block 0's
+            try:
+                return den.get_submodule(candidate)
+            except AttributeError:
+                continue
+        return None
+
+    kept = {}
+    for tname, info in tensors.items():
+        path, _, leaf = tname.rpartition(".")
+        if info.quantized and leaf == "weight" and isinstance(layer(path), nn.Linear) \
+                and not any(m in tname.split(".") for m in not_convert):
+            kept[tname] = info
+    numel = {n: math.prod(t.shape) for n, t in kept.items()}
+    stored_total = int(total_bytes - sum(numel[n] * itemsize - t.nbytes for n, t in kept.items()))
+    ids = {id(p): kept[n].nbytes for n, p in den.named_parameters() if n in kept}
+
+    def size(modules, seen: set[int] | None = None) -> int:
+        seen = set() if seen is None else seen
+        total = 0
+        for module in modules:
+            for t in [*module.parameters(), *module.buffers()]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    total += ids.get(id(t), t.numel() * t.element_size())
+        return total
+
+    return StoredWeights(
+        name, stored_total, {g: group_resident(den, stored_total, g, size) for g in GRANULARITIES},
+        max((numel[n] * itemsize for n in kept), default=0), sum(numel[n] * itemsize for n in kept), len(kept),
+        itemsize)
 
 
 def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: MemorySettings,

@@ -32,12 +32,13 @@ from vidrt.memory.simulate.fake import KEEP_LAYERS, build_modules
 from vidrt.memory.target import accelerator
 from vidrt.engine.offload import offload_granularity
 from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, account,
-                                            resident_under_group_offload, stored_weights,
+                                            file_stored_weights, resident_under_group_offload, stored_weights,
                                             stream_groups_under_group_offload)
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.known import components_from_pipe, resolve_components
 from vidrt.models.simulation import SimParams
+from vidrt.models.single_file import SingleFile, read_single_file, single_file_kind
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Session:
     group_by: dict[str, dict[str, int]] = field(default_factory=dict)
     stream_groups_by: dict[str, dict[str, int]] = field(default_factory=dict)
     auto_levels: dict[str, str] = field(default_factory=dict)     # what "auto" granularity picks, per model
-    stored: StoredWeights | None = None                  # the denoiser under fp8 weight storage
+    stored: StoredWeights | None = None   # the denoiser under fp8 weight storage, or as its GGUF file stores it
 
     def leaf_level(self, model: str, granularity: str = "auto") -> bool:
         return granularity == "leaf" or (granularity == "auto" and self.auto_levels.get(model) != "block_level")
@@ -145,6 +146,15 @@ def long_video(config, adapter, frames: int, accel: str, with_image: bool) -> tu
     wanted = getattr(long, "loop_on_host", None)
     on_host = bool(wanted) or (wanted is None and accel != "cpu" and not with_image)
     return plan.windows, window, window if on_host else frames
+
+
+def denoiser_file(config) -> SingleFile | None:
+    """The GGUF file `model.weights` names (its header: true bytes per tensor), or None (no file, or a
+    full-precision safetensors file, which loads as the native weights do)."""
+    path = getattr(getattr(config, "model", None), "weights", None)
+    if not path or single_file_kind(path) != "gguf":
+        return None
+    return read_single_file(path)
 
 
 def frame_count(config, adapter) -> int:
@@ -235,7 +245,9 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         streams_by = {g: stream_groups_under_group_offload(named, params, mods["_repeated"], g) for g in GRANULARITIES}
         levels = {k: offload_granularity(v, params[k]) for k, v in named.items() if k not in ENCODERS + ("vae",)}
         den_name = adapter.denoiser_attr
-        stored = stored_weights(den_name, den, params[den_name], list(repeated.get(den_name, ((), 0))[0]))
+        file = denoiser_file(config)
+        stored = (file_stored_weights(den_name, den, params[den_name], file) if file is not None else
+                  stored_weights(den_name, den, params[den_name], list(repeated.get(den_name, ((), 0))[0])))
         shard = {}
         if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
