@@ -16,6 +16,8 @@ HERE = Path(__file__).resolve().parent
 FOLDERS = {
     "tiny-random-wan": ("wan", {}),
     "tiny-random-wan-i2v": ("wan", {"with_image": True}),
+    "tiny-random-wan22-a14b": ("wan", {"variant": "2.2-a14b"}),      # two experts, boundary_ratio 0.875
+    "tiny-random-wan22-ti2v": ("wan", {"variant": "2.2-ti2v"}),      # per-token timesteps, 16x VAE
     "tiny-random-animatediff": ("animatediff", {}),
     "tiny-random-i2vgen-xl": ("i2vgen-xl", {}),
 }

@@ -16,9 +16,18 @@ from vidrt_dev.images import conditioning_image
 CASES = {
     "wan": ({}, dict(frames=5, height=32, width=32, guidance=5.0)),
     "wan-i2v": ({"with_image": True}, dict(frames=5, height=32, width=32, guidance=5.0)),
+    # Wan 2.2: two experts switched at the boundary timestep (A14B); per-token timesteps + the 16x VAE (TI2V-5B)
+    "wan2.2-a14b": ({"variant": "2.2-a14b"}, dict(frames=5, height=32, width=32, guidance=5.0)),
+    "wan2.2-ti2v": ({"variant": "2.2-ti2v"}, dict(frames=5, height=64, width=64, guidance=5.0)),
+    "wan2.2-a14b-i2v": ({"variant": "2.2-a14b", "with_image": True}, dict(frames=5, height=32, width=32,
+                                                                          guidance=5.0)),
+    "wan2.2-ti2v-i2v": ({"variant": "2.2-ti2v", "with_image": True}, dict(frames=5, height=64, width=64,
+                                                                          guidance=5.0)),
     "animatediff": ({}, dict(frames=3, height=32, width=32, guidance=7.5)),
     "i2vgen-xl": ({}, dict(frames=3, height=32, width=32, guidance=9.0)),
 }
+
+IMAGE_CASES = ("wan-i2v", "i2vgen-xl", "wan2.2-a14b-i2v", "wan2.2-ti2v-i2v")
 
 
 def family_of(case: str) -> str:
@@ -27,7 +36,7 @@ def family_of(case: str) -> str:
 
 def request(case: str, seed: int = 0) -> RenderRequest:
     kwargs, shape = CASES[case]
-    image = conditioning_image(32) if case in ("wan-i2v", "i2vgen-xl") else None
+    image = conditioning_image(CASES[case][1]["width"]) if case in IMAGE_CASES else None
     return RenderRequest(prompt="a red circle moves left on a blue background", negative_prompt="",
                          steps=2, seed=seed, image=image, **shape)
 
@@ -93,7 +102,9 @@ def test_staged_run_equals_stock_pipeline_call(case):
 def test_save_load_round_trip(case, tmp_path):
     name, pipe = case
     pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
-    loaded = vidrt.load(family_of(name), str(tmp_path / "p"), image=name == "wan-i2v")
+    loaded = vidrt.load(family_of(name), str(tmp_path / "p"), image=name in IMAGE_CASES)
+    if name.startswith("wan2.2-a14b"):
+        assert loaded.transformer_2 is not None and loaded.config.boundary_ratio == pipe.config.boundary_ratio
     assert type(loaded) is type(pipe)
     assert np.array_equal(reference(pipe, name), staged(loaded, name))
 

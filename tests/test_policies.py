@@ -183,7 +183,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
     import gc
     import weakref
 
-    from vidrt.engine.policies import _controller
+    from vidrt.engine.policies import _controllers
 
     policy = make()
     enable_policy(wan, policy)
@@ -191,7 +191,7 @@ def test_disable_frees_the_policy_state_at_once(wan, make):
     try:
         run(wan, **wan_kwargs())
         held = policy.state_bytes()
-        ctl = weakref.ref(_controller(wan))
+        ctl = weakref.ref(_controllers(wan)[0])
         disable_policy(wan)
         assert held > 0 and policy.state_bytes() == 0
         assert ctl() is None

@@ -22,8 +22,9 @@ def _config(family, path, frames, height, width, guidance=5.0, image=None, dtype
                          "height": height, "width": width, "guidance": guidance, "image": image, "devices": ["cpu"]})
 
 
-@pytest.mark.parametrize("family", ["wan", "animatediff"])
-def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
+@pytest.mark.parametrize("family,variant", [("wan", "2.1"), ("animatediff", None), ("wan", "2.2-a14b"),
+                                            ("wan", "2.2-ti2v")])
+def test_simulated_peak_matches_real_tracker_on_tiny_models(family, variant):
     from rich.console import Console
 
     from vidrt.memory.tracker import MemoryTracker
@@ -32,8 +33,10 @@ def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
     from vidrt.run.memory_setup import apply_settings
     from vidrt.run.stages import run_stages
 
+    from vidrt.core.tensors import module_bytes
+
     adapter = get_adapter(family)
-    pipe = adapter.tiny(0)
+    pipe = adapter.tiny(0, **({"variant": variant} if variant else {}))
     frames = 5 if family == "wan" else 4
     req = RenderRequest(prompt="a red circle moves left", negative_prompt="", frames=frames, height=64, width=64,
                         steps=1, guidance=5.0, seed=0)
@@ -45,6 +48,9 @@ def test_simulated_peak_matches_real_tracker_on_tiny_models(family):
     rep = simulate(_config(family, "tiny", frames, 64, 64), MemorySettings(), pipe=pipe)
     assert rep.simulated and rep.device == "cpu"
     assert [s["name"] for s in rep.stages] == [s["name"] for s in mem.stages]
+    if family == "wan":     # every model's weights (Wan 2.2 A14B: both experts)
+        models = {k: v for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)}
+        assert rep.params == {k: module_bytes([v]) for k, v in models.items()}
     assert abs(rep.peak_bytes - mem.peak_bytes) <= 0.05 * mem.peak_bytes, (rep.peak_bytes, mem.peak_bytes)
     for real in mem.stages:
         sim = rep.stage(real["name"])

@@ -211,3 +211,12 @@ def test_host_memory_check_counts_the_file_not_the_folders_denoiser(files, repo,
         with pytest.raises(VidrtError) as exc:
             check_request(cfg)
         assert f"weights {format_bytes(expected)}" in str(exc.value), str(exc.value)
+
+
+def test_two_expert_pipelines_refuse_one_file(run_cli, files, tmp_path, repo):
+    from test_bad_input import clean_failure
+
+    out_dir = tmp_path / "out"
+    result = run_cli("render", "samples/wan22-a14b-random.yaml", "-o", out_dir / "x.mp4",
+                     "--set", f"model.weights={files['Q8_0']}", "--quiet")
+    clean_failure(result, "model.weights", "two experts", out_dir=out_dir)

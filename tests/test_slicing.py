@@ -342,19 +342,24 @@ def test_release_text_encoder_and_wan_vae_buffer():
     assert "_decode" not in pipe.vae.__dict__
 
 
-@pytest.mark.parametrize("hw,stride", [((48, 64), 24), ((40, 72), 24),   # even tiles; narrow last row/column
-                                       ((48, 64), 32)])                  # tiles that do not overlap
-def test_wan_tiled_decode_via_host_is_bit_identical(hw, stride):
+@pytest.mark.parametrize("hw,stride,variant", [
+    ((48, 64), 24, "2.1"), ((40, 72), 24, "2.1"),     # even tiles; narrow last row/column
+    ((48, 64), 32, "2.1"),                           # tiles that do not overlap
+    ((96, 128), 48, "2.2-ti2v"), ((80, 144), 48, "2.2-ti2v"),   # Wan 2.2 VAE: patchified tiles, 16x
+])
+def test_wan_tiled_decode_via_host_is_bit_identical(hw, stride, variant):
     """The tile-at-a-time decode (blends on the host) equals diffusers' tiled_decode, through decode_stream."""
     from vidrt.models.wan_vae import tiled_decode_via_host, tiles_needed
 
     adapter = get_adapter("wan")
-    pipe = adapter.tiny(0)
+    pipe = adapter.tiny(0, variant=variant)
     vae = pipe.vae
-    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=stride,
+    size = 32 if variant == "2.1" else 64
+    vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size, tile_sample_stride_height=stride,
                       tile_sample_stride_width=stride)
     h, w = hw
-    z = torch.randn(1, vae.config.z_dim, 3, h // 8, w // 8, generator=torch.Generator().manual_seed(0))
+    ratio = vae.spatial_compression_ratio
+    z = torch.randn(1, vae.config.z_dim, 3, h // ratio, w // ratio, generator=torch.Generator().manual_seed(0))
     assert tiles_needed(vae, z)
     with torch.no_grad():
         ref = vae.tiled_decode(z, return_dict=False)[0]

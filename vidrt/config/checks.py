@@ -3,6 +3,7 @@ model folder, an image or input video that is missing or the model cannot take, 
 memory; and the warning for a render with a lot of work."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vidrt.config.schema import RenderConfig
@@ -10,7 +11,9 @@ from vidrt.core.errors import VidrtError
 from vidrt.core.video_input import VideoInput
 from vidrt.core.windows import window_plan
 from vidrt.core.units import format_bytes
-from vidrt.models.loading import check_pipeline_folder, host_memory, local_or_hub, weight_files
+from vidrt.models.known import known_dir
+from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_hub, pixels_per_token,
+                                   weight_files)
 from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file
 from vidrt.models.specs import get_spec, tiles_by_default
 
@@ -44,7 +47,7 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
         local_or_hub(cfg.model.motion_adapter, "model.motion_adapter", _places(cfg.model.motion_adapter, cfg),
                      "config.json", kind="MotionAdapter")
     if cfg.model.weights and model_files:
-        check_weights_file(cfg, spec)
+        check_weights_file(cfg, spec, folder)
     for key in ("image", "input_video"):
         value = getattr(cfg, key)
         if value and not Path(value).expanduser().is_file():
@@ -52,17 +55,33 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
     if folder is not None:
         check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
                               allow_pickle=cfg.model.allow_pickle)
+    configs = folder if folder is not None else known_dir(cfg.model.path) if model_files else None
+    check_token_multiple(cfg, spec, pixels_per_token(configs, spec) if configs is not None else None)
     return _check_size(cfg, spec, folder)
 
 
-def check_weights_file(cfg: RenderConfig, spec) -> SingleFile:
+def check_token_multiple(cfg: RenderConfig, spec, multiple: int | None) -> None:
+    """height and width in whole denoiser tokens where the model's are larger than the family's rule (Wan 2.2
+    TI2V: a 16x VAE and 2x2 patches, 32 pixels)."""
+    for key in ("height", "width"):
+        if multiple and multiple > spec.size_multiple and getattr(cfg, key) % multiple:
+            raise VidrtError(f"{key}: {getattr(cfg, key)} is not a multiple of {multiple} (one token of "
+                             f"{cfg.model.path}: its VAE compresses {multiple // 2}x and its denoiser patches 2x2)")
+
+
+def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> SingleFile:
     """model.weights: a readable .gguf / .safetensors file, for a family whose denoiser diffusers loads from a
-    single file."""
+    single file, and a pipeline with one denoiser (Wan 2.2 A14B's two experts come as two files)."""
     import diffusers
 
     value = cfg.model.weights
     if not Path(value).expanduser().is_file():
         raise VidrtError(f"model.weights: no such file {value}{_places(value, cfg)}")
+    index = folder / "model_index.json" if folder is not None else None
+    if index is not None and index.is_file() and (json.loads(index.read_text()).get("transformer_2") or [None])[0]:
+        raise VidrtError(f"model.weights: {cfg.model.path} has two experts (transformer and transformer_2, Wan 2.2 "
+                         "A14B); one file replaces one denoiser, so single-file weights are not supported for it yet; "
+                         "remove model.weights")
     cls = getattr(diffusers, spec.denoiser_class_names[0])
     if loadable_class_name(cls) is None:
         raise VidrtError(f"model.weights: the {spec.family} family's {cls.__name__} has no single-file loader in "

@@ -32,6 +32,7 @@ from vidrt.models import adapter_for, denoisers_of
 
 BCFHW = "bcfhw"            # a (B, C, F, H, W) tensor: frames on dim 2
 FRAMES_IN_BATCH = "rows"   # a (B*F, ...) tensor, rows ordered batch-major (b*F + f)
+TOKENS = "tokens"          # a (B, F*T, ...) tensor of per-token values, frame-major (Wan 2.2's per-token timesteps)
 FEATURE = "long"
 
 
@@ -145,12 +146,16 @@ def _to_device(value, device: torch.device):
 
 
 def slice_frames(value, layout: str, frames: int, start: int, stop: int):
-    """Frames [start, stop) of an argument with the given frame layout (BCFHW or FRAMES_IN_BATCH); anything else
-    unchanged."""
+    """Frames [start, stop) of an argument with the given frame layout (BCFHW, FRAMES_IN_BATCH or TOKENS); anything
+    else (a per-sample timestep, a tensor of another length) unchanged."""
     if not isinstance(value, torch.Tensor):
         return value
     if layout == BCFHW and value.ndim == 5 and value.shape[2] == frames:
         return value[:, :, start:stop]
+    if layout == TOKENS and value.ndim >= 2 and value.shape[1] % frames == 0:
+        b, per = value.shape[0], value.shape[1] // frames
+        return value.reshape(b, frames, per, *value.shape[2:])[:, start:stop].reshape(b, (stop - start) * per,
+                                                                                    *value.shape[2:])
     if layout == FRAMES_IN_BATCH and value.shape[0] % frames == 0:
         b = value.shape[0] // frames
         return value.reshape(b, frames, *value.shape[1:])[:, start:stop].reshape(b * (stop - start), *value.shape[1:])

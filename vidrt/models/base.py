@@ -43,6 +43,9 @@ class ModuleRoles:
 class Stage:
     name: str
     modules: tuple[str, ...]  # pipeline attributes that run in this stage
+    # of these, the ones that take turns (Wan 2.2 A14B's two experts: one for the high-noise steps, the other
+    # after the boundary): under model offload only the one running is on the accelerator
+    alternate: tuple[str, ...] = ()
 
 
 @dataclass

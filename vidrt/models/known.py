@@ -22,6 +22,9 @@ KNOWN_PIPELINES = (
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
     "Wan-AI/Wan2.1-T2V-14B-Diffusers",
     "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers",       # per-token timesteps, the 16x VAE with 48 channels
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers",      # two 14B experts switched at the boundary timestep
+    "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
     "ali-vilab/i2vgen-xl",
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
 )
@@ -76,7 +79,9 @@ def components_from_folder(folder: Path) -> dict[str, Component]:
         cfg = read_json(cfg_path)
         out[name] = Component("diffusers" if lib == "diffusers" else "transformers", cfg.get("_class_name", cls)
                               if lib == "diffusers" else cls, cfg)
-    out["_pipeline"] = Component("diffusers", index.get("_class_name", ""), {})
+    # the pipeline's own settings (Wan 2.2: boundary_ratio, expand_timesteps)
+    settings = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+    out["_pipeline"] = Component("diffusers", index.get("_class_name", ""), settings)
     tok = folder / "tokenizer" / "tokenizer_config.json"
     if tok.is_file():
         max_len = read_json(tok).get("model_max_length")
@@ -94,7 +99,8 @@ def components_from_pipe(pipe) -> dict[str, Component]:
         lib = "transformers" if type(mod).__module__.startswith("transformers") else "diffusers"
         cfg = mod.config if lib == "transformers" else dict(mod.config)
         out[name] = Component(lib, type(mod).__name__, cfg)
-    out["_pipeline"] = Component("diffusers", type(pipe).__name__, {})
+    settings = {k: v for k, v in dict(pipe.config).items() if not k.startswith("_") and not isinstance(v, (list, tuple))}
+    out["_pipeline"] = Component("diffusers", type(pipe).__name__, settings)
     return out
 
 

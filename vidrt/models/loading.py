@@ -108,6 +108,24 @@ def denoiser_channels(folder: Path, component: str) -> tuple[int, int] | None:
     return (cin, cout) if isinstance(cin, int) and isinstance(cout, int) else None
 
 
+def pixels_per_token(folder: Path, spec: FamilySpec) -> int | None:
+    """Pixels per denoiser token along height and width: the VAE's spatial compression times the denoiser's
+    spatial patch (Wan 2.1: 8 x 2 = 16; Wan 2.2 TI2V: 16 x 2 = 32); None without both configs."""
+    vae, den = folder / "vae" / "config.json", folder / spec.denoiser_folder / "config.json"
+    if not (vae.is_file() and den.is_file()):
+        return None
+    return pixels_per_token_of(read_json(vae, "model.path"), read_json(den, "model.path"))
+
+
+def pixels_per_token_of(vae_config, den_config) -> int | None:
+    """`pixels_per_token` from the two configs (dicts or config objects)."""
+    get = lambda c, k: c.get(k) if isinstance(c, dict) else getattr(c, k, None)  # noqa: E731
+    factor, patch = get(vae_config, "scale_factor_spatial"), get(den_config, "patch_size")
+    if not isinstance(factor, int) or not isinstance(patch, (list, tuple)) or len(patch) != 3:
+        return None
+    return factor * int(patch[1])
+
+
 def train_timesteps(folder: Path) -> int | None:
     """The scheduler's number of training timesteps (the most inference steps it can take)."""
     config = folder / "scheduler" / "scheduler_config.json"

@@ -36,6 +36,7 @@ class SimParams:
     denoise_frames: int | None = None
     loop_frames: int | None = None
     video_input: bool = False      # video-to-video: the input clip is encoded first (stage video_encode)
+    per_token_timesteps: bool = False   # one timestep per latent token (Wan 2.2 TI2V: expand_timesteps)
 
     @property
     def window_frames(self) -> int:

@@ -87,7 +87,8 @@ class FamilySpec:
 
 
 SPECS: dict[str, FamilySpec] = {s.family: s for s in (
-    FamilySpec("wan", "Wan 2.1 DiT (T2V 1.3B/14B; I2V 14B when `image` is given). frames 4k+1, size multiple of 16",
+    FamilySpec("wan", "Wan 2.1 / 2.2 DiT (T2V 1.3B/14B, I2V 14B when `image` is given; Wan 2.2 TI2V-5B and the "
+               "two-expert A14B). frames 4k+1, size multiple of 16 (Wan 2.2 TI2V: 32)",
                "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"), ("WanTransformer3DModel",),
                optional_image=True, video_to_video=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
                latent_channels=16, denoiser_folder="transformer"),

@@ -16,18 +16,22 @@ from vidrt.models.tokenizers import word_tokenizer
 from vidrt.models import wan_sim
 
 
+TINY_VARIANTS = ("2.1", "2.2-a14b", "2.2-ti2v")
+
+
 class WanAdapter(ModelAdapter):
     spec = SPECS["wan"]
     denoiser_attr = "transformer"
     image_encoder_attr = "image_encoder"
-    frame_inputs = {"hidden_states": "bcfhw"}
+    # Wan 2.2 TI2V (expand_timesteps) gives one timestep per token: (B, F*h*w), sliced with the frames
+    frame_inputs = {"hidden_states": "bcfhw", "timestep": "tokens"}
     attention_api = "backend"
     patch_size = 2          # latent pixels per token on each side
     stages = (
         Stage("text_encode", ("text_encoder",)),
         Stage("image_encode", ("image_encoder", "vae")),
         Stage("video_encode", ("vae",)),
-        Stage("denoise", ("transformer", "transformer_2")),
+        Stage("denoise", ("transformer", "transformer_2"), alternate=("transformer", "transformer_2")),
         Stage("vae_decode", ("vae",)),
     )
 
@@ -36,10 +40,16 @@ class WanAdapter(ModelAdapter):
 
         return WanImageToVideoPipeline if with_image else WanPipeline
 
-    def tiny(self, seed: int = 0, *, with_image: bool = False, num_layers: int = 2, text_len: int = 16, **_: Any):
+    def tiny(self, seed: int = 0, *, with_image: bool = False, num_layers: int = 2, text_len: int = 16,
+             variant: str = "2.1", **_: Any):
+        """`variant`: "2.1"; "2.2-a14b" (two experts, `transformer_2` for the low-noise steps below the boundary,
+        as Wan 2.2 A14B); "2.2-ti2v" (per-token timesteps, `expand_timesteps`, and the Wan 2.2 VAE: residual
+        blocks, patch_size 2, 16x spatial compression, 48 latent channels, as Wan 2.2 TI2V-5B)."""
         from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
 
+        if variant not in TINY_VARIANTS:
+            raise ValueError(f"variant: one of {', '.join(TINY_VARIANTS)}, not {variant!r}")
         torch.manual_seed(seed)
         tokenizer = word_tokenizer(style="t5", model_max_length=text_len)
         text_encoder = UMT5EncoderModel(UMT5Config(
@@ -47,18 +57,31 @@ class WanAdapter(ModelAdapter):
             relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
             eos_token_id=1, decoder_start_token_id=0,
         ))
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
-        transformer = WanTransformer3DModel(
+        ti2v = variant == "2.2-ti2v"
+        if ti2v:
+            vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                                   out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                                   latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+        else:
+            vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, True, True])
+        channels = vae.config.z_dim
+        config = dict(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-            in_channels=36 if with_image else 16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-            image_dim=4 if with_image else None,
+            in_channels=2 * channels + 4 if with_image and not ti2v else channels, out_channels=channels, text_dim=32,
+            freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32, image_dim=4 if with_image and variant == "2.1" else None,
         )
+        transformer = WanTransformer3DModel(**config)
         scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
         parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                      transformer=transformer)
-        if with_image:
+        if variant == "2.2-a14b":
+            parts.update(transformer_2=WanTransformer3DModel(**config), boundary_ratio=0.9 if with_image else 0.875)
+        elif ti2v:
+            parts["expand_timesteps"] = True
+        if with_image and variant == "2.1":
             from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
             parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(

@@ -24,23 +24,31 @@ def simulate_stages(adapter, tracker, mods, p) -> None:
     h, w = p.height // sf, p.width // sf
     image_embeds = None
     condition = None
-    if p.with_image and "image_encoder" in mods:
-        enc = mods["image_encoder"]
-        size = enc.config.image_size
-        with tracker.stage("image_encode", params={"image_encoder": enc, "vae": vae}):
-            pixels = torch.zeros(1, 3, size, size, dtype=p.dtype)
-            image_embeds = enc(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].to(p.dtype)
-            del pixels
+    if p.with_image:
+        # Wan 2.1 I2V: CLIP image embeddings + the conditioning video (the image, then black frames) encoded and
+        # concatenated to the latents with a mask; Wan 2.2 A14B I2V: the same without CLIP; Wan 2.2 TI2V: only
+        # the image's own latent frame, which replaces the first latent frame (no extra channels)
+        enc = mods.get("image_encoder")
+        with tracker.stage("image_encode", params={"vae": vae, **({"image_encoder": enc} if enc else {})}):
+            if enc is not None:
+                size = enc.config.image_size
+                pixels = torch.zeros(1, 3, size, size, dtype=p.dtype)
+                image_embeds = enc(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].to(p.dtype)
+                del pixels
+            concat = den.config.in_channels > den.config.out_channels
             image = torch.zeros(1, 3, 1, p.height, p.width, dtype=p.dtype)
-            video = torch.cat([image, image.new_zeros(1, 3, p.frames - 1, p.height, p.width)], dim=2)
+            video = torch.cat([image, image.new_zeros(1, 3, p.frames - 1, p.height, p.width)], dim=2) \
+                if concat else image
             del image
             lat = vae.encode(video).latent_dist.mode()
             del video
-            mean, inv_std = latent_stats(cfg, None, torch.float32)
-            lat = (lat.to(torch.float32) - mean) * inv_std
-            mask = torch.ones(1, 4, tf, h, w)
-            condition = torch.cat([mask, lat], dim=1)
-            del lat, mask
+            if concat:
+                mean, inv_std = latent_stats(cfg, None, torch.float32)
+                lat = (lat.to(torch.float32) - mean) * inv_std
+                mask = torch.ones(1, 4, tf, h, w)
+                condition = torch.cat([mask, lat], dim=1)
+                del mask
+            del lat
     if p.video_input:        # as WanAdapter.encode_video: chunks of the clip through the causal encoder
         with tracker.stage("video_encode", params={"vae": vae}):
             step = adapter.video_chunk_frames
@@ -56,7 +64,11 @@ def simulate_stages(adapter, tracker, mods, p) -> None:
             latents = torch.randn(1, den.config.out_channels, tf_call, h, w, dtype=torch.float32)
             # a long video's loop tensors on the accelerator (latents, the blended predictions)
             loop = torch.empty(3, den.config.out_channels, tf_loop, h, w) if tf_loop > tf_call else None
-            t = torch.full((1,), 999.0)
+            if p.per_token_timesteps:   # (B, tokens): the transformer then modulates every token on its own
+                pt, ph, pw = den.config.patch_size
+                t = torch.full((1, tf_call // pt * (h // ph) * (w // pw)), 999.0)
+            else:
+                t = torch.full((1,), 999.0)
             model_in = latents
             if condition is not None:
                 model_in = torch.cat([latents, condition[:, :, :tf_call]], dim=1)

@@ -85,7 +85,7 @@ def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
     latents = latents.to(vae.dtype)
     mean, inv_std = latent_stats(vae.config, latents.device, latents.dtype)
     latents = latents / inv_std + mean
-    if getattr(vae, "use_tiling", False) and vae.config.patch_size is None and tiles_needed(vae, latents):
+    if getattr(vae, "use_tiling", False) and tiles_needed(vae, latents):
         for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
             yield chunk.float()
         return
@@ -168,19 +168,21 @@ def tiled_decode_via_host(vae, z: torch.Tensor, chunk_frames: int = 16) -> Itera
     order and dtype) into one host output, yielded as (B, C, f, H, W) chunks of `chunk_frames` frames clamped
     to [-1, 1]. Only the strips a later tile blends with are kept (bottom rows of the row above, right columns
     of the tile to the left). Bit-identical to tiled_decode. The host then holds the decoded video once.
-    Wan 2.1 layout only (no patch_size); the caller keeps diffusers' path otherwise.
+    With a patch_size (the Wan 2.2 VAE) the decoder's output is patchified: tiles are cropped and blended in that
+    space, as diffusers does, and each yielded chunk is unpatchified.
     """
-    if vae.config.patch_size is not None:
-        raise ValueError("tiled_decode_via_host: VAEs with patch_size (Wan 2.2) are not supported")
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
     host = torch.device(_HOST.get())
     b, _, num_frames, height, width = z.shape
+    patch = vae.config.patch_size or 1
     ratio = vae.spatial_compression_ratio
     tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
     step_h, step_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
-    crop_h, crop_w = vae.tile_sample_stride_height, vae.tile_sample_stride_width
-    blend_h = vae.tile_sample_min_height - crop_h
-    blend_w = vae.tile_sample_min_width - crop_w
-    out_h, out_w = height * ratio, width * ratio
+    crop_h, crop_w = vae.tile_sample_stride_height // patch, vae.tile_sample_stride_width // patch
+    blend_h = vae.tile_sample_min_height // patch - crop_h
+    blend_w = vae.tile_sample_min_width // patch - crop_w
+    out_h, out_w = height * ratio // patch, width * ratio // patch
     out = None
     above: dict[int, torch.Tensor] = {}
     try:
@@ -216,4 +218,4 @@ def tiled_decode_via_host(vae, z: torch.Tensor, chunk_frames: int = 16) -> Itera
     finally:
         vae.clear_cache()
     for f0 in range(0, out.shape[2], chunk_frames):
-        yield out[:, :, f0:f0 + chunk_frames].clamp(-1.0, 1.0)
+        yield unpatchify(out[:, :, f0:f0 + chunk_frames], patch_size=patch).clamp(-1.0, 1.0)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any
 
@@ -19,42 +20,40 @@ from vidrt.engine.policies.controller import FEATURE, Controller
 from vidrt.engine.policies.from_config import POLICIES, policy_from_config
 from vidrt.engine.policies.rehash import StepRehash
 from vidrt.engine.policies.taylor_gate import TaylorGate
-from vidrt.models import adapter_for
+from vidrt.models import denoisers_of
 
 __all__ = ["AdaptiveSkip", "CallInfo", "Layout", "POLICIES", "Policy", "StepRehash", "TaylorGate",
            "attached_policies", "disable_policy", "enable_policy", "policy_from_config", "policy_stats"]
 
 
-def _resolve(target):
-    """(denoiser, scheduler) of a pipeline of any supported family, or of a bare denoiser."""
+def _resolve(target) -> tuple[list[nn.Module], Any]:
+    """(denoisers, scheduler) of a pipeline of any supported family (Wan 2.2 A14B: both experts), or of a bare
+    denoiser."""
     if isinstance(target, nn.Module):
-        return target, None
+        return [target], None
     try:
-        den = adapter_for(target).denoiser(target)
-    except VidrtError:
-        den = None
-        for attr in ("transformer", "unet"):
-            if isinstance(getattr(target, attr, None), nn.Module):
-                den = getattr(target, attr)
-                break
-        if den is None:
+        dens = denoisers_of(target)
+    except (VidrtError, TypeError):
+        dens = [getattr(target, a) for a in ("transformer", "unet") if isinstance(getattr(target, a, None), nn.Module)]
+        if not dens:
             raise
-    return den, getattr(target, "scheduler", None)
+    return dens, getattr(target, "scheduler", None)
 
 
-def _controller(target) -> Controller | None:
+def _controllers(target) -> list[Controller]:
     try:
-        den, _ = _resolve(target)
+        dens, _ = _resolve(target)
     except VidrtError:
-        return None
-    return attach.get_state(den, FEATURE)
+        return []
+    return [c for c in (attach.get_state(d, FEATURE) for d in dens) if c is not None]
 
 
 def enable_policy(pipe, policy, *, num_steps: int | None = None):
     """Attach `policy` (a Policy, a list of them, or None) to `pipe`'s denoiser (or to a bare denoiser).
-
-    Replaces any policy attached before. `num_steps` only matters for a bare denoiser called by hand (the
-    last step is then known; pipelines report it themselves). Returns `pipe`.
+    Replaces any policy attached before. A pipeline with several denoisers (Wan 2.2 A14B's two experts) gets a
+    controller per denoiser, the first with `policy` itself and each other one with a fresh copy, so every
+    expert keeps its own histories (per CFG stream and window within it). `num_steps` only matters for a bare
+    denoiser called by hand (the last step is then known; pipelines report it themselves). Returns `pipe`.
     """
     disable_policy(pipe)
     if policy is None:
@@ -65,9 +64,14 @@ def enable_policy(pipe, policy, *, num_steps: int | None = None):
             raise VidrtError(f"acceleration.policy: {p!r} is not a vidrt policy")
     if not policies:
         return pipe
-    den, sched = _resolve(pipe)
-    ctl = Controller(den, policies, scheduler=sched, num_steps=num_steps)
-    ctl.install()
+    dens, sched = _resolve(pipe)
+    controllers = [Controller(den, policies if i == 0 else [copy.deepcopy(p) for p in policies], scheduler=sched,
+                              num_steps=num_steps) for i, den in enumerate(dens)]
+    controllers[0].install(siblings=controllers[1:])
+    for ctl in controllers[1:]:
+        ctl.scheduler = None          # the first controller's wrapper tells it of a new generation
+        ctl.install()
+        ctl.scheduler = sched
     return pipe
 
 
@@ -76,10 +80,8 @@ _LAST_STATS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDicti
 
 def disable_policy(pipe) -> None:
     """Detach the policy; the denoiser, its blocks and the scheduler are exactly as before.
-
     The stats of the last generation stay readable through `policy_stats` (kept outside the module)."""
-    ctl = _controller(pipe)
-    if ctl is not None:
+    for ctl in _controllers(pipe):
         if ctl.gen.steps:
             _LAST_STATS[ctl.den] = ctl.stats()
         ctl.uninstall()
@@ -89,22 +91,33 @@ def disable_policy(pipe) -> None:
 
 def policy_stats(pipe) -> dict[str, Any]:
     """Flat stats of the last generation: name, steps_total/full/skipped, blocks_total/evaluated (+ extras).
-
     With a policy attached: its current/last generation. After `disable_policy`: the last generation run
-    under the policy that was attached. Never had a policy: name "none" and zeros. JSON-safe values."""
-    ctl = _controller(pipe)
-    if ctl is not None:
-        return ctl.stats()
-    try:
-        den, _ = _resolve(pipe)
-    except VidrtError:
-        den = None
-    if den is not None and den in _LAST_STATS:
-        return dict(_LAST_STATS[den])
-    return {"name": "none", "steps_total": 0, "steps_full": 0, "steps_skipped": 0, "blocks_total": 0,
-            "blocks_evaluated": 0}
+    under the policy that was attached. Never had a policy: name "none" and zeros. JSON-safe values. Several
+    denoisers (Wan 2.2 A14B): each step is counted by the expert that ran it, the counts added up."""
+    stats = [c.stats() for c in _controllers(pipe)]
+    if not stats:
+        try:
+            dens, _ = _resolve(pipe)
+        except VidrtError:
+            dens = []
+        stats = [dict(_LAST_STATS[d]) for d in dens if d in _LAST_STATS]
+    if not stats:
+        return {"name": "none", "steps_total": 0, "steps_full": 0, "steps_skipped": 0, "blocks_total": 0,
+                "blocks_evaluated": 0}
+    return stats[0] if len(stats) == 1 else _combined(stats)
+
+
+def _combined(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(stats[0])
+    for key in ("steps_total", "steps_full", "steps_skipped", "blocks_total", "blocks_evaluated", "state_bytes"):
+        out[key] = sum(s.get(key, 0) for s in stats)
+    out["skipped_steps"] = sorted(x for s in stats for x in s.get("skipped_steps", []))
+    out["per_denoiser"] = [{k: s[k] for k in ("steps_total", "steps_skipped", "blocks_total", "blocks_evaluated")}
+                           for s in stats]
+    return out
 
 
 def attached_policies(pipe) -> list[Policy]:
-    ctl = _controller(pipe)
-    return list(ctl.policies) if ctl else []
+    """The policies attached to the (first) denoiser: the ones given to enable_policy."""
+    ctls = _controllers(pipe)
+    return list(ctls[0].policies) if ctls else []

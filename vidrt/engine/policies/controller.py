@@ -240,7 +240,10 @@ class Controller:
         return all(i in self._templates for i in range(idx + 1, last_deep + 1))
 
     # ---- install / uninstall -------------------------------------------------------------------
-    def install(self) -> None:
+    def install(self, siblings: Sequence[Controller] = ()) -> None:
+        """Hook the denoiser and its blocks; watch the scheduler's set_timesteps for this controller and its
+        `siblings` (the controllers of a pipeline's other denoisers, Wan 2.2 A14B's second expert), which share
+        this one scheduler wrapper."""
         if attach.get_state(self.den, FEATURE) is not None:
             raise VidrtError("policy: the denoiser already has a policy attached; call vidrt.disable_policy first")
         attach.wrap_module(self.den, _DenoiserHook(self), FEATURE)
@@ -248,10 +251,14 @@ class Controller:
             attach.wrap_module(block, _BlockHook(self), FEATURE)
         attach.set_state(self.den, FEATURE, self)
         sch = self.scheduler
-        if sch is not None and hasattr(sch, "set_timesteps"):
+        self._watching = sch is not None and hasattr(sch, "set_timesteps")
+        if self._watching:
+            group = (self, *siblings)
+
             def set_timesteps(call, *a, **k):
                 out = call(*a, **k)
-                self._on_set_timesteps(sch)
+                for ctl in group:
+                    ctl._on_set_timesteps(sch)
                 return out
 
             attach.wrap_method(sch, "set_timesteps", set_timesteps, FEATURE)
@@ -261,7 +268,7 @@ class Controller:
         if not self._installed:
             return
         attach.detach(self.den, FEATURE)
-        if self.scheduler is not None:
+        if getattr(self, "_watching", False):
             attach.detach(self.scheduler, FEATURE)
         self._installed = False
 

@@ -112,7 +112,8 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
 
     * offload none: every model on the accelerator; the text encoder leaves it after encoding (the runner's
       release_text_encoder; not on a CPU-only run, where there is nowhere to move it);
-    * offload model: only the running stage's models are on the accelerator (diffusers model offload);
+    * offload model: only the running stage's models are on the accelerator (diffusers model offload); of models
+      that take turns in a stage (`alternate`: Wan 2.2 A14B's experts) only the largest counts;
     * offload group: the denoiser streams block by block and the encoders leaf by leaf (resident: what is
       outside the blocks + two blocks / the two largest leaves); the VAE stays on the accelerator;
     * offload shard (several ranks): like none, with the denoiser's weights sharded over the ranks (`shard`:
@@ -146,6 +147,9 @@ def account(raw: list[dict], params: dict[str, int], group: dict[str, int], s: M
                 on_accel[n] = (shard or {}).get(n, b) if s.offload == "shard" else b
         elif s.offload == "model":
             on_accel = {n: params[n] for n in names if not (n == "text_encoder" and te_host)}
+            taking_turns = [n for n in r.get("alternate", ()) if n in on_accel]
+            for n in sorted(taking_turns, key=lambda n: on_accel[n])[:-1]:   # only the running one is moved in
+                del on_accel[n]
         else:  # group
             on_accel = {n: group.get(n, params[n]) for n in names if not (n == "text_encoder" and te_host)}
             if "vae" in params:

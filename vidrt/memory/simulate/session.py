@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import vidrt.engine.distributed as vdist
 from vidrt.core.dtypes import torch_dtype
-from vidrt.config.checks import input_frames
+from vidrt.config.checks import check_token_multiple, input_frames
 from vidrt.core.tensors import module_bytes
 from vidrt.engine.distributed.comm import simulated_context
 from vidrt.engine.distributed.shard import rank_weight_bytes
@@ -28,7 +28,7 @@ from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 from vidrt.engine.vae import VaeConfig, enable_vae_settings
 from vidrt.memory.cost import CostCounter, Counts
 from vidrt.memory.settings import MemorySettings
-from vidrt.memory.simulate.fake import KEEP_LAYERS, build_modules
+from vidrt.memory.simulate.fake import EXPERTS, KEEP_LAYERS, build_modules
 from vidrt.memory.target import accelerator
 from vidrt.engine.offload import offload_granularity
 from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, account,
@@ -37,6 +37,7 @@ from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeig
 from vidrt.memory.tracker import MemoryTracker
 from vidrt.models import get_adapter
 from vidrt.models.known import components_from_pipe, resolve_components
+from vidrt.models.loading import pixels_per_token_of
 from vidrt.models.simulation import SimParams
 from vidrt.models.single_file import SingleFile, read_single_file, single_file_kind
 
@@ -67,6 +68,7 @@ class Session:
     stream_groups_by: dict[str, dict[str, int]] = field(default_factory=dict)
     auto_levels: dict[str, str] = field(default_factory=dict)     # what "auto" granularity picks, per model
     stored: StoredWeights | None = None   # the denoiser under fp8 weight storage, or as its GGUF file stores it
+    twins: tuple[str, ...] = ()           # further experts stored as the denoiser is (Wan 2.2 A14B under fp8)
 
     def leaf_level(self, model: str, granularity: str = "auto") -> bool:
         return granularity == "leaf" or (granularity == "auto" and self.auto_levels.get(model) != "block_level")
@@ -76,17 +78,19 @@ class Session:
         group = self.group_by.get(granularity, self.group)
         if weights == "native" or self.stored is None:
             return group
-        return dict(group, **{self.stored.model: self.stored.resident[granularity]})
+        return dict(group, **{n: self.stored.resident[granularity] for n in (self.stored.model, *self.twins)})
 
     def params_for(self, weights: str = "native") -> dict[str, int]:
         """Bytes of each model's weights, the denoiser's as `weights` stores them."""
         if weights == "native" or self.stored is None:
             return self.params
-        return dict(self.params, **{self.stored.model: self.stored.total_bytes})
+        return dict(self.params, **{n: self.stored.total_bytes for n in (self.stored.model, *self.twins)})
 
     def upcast(self, weights: str = "native") -> dict[str, int]:
         """Bytes a model holds on top while it runs: one layer upcast from fp8 storage."""
-        return {} if weights == "native" or self.stored is None else {self.stored.model: self.stored.upcast_bytes}
+        if weights == "native" or self.stored is None:
+            return {}
+        return {n: self.stored.upcast_bytes for n in (self.stored.model, *self.twins)}
 
     def place(self, settings: MemorySettings, stages: list[dict[str, Any]] | None = None):
         """`placement.account` of these stages (default: all the session's) under `settings`: (stages, accelerator
@@ -175,6 +179,9 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
     dtype_name = str(getattr(config.model, "dtype", "float32"))
     dtype = torch_dtype(dtype_name)
     comps = components_from_pipe(pipe) if pipe is not None else resolve_components(config)
+    if "vae" in comps and adapter.denoiser_attr in comps:
+        check_token_multiple(config, adapter.spec, pixels_per_token_of(comps["vae"].config,
+                                                                       comps[adapter.denoiser_attr].config))
     frames, height, width = frame_count(config, adapter), int(config.height), int(config.width)
     guidance = float(getattr(config, "guidance", 5.0))
     with_image = bool(getattr(config, "image", None)) or adapter.spec.needs_image
@@ -232,7 +239,9 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
                     with_image=with_image, text_len=adapter.simulated_text_len(comps, mods, pipe),
                     denoise_variants=den_variants, decode_variants=dec_variants, fast_cfg=fast,
                     denoise_frames=window_frames, loop_frames=loop_frames,
-                    video_input=bool(getattr(config, "input_video", None))))
+                    video_input=bool(getattr(config, "input_video", None)),
+                    per_token_timesteps=bool(comps.get("_pipeline") and
+                                             comps["_pipeline"].config.get("expand_timesteps"))))
         finally:
             for handle in handles:
                 handle.remove()
@@ -252,8 +261,11 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
     stage_models = {st.name: tuple(n for n in st.modules if n in params) for st in adapter.stages}
-    stages = [dict(s, models=stage_models.get(s["name"].partition("#")[0], ())) for s in tracker.stages]
+    alternate = {st.name: tuple(n for n in st.alternate if n in params) for st in adapter.stages}
+    stages = [dict(s, models=stage_models.get(s["name"].partition("#")[0], ()),
+                   **({"alternate": alt} if len(alt := alternate.get(s["name"].partition("#")[0], ())) > 1 else {}))
+              for s in tracker.stages]
     return Session(adapter.family, dtype_name, frames, height, width, accel, stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
                    layout, shard, _full_layers(cost.counts, repeated), calls, windows, group_by, streams_by, levels,
-                   stored)
+                   stored, tuple(n for n in EXPERTS if n in named) if file is None else ())
