@@ -43,7 +43,7 @@ def _resolve(target) -> tuple[list[nn.Module], Any]:
 def _controllers(target) -> list[Controller]:
     try:
         dens, _ = _resolve(target)
-    except VidrtError:
+    except (VidrtError, TypeError):
         return []
     return [c for c in (attach.get_state(d, FEATURE) for d in dens) if c is not None]
 
@@ -68,10 +68,8 @@ def enable_policy(pipe, policy, *, num_steps: int | None = None):
     controllers = [Controller(den, policies if i == 0 else [copy.deepcopy(p) for p in policies], scheduler=sched,
                               num_steps=num_steps) for i, den in enumerate(dens)]
     controllers[0].install(siblings=controllers[1:])
-    for ctl in controllers[1:]:
-        ctl.scheduler = None          # the first controller's wrapper tells it of a new generation
-        ctl.install()
-        ctl.scheduler = sched
+    for ctl in controllers[1:]:          # the first controller's wrapper tells them of a new generation
+        ctl.install(watch_scheduler=False)
     return pipe
 
 
@@ -98,7 +96,7 @@ def policy_stats(pipe) -> dict[str, Any]:
     if not stats:
         try:
             dens, _ = _resolve(pipe)
-        except VidrtError:
+        except (VidrtError, TypeError):
             dens = []
         stats = [dict(_LAST_STATS[d]) for d in dens if d in _LAST_STATS]
     if not stats:

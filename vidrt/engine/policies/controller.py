@@ -240,10 +240,10 @@ class Controller:
         return all(i in self._templates for i in range(idx + 1, last_deep + 1))
 
     # ---- install / uninstall -------------------------------------------------------------------
-    def install(self, siblings: Sequence[Controller] = ()) -> None:
+    def install(self, siblings: Sequence[Controller] = (), watch_scheduler: bool = True) -> None:
         """Hook the denoiser and its blocks; watch the scheduler's set_timesteps for this controller and its
-        `siblings` (the controllers of a pipeline's other denoisers, Wan 2.2 A14B's second expert), which share
-        this one scheduler wrapper."""
+        `siblings` (the controllers of a pipeline's other denoisers, Wan 2.2 A14B's second expert, installed with
+        `watch_scheduler=False`), which share this one scheduler wrapper."""
         if attach.get_state(self.den, FEATURE) is not None:
             raise VidrtError("policy: the denoiser already has a policy attached; call vidrt.disable_policy first")
         attach.wrap_module(self.den, _DenoiserHook(self), FEATURE)
@@ -251,7 +251,7 @@ class Controller:
             attach.wrap_module(block, _BlockHook(self), FEATURE)
         attach.set_state(self.den, FEATURE, self)
         sch = self.scheduler
-        self._watching = sch is not None and hasattr(sch, "set_timesteps")
+        self._watching = watch_scheduler and sch is not None and hasattr(sch, "set_timesteps")
         if self._watching:
             group = (self, *siblings)
 
