@@ -11,7 +11,7 @@ from vidrt.core.errors import VidrtError
 from vidrt.core.video_input import VideoInput
 from vidrt.core.windows import window_plan
 from vidrt.core.units import format_bytes
-from vidrt.models.known import known_dir
+from vidrt.models.known_ids import known_dir
 from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_hub, pixels_per_token,
                                    weight_files)
 from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file

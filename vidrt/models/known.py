@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,7 @@ from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.models import get_adapter
-
-KNOWN_PIPELINES = (
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-    "Wan-AI/Wan2.2-TI2V-5B-Diffusers",       # per-token timesteps, the 16x VAE with 48 channels
-    "Wan-AI/Wan2.2-T2V-A14B-Diffusers",      # two 14B experts switched at the boundary timestep
-    "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-    "ali-vilab/i2vgen-xl",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5",
-)
-KNOWN_MOTION_ADAPTERS = ("guoyww/animatediff-motion-adapter-v1-5-2",)   # loaded beside an SD1.5 pipeline
-KNOWN_MODELS = KNOWN_PIPELINES + KNOWN_MOTION_ADAPTERS
+from vidrt.models.known_ids import KNOWN_MODELS, KNOWN_MOTION_ADAPTERS, KNOWN_PIPELINES, known_dir  # noqa: F401 (re-exported)
 
 # Repeated identical layers, by class: (config key of their number, attribute path of the layer list). A
 # forward's activation peak is reached inside one layer with the same tensors carried between layers, so a
@@ -47,14 +34,6 @@ class Component:
     library: str       # diffusers | transformers
     class_name: str
     config: Any        # dict (from json) or a transformers config object
-
-
-def known_dir(model_id: str) -> Path | None:
-    """The shipped config folder of a known hub id (None for any other id)."""
-    if model_id not in KNOWN_MODELS:
-        return None
-    base = resources.files("vidrt.models") / "known_configs" / model_id.replace("/", "--")
-    return Path(str(base))
 
 
 def read_json(path: Path) -> dict:
