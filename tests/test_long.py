@@ -28,6 +28,11 @@ def test_windows_cover_every_frame_with_weights_summing_to_one(total, window, ov
         outside = torch.ones(total, dtype=torch.bool)
         outside[start:start + window] = False
         assert (weights[i][outside] == 0).all()
+    if overlap:      # Wan: every window after the first leaves its first latent frame to the window before
+        kept = window_weights(total, window, starts, start_latents=1)
+        assert torch.allclose(kept.sum(0), torch.ones(total), atol=1e-6)
+        assert all(kept[i, start] == 0 for i, start in enumerate(starts) if i > 0)
+        assert torch.equal(kept[0], weights[0]) if len(starts) == 1 else kept[0, 0] == 1
 
 
 def test_bad_overlap_is_refused():
@@ -166,7 +171,7 @@ def test_block_policies_keep_state_per_window_and_cfg_stream(make):
     assert streams == {f"{n}{'' if i == 0 else f'#{i}'}" for n in ctx for i in range(len(starts))}
     assert 0 < stats["blocks_evaluated"] < stats["blocks_total"]          # the policy did skip blocks
 
-    weights = window_weights(total, window, starts)
+    weights = window_weights(total, window, starts, get_adapter("wan").window_start_latents)
     want = [{name: torch.zeros(1, 16, total, 4, 4) for name in ctx} for _ in range(steps)]
     for i, start in enumerate(starts):
         enable_policy(den, make(), num_steps=steps)

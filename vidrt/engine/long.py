@@ -71,9 +71,11 @@ class WindowState:
         self.calls = 0
 
 
-def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
+def window_weights(total: int, window: int, starts: list[int], start_latents: int = 0) -> torch.Tensor:
     """(n_windows, total) fp32 blending weights: each window ramps linearly over the frames it shares with a
-    neighbour; columns sum to exactly 1 (normalised)."""
+    neighbour; columns sum to exactly 1 (normalised). `start_latents`: the first frames of every window after
+    the first get no weight (a model that renders a window's start as a clip's start, `window_start_latents`;
+    the window before covers them, as the overlap is at least as long)."""
     raw = torch.zeros(len(starts), total, dtype=torch.float64)
     ramp = torch.minimum(torch.arange(1, window + 1, dtype=torch.float64),
                          torch.arange(window, 0, -1, dtype=torch.float64))
@@ -83,6 +85,8 @@ def window_weights(total: int, window: int, starts: list[int]) -> torch.Tensor:
             w[: window // 2] = w[window // 2]        # no neighbour on the left: full weight
         if i == len(starts) - 1:
             w[window // 2:] = w[window // 2]        # no neighbour on the right
+        if i > 0:
+            w[:start_latents] = 0
         raw[i, start:start + window] = w
     return (raw / raw.sum(0, keepdim=True)).float()
 
@@ -92,7 +96,8 @@ class ContextWindowHook(ArgumentsHook):
     working, and re-slicing (e.g. after an OOM) is picked up because the inner forward is looked up per call."""
 
     def __init__(self, frame_inputs: dict[str, str], window: int, overlap: int,
-                 compute_device: torch.device | str | None = None, state: WindowState | None = None):
+                 compute_device: torch.device | str | None = None, state: WindowState | None = None,
+                 start_latents: int = 0):
         super().__init__()
         self.state = state or WindowState()
         self.frame_inputs = dict(frame_inputs)
@@ -100,6 +105,7 @@ class ContextWindowHook(ArgumentsHook):
         self.main = next(iter(frame_inputs))
         self.window = window
         self.overlap = overlap
+        self.start_latents = start_latents
 
     def new_forward(self, module, *args, **kwargs):
         inner = self.fn_ref.original_forward
@@ -113,7 +119,7 @@ class ContextWindowHook(ArgumentsHook):
                 return inner(*args, **kwargs)
             return _to_device(inner(**{n: _to_device(v, device) for n, v in bound.items()}), host)
         starts = window_starts(frames, self.window, self.overlap)
-        weights = window_weights(frames, self.window, starts).to(host)
+        weights = window_weights(frames, self.window, starts, self.start_latents).to(host)
         shared = {n: _to_device(v, device) for n, v in bound.items() if n not in self.frame_inputs}
         total = out = None
         for i, start in enumerate(starts):
@@ -171,9 +177,10 @@ def enable_long_video(obj, config: LongVideoConfig) -> WindowState:
     if (config.loop_on_host or config.noise_seed is not None) and not is_pipeline:
         raise ValueError("loop_on_host and noise rescheduling need a pipeline, not a bare denoiser")
     compute = config.compute_device if config.loop_on_host else None
+    start_latents = min(adapter.window_start_latents, config.overlap)   # (the window before must cover them)
     for den in denoisers_of(obj):
         attach.wrap_module(den, ContextWindowHook(adapter.frame_inputs, config.window, config.overlap, compute,
-                                                  state), FEATURE)
+                                                  state, start_latents), FEATURE)
         attach.set_state(den, FEATURE, state)
     if config.loop_on_host:
         # diffusers pipelines put their loop tensors on `_execution_device`; only the denoiser runs elsewhere

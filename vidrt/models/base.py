@@ -95,6 +95,10 @@ class ModelAdapter:
     # denoiser forward arguments that carry a frame axis, by layout (see vidrt.engine.long); the first is the input
     frame_inputs: ClassVar[dict[str, str]] = {}
     long_noise_reschedule: ClassVar[bool] = False  # FreeNoise-style noise reuse across context windows
+    # latent frames at the start of a window that the model always makes as a clip's start (Wan's causal VAE
+    # encodes frame 0 alone into latent frame 0, so the denoiser renders every window's first latent frame as a
+    # first frame): windows after the first leave them to the window before (vidrt.engine.long)
+    window_start_latents: ClassVar[int] = 0
     frame_parallel: ClassVar[bool] = False          # UNet frames split over ranks (vidrt.engine.distributed.unet_fp)
     attention_api: ClassVar[str] = "processor"     # "backend": processors honour set_attention_backend
     stages: ClassVar[tuple[Stage, ...]] = ()      # the simulator places each stage's models by these

@@ -25,6 +25,7 @@ class WanAdapter(ModelAdapter):
     image_encoder_attr = "image_encoder"
     # Wan 2.2 TI2V (expand_timesteps) gives one timestep per token: (B, F*h*w), sliced with the frames
     frame_inputs = {"hidden_states": "bcfhw", "timestep": "tokens"}
+    window_start_latents = 1    # latent frame 0 of a causal Wan VAE is the first video frame alone
     attention_api = "backend"
     patch_size = 2          # latent pixels per token on each side
     stages = (
