@@ -186,7 +186,7 @@ def decode_drift(video, native_video, latent: int, tc: int) -> dict:
 
 # ------------------------------------------------------------------------------------------- measuring
 def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
-                   overrides: tuple[str, ...] = ()) -> tuple[list, list, list]:
+                   overrides: tuple[str, ...] = (), mults: tuple[int, ...] = MULTS) -> tuple[list, list, list]:
     """Every prompt at 1x / 4x / 8x through vidrt's runner, a freshly loaded pipeline per length (the memory row is
     the first prompt's render on it, as before the quality figures; memory does not depend on the words), with
     the config `overrides` (e.g. a step policy). Returns the memory rows, the quality figures and each prompt's
@@ -196,7 +196,7 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
 
     tc = adapter.temporal_compression
     memory, quality, native_runs = [], [], []
-    for mult in MULTS:
+    for mult in mults:
         frames = frames_for(adapter, native, mult)
         base = load_config(args.config, [f"steps={args.steps}", f"frames={frames}"])
         pipe = runner.load_pipeline(base, runner.resolve_device(base.devices), with_image=False)
@@ -244,6 +244,43 @@ def decode_lengths(args, adapter, native_runs: list, prompts: list[str]) -> list
                                drift=decode_drift(video, native_video, latent, tc)))
         decoded.append(dict(mult=mult, frames=len(video), videos=videos))
     return decoded
+
+
+def roundtrip_lengths(args, adapter, native: int, prompts: list[str]) -> list[dict]:
+    """Each prompt as procedural data 1x / 4x / 8x long (a native clip's speed on a torus: what the sample model's
+    long stages train on), encoded by the pipeline's VAE and decoded by the streaming decoder: the VAE alone on a
+    real long latent sequence, against the clip it came from (`error`: mean absolute difference per frame,
+    0-255)."""
+    import numpy as np
+    import torch
+
+    import vidrt.run.render as runner
+    from sample_quality import parse_caption
+    from vidrt.config import load_config
+    from vidrt.models.wan_vae import latent_stats
+    from vidrt.run.video import to_uint8_frames
+    from vidrt_dev.sample_data import render_spec, sample_spec
+
+    base = load_config(args.config, [f"steps={args.steps}"])
+    pipe = runner.load_pipeline(base, runner.resolve_device(base.devices), with_image=False)
+    out = []
+    for mult in MULTS:
+        frames = frames_for(adapter, native, mult)
+        videos = []
+        for i, prompt in enumerate(prompts):
+            spec = sample_spec(20_000 + i, height=base.height, width=base.width, **parse_caption(prompt))
+            clip = render_spec(spec, frames=frames, height=base.height, width=base.width, pace_frames=native,
+                               wrap=True)
+            x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None] * 2 - 1
+            with torch.no_grad():
+                z = pipe.vae.encode(x).latent_dist.mode()
+                mean, inv_std = latent_stats(pipe.vae.config, z.device, z.dtype)
+                video = np.concatenate([to_uint8_frames(c) for c in adapter.decode_stream(pipe, (z - mean) * inv_std)])
+            error = np.abs(video.astype(np.float32) - np.round(clip * 255)).mean(axis=(1, 2, 3))
+            videos.append(dict(prompt=prompt, **consistency(video, prompt), jumps=stat(frame_jumps(video)),
+                               error=stat(float(e) for e in error), error_last=float(error[-1])))
+        out.append(dict(mult=mult, frames=frames, videos=videos))
+    return out
 
 
 def memory_row(mult: int, frames: int, sidecar: dict, seconds: float) -> dict:
@@ -348,6 +385,15 @@ def main(argv=None) -> None:
     prompts = bench_prompts(args.prompts)
     rows, quality, native_runs = render_lengths(args, adapter, native, prompts, tmp)
     decoded = decode_lengths(args, adapter, native_runs, prompts)
+    roundtrip = roundtrip_lengths(args, adapter, native, prompts)
+    without_start_rule = None
+    if adapter.window_start_latents:     # the same windows keeping their first latent frames
+        kept = adapter.window_start_latents
+        type(adapter).window_start_latents = 0
+        try:
+            without_start_rule = render_lengths(args, adapter, native, prompts, tmp, mults=MULTS[1:])[1]
+        finally:
+            type(adapter).window_start_latents = kept
     with_policy = None
     if args.policy != "none":
         with_policy = dict(policy=args.policy, quality=render_lengths(
@@ -357,7 +403,8 @@ def main(argv=None) -> None:
                 threads=args.threads, temporal_compression=adapter.temporal_compression, palette_gap=palette_gap(),
                 prompts=prompts, rows=rows, resume=resume_check(args, adapter, native, tmp),
                 simulated=simulated(base, adapter, native), quality=quality, decode_only=decoded,
-                with_policy=with_policy)
+                with_policy=with_policy, roundtrip=roundtrip, start_latents=adapter.window_start_latents,
+                without_start_rule=without_start_rule)
     data["seconds_total"] = time.perf_counter() - started
     rio.write_json(args.out / f"{NAME}.json", data)
     text = render(data)
@@ -507,9 +554,62 @@ def quality_section(data: dict) -> list[str]:
     for d in decoded:
         lines.append(f"| {d['mult']}x | {d['frames']} | " + " | ".join(consistency_cells(d["videos"])) + " | "
                      + max_mean(pooled([v["drift"] for v in d["videos"]])) + " | " + repetition_drift(d) + " |")
+    lines += start_rule_section(data)
+    lines += roundtrip_section(data)
     lines += policy_section(data)
     lines += ["", *per_prompt_section(quality, decoded), ""]
     return lines
+
+
+def start_rule_section(data: dict) -> list[str]:
+    rows = data.get("without_start_rule")
+    if not rows:
+        return []
+    ncols = len(CONSISTENCY_HEAD.split(" | "))
+    by_mult = {q["mult"]: q for q in data["quality"]}
+    lines = [
+        "### Windows that keep their first latent frames",
+        "",
+        f"The renders above leave the first {data['start_latents']} latent frame(s) of every window after the first "
+        "to the window before (`window_start_latents`: the causal Wan VAE encodes video frame 0 alone into latent "
+        "frame 0, so the denoiser makes every window's first latent frame a clip's first frame). The same renders "
+        "with those frames blended like the others, side by side (same prompts, seeds and run):",
+        "",
+        "| length | windows | rule | " + CONSISTENCY_HEAD + " | jump at seams max / mean |",
+        "|---|---|---|" + "---|" * (ncols + 1),
+    ]
+    for q in rows:
+        for label, r in (("off", q), ("on", by_mult[q["mult"]])):
+            seam = pooled([v["jumps"]["seam"] for v in r["videos"]])
+            lines.append(f"| {q['mult']}x | {q['windows']} | {label} | " + " | ".join(consistency_cells(r["videos"]))
+                         + f" | {max_mean(seam)} |")
+    return lines + [""]
+
+
+def roundtrip_section(data: dict) -> list[str]:
+    rows = data.get("roundtrip")
+    if not rows:
+        return []
+    ncols = len(CONSISTENCY_HEAD.split(" | "))
+    lines = [
+        "### The VAE alone on real long clips: procedural data encoded and decoded",
+        "",
+        "Each prompt as procedural data of that length (a native clip's speed, wrapping around the frame edges: "
+        "the data the sample model's long stages train on), encoded by the model's VAE and decoded by the streaming "
+        "decoder as one sequence. Unlike the tiled latents above, these are the latents of a real long clip, so "
+        "what goes wrong here is the VAE's own drift over the length. *Error*: mean absolute difference of a "
+        "decoded frame from the clip's frame (0-255), worst frame / mean, and the last frame's.",
+        "",
+        "| length | frames | " + CONSISTENCY_HEAD + " | jump max / mean | error max / mean | error of the last frame |",
+        "|---|---|" + "---|" * (ncols + 3),
+    ]
+    for r in rows:
+        vids = r["videos"]
+        last = sum(v["error_last"] for v in vids) / len(vids)
+        lines.append(f"| {r['mult']}x | {r['frames']} | " + " | ".join(consistency_cells(vids)) + " | "
+                     + max_mean(pooled([v["jumps"] for v in vids])) + " | "
+                     + max_mean(pooled([v["error"] for v in vids])) + f" | {last:.1f} |")
+    return lines + [""]
 
 
 def policy_section(data: dict) -> list[str]:

@@ -43,6 +43,27 @@ def test_measurements_on_procedural_data():
     assert q.motion_direction(still) is None
 
 
+def test_long_clips_keep_native_speed_on_a_torus():
+    """The long stages' data: clip i starts as make_dataset's clip i, moves at its speed past the native length
+    (wrapping at the edges, so the object is whole in every frame), and its shape is read right frame by frame."""
+    from vidrt_dev.sample_data import make_dataset, make_long_dataset
+
+    long_clips, long_caps = make_long_dataset(6, seed=3, frames=73, pace_frames=9)
+    native, caps = make_dataset(6, seed=3, frames=9)
+    assert long_caps == caps and np.array_equal(long_clips[:, :9], native)
+    for video, cap in zip(long_clips, caps):
+        p = parse_caption(cap)
+        masks = q.blob_masks(video)
+        area = masks.reshape(len(masks), -1).sum(axis=1)
+        assert area.min() >= 0.8 * area.max(), area            # never cut off by an edge
+        track = q.centroid_track(video[:9])
+        step = np.hypot(*(track[-1] - track[0])) / 8
+        assert step > 1.0                                        # native speed: about 1.8 px per frame
+        # (a shape crossing an edge is cut in two: the detector reads the frames where it is whole)
+        whole = [m for m in masks if not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())]
+        assert len(whole) >= 20 and np.mean([q.shape_of(m) == p["shape"] for m in whole]) >= 0.95, cap
+
+
 def test_quick_training_decreases_loss(tmp_path):
     train = _load_train_module()
     threads = torch.get_num_threads()

@@ -106,3 +106,42 @@ def sharpness(video) -> float:
     v = _as_video(video).mean(axis=-1)
     lap = -4 * v[:, 1:-1, 1:-1] + v[:, :-2, 1:-1] + v[:, 2:, 1:-1] + v[:, 1:-1, :-2] + v[:, 1:-1, 2:]
     return float(lap.reshape(len(v), -1).var(axis=1).mean())
+
+
+# Fill ratio of a shape's bounding box: a circle covers pi/4 of its square, a square all of it, the grammar's
+# upward triangle half. The decision boundaries lie halfway between.
+SHAPE_FILL = {"triangle": 0.5, "circle": math.pi / 4, "square": 1.0}
+
+
+def shape_of(mask: np.ndarray) -> str | None:
+    """The grammar shape whose bounding-box fill ratio is nearest to the largest blob of a (H, W) mask (its
+    4-connected component with the most pixels); None for fewer than 6 pixels."""
+    mask = np.asarray(mask, bool)
+    if mask.sum() < 6:
+        return None
+    comp = _largest_component(mask)
+    ys, xs = np.nonzero(comp)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    fill = comp.sum() / box
+    return min(SHAPE_FILL, key=lambda k: abs(SHAPE_FILL[k] - fill))
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels = np.zeros(mask.shape, np.int32)
+    best, best_n, label = None, 0, 0
+    for y, x in zip(*np.nonzero(mask)):
+        if labels[y, x]:
+            continue
+        label += 1
+        stack, n = [(y, x)], 0
+        labels[y, x] = label
+        while stack:
+            cy, cx = stack.pop()
+            n += 1
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+        if n > best_n:
+            best, best_n = label, n
+    return labels == best

@@ -122,19 +122,33 @@ def _shape_mask(shape: str, cx: float, cy: float, size: float, height: int, widt
     return m.reshape(height, ss, width, ss).mean(axis=(1, 3)).astype(np.float32)
 
 
-def render_spec(spec: ClipSpec, *, frames: int = 13, height: int = 32, width: int = 32) -> np.ndarray:
-    """Render a clip: float32 array (T, H, W, 3) in [0, 1]."""
+def render_spec(spec: ClipSpec, *, frames: int = 13, height: int = 32, width: int = 32,
+                pace_frames: int | None = None, wrap: bool = False) -> np.ndarray:
+    """Render a clip: float32 array (T, H, W, 3) in [0, 1].
+
+    The shape covers `spec.travel` pixels over `pace_frames` frames (the clip's own length by default), so a clip
+    longer than its pace keeps the speed of a native clip; with `wrap` the frame is a torus (a shape leaving one
+    edge re-enters at the opposite one), which lets a clip run at that speed for any length.
+    """
     dx, dy = DIRECTIONS[spec.direction]
     norm = math.hypot(dx, dy)
     ux, uy = dx / norm, dy / norm
     fg = np.asarray(PALETTE[spec.colour], np.float32)
     bg = np.asarray(PALETTE[spec.background], np.float32)
+    pace = max((pace_frames or frames) - 1, 1)
     out = np.empty((frames, height, width, 3), np.float32)
     for i in range(frames):
-        f = i / max(frames - 1, 1)
-        cx = spec.start[0] + ux * spec.travel * f
-        cy = spec.start[1] + uy * spec.travel * f
-        m = _shape_mask(spec.shape, cx, cy, spec.size, height, width)[..., None]
+        cx = spec.start[0] + ux * spec.travel * i / pace
+        cy = spec.start[1] + uy * spec.travel * i / pace
+        if wrap:
+            cx, cy = cx % width, cy % height
+            m = np.zeros((height, width), np.float32)
+            for ox in (-width, 0, width):
+                for oy in (-height, 0, height):
+                    m = np.maximum(m, _shape_mask(spec.shape, cx + ox, cy + oy, spec.size, height, width))
+        else:
+            m = _shape_mask(spec.shape, cx, cy, spec.size, height, width)
+        m = m[..., None]
         out[i] = m * fg + (1 - m) * bg
     return out
 
@@ -152,4 +166,18 @@ def make_dataset(n: int, seed: int = 0, *, frames: int = 13, height: int = 32, w
     for i in range(n):
         videos[i], c = make_clip(seed * 1_000_003 + i, frames=frames, height=height, width=width)
         caps.append(c)
+    return videos, caps
+
+
+def make_long_dataset(n: int, seed: int = 0, *, frames: int, pace_frames: int, height: int = 32,
+                      width: int = 32):
+    """n clips of `frames` frames moving at the speed of a `pace_frames`-frame clip on a torus (see
+    `render_spec`): the data of long videos. Clip i uses seed `seed*1_000_003+i`, so its first `pace_frames`
+    frames are `make_dataset`'s clip i with the same seed."""
+    videos = np.empty((n, frames, height, width, 3), np.float32)
+    caps = []
+    for i in range(n):
+        spec = sample_spec(seed * 1_000_003 + i, height=height, width=width)
+        videos[i] = render_spec(spec, frames=frames, height=height, width=width, pace_frames=pace_frames, wrap=True)
+        caps.append(spec.caption)
     return videos, caps
