@@ -143,6 +143,9 @@ def test_simulated_weight_bytes_equal_the_loaded_gguf_model(files, repo, monkeyp
     quant = simulate(cfg, settings)
     native = simulate(load_config("samples/tiny.yaml"), MemorySettings())
     assert quant.params["transformer"] == module_bytes([real])
+    layout = simulate(load_config("samples/tiny.yaml", [f"model.weights={files['diffusers_gguf']}"]),
+                      settings_from_config(cfg))
+    assert layout.params["transformer"] == quant.params["transformer"]     # the diffusers layout counts the same
     assert native.params["transformer"] == module_bytes([files["den"]])
     group = MemorySettings(offload="group", granularity="block")
     q_group = simulate(cfg, MemorySettings(offload="group", granularity="block", weights="gguf"))

@@ -118,11 +118,12 @@ def loadable_class_name(cls) -> str | None:
 
 def diffusers_names(file: SingleFile, cls, model_names: set[str] | None = None) -> dict[str, FileTensor]:
     """The file's tensors by the names `cls` gives them, converted as diffusers' `from_single_file` converts them
-    (original names through the class's mapping; a file already in the diffusers layout as it is)."""
+    (original names through the class's mapping; a file that has every name of `model_names`, the diffusers
+    layout, as it is)."""
     import torch
     from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
 
-    if model_names is not None and set(file.tensors) == model_names:
+    if model_names is not None and model_names <= set(file.tensors):   # (a reduced model has fewer blocks)
         return dict(file.tensors)
     mapping = SINGLE_FILE_LOADABLE_CLASSES[loadable_class_name(cls)]["checkpoint_mapping_fn"]
     stand_ins = {n: torch.empty(t.shape, device="meta") for n, t in file.tensors.items()}
