@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import results_io as rio  # noqa: E402
 from vidrt.memory.cost import CostCounter, Counts  # noqa: E402
 from vidrt.memory.devices import get_device  # noqa: E402
 from vidrt.memory.timemodel import Efficiency, predict_seconds, rollup  # noqa: E402
@@ -737,36 +738,10 @@ def fit(rows: list[dict], counts: dict[str, Counts], prior_weight: float = PRIOR
 
 
 # ------------------------------------------------------------------------------------------ report
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def git_dirty() -> bool | None:
-    """Whether vidrt/ or bench/ had uncommitted changes when the counts were taken (None: not a checkout)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", "vidrt", "bench/fit_time_model.py"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return bool(out.strip())
-
-
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
-    return (f"{platform.platform()}; {cpu}; {os.cpu_count()} CPUs; python {platform.python_version()}; "
+    return (f"{platform.platform()}; {rio.cpu_name()}; {os.cpu_count()} CPUs; python {platform.python_version()}; "
             f"torch {torch.__version__}")
 
 
@@ -946,7 +921,8 @@ def main(argv=None) -> int:
                     informed.setdefault(p, []).append(rid)
     data = {
         "command": "python bench/fit_time_model.py" + (" --reuse-counts" if args.reuse_counts else ""),
-        "commit": git_commit(), "dirty": git_dirty(), "machine": machine(),
+        "commit": rio.git_commit(), "dirty": rio.git_dirty(("vidrt", "bench/fit_time_model.py")),
+        "machine": machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "counting_seconds": round(counting, 1), "script_seconds": 0.0,
         "efficiency": eff.to_dict(), "fit_loss": round(loss, 5), "counter_overhead": overhead,
