@@ -209,9 +209,7 @@ def render(data: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cases", nargs="*", help=f"cases to run (default all: {', '.join(CASES)})")
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, NAME)
+    rio.add_run_args(ap, NAME)
     args = ap.parse_args(argv)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
@@ -233,12 +231,7 @@ def main(argv=None) -> None:
             rows.append({"case": case.__name__, "kind": "failed", "error": f"{type(exc).__name__}: {exc}"[:200]})
         print(row_line(rows[-1]), flush=True)
         torch.cuda.empty_cache()
-    store = args.out / f"{NAME}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}", argv)
-    run["rows"] = rows
-    data = rio.store_run(store, run, args.append)
+    data = rio.save_run(args, NAME, argv, rows=rows)
     text = render(data)
     rio.write_text(args.out / f"{NAME}.md", text)
     print(text)

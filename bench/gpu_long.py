@@ -76,9 +76,7 @@ def main(argv=None) -> None:
                     help="on: diffusers' tiled decoder (auto picks it from 720x1280 up); off: vidrt's streamed decode")
     ap.add_argument("--loop", default="host,device", help="where the loop's tensors live: host, device or both")
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, "gpu_long")
+    rio.add_run_args(ap, "gpu_long")
     args = ap.parse_args(argv)
     name = ("gpu_long_tiny" if args.tiny else "gpu_long") + ("" if args.vae_tiling == "on" else "_streamed")
     if args.report_only:
@@ -123,14 +121,9 @@ def main(argv=None) -> None:
                          "vae_decode_gib": stages.get("vae_decode", 0) / GiB, "peak_gib": peak / GiB,
                          "seconds": secs, "stages_gib": {k: v / GiB for k, v in stages.items()}})
             print(rows[-1], flush=True)
-    store = args.out / f"{name}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}", argv)
-    run["settings"] = {"model": "Wan 2.1 T2V 1.3B, random weights", "height": h, "width": w, "native": native,
-                       "steps": args.steps, "guidance": 5.0, "dtype": dtype_name, "vae": VAE[args.vae_tiling]}
-    run["rows"] = rows
-    data = rio.store_run(store, run, args.append)
+    settings = {"model": "Wan 2.1 T2V 1.3B, random weights", "height": h, "width": w, "native": native,
+                "steps": args.steps, "guidance": 5.0, "dtype": dtype_name, "vae": VAE[args.vae_tiling]}
+    data = rio.save_run(args, name, argv, settings=settings, rows=rows)
     text = render(data, name)
     rio.write_text(args.out / f"{name}.md", text)
     print(text)

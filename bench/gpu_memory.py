@@ -132,9 +132,7 @@ def render(data: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, NAME)
+    rio.add_run_args(ap, NAME)
     args = ap.parse_args(argv)
     if args.report_only:
         rio.write_text(args.out / f"{NAME}.md", render(rio.read_json(rio.source_json(args, NAME))))
@@ -147,12 +145,7 @@ def main(argv=None):
             case(rows)
         except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - reported, not fatal
             rows.append({"case": case.__name__, "error": str(exc)[:80]})
-    store = args.out / f"{NAME}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}", argv)
-    run.update(seconds=time.time() - t0, rows=rows)
-    data = rio.store_run(store, run, args.append)
+    data = rio.save_run(args, NAME, argv, seconds=time.time() - t0, rows=rows)
     rio.write_text(args.out / f"{NAME}.md", render(data))
 
 

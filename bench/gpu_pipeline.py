@@ -217,9 +217,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models, small shapes, CPU (a dry run of this script)")
     ap.add_argument("cases", nargs="*", default=["animatediff", "wan"])
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, NAME)
+    rio.add_run_args(ap, NAME)
     args = ap.parse_args(argv)
     if args.report_only:
         name = f"{NAME}_tiny" if args.tiny else NAME
@@ -252,12 +250,8 @@ def main(argv=None) -> None:
              {"weights resident, VAE tiled": tiled, "group offload, VAE tiled": dict(offload, vae_tiling="on")},
              workdir)
     name = f"{NAME}_tiny" if args.tiny else NAME
-    store = args.out / f"{name}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}" + (" (--tiny dry run on the CPU)" if args.tiny else ""), argv)
-    run.update(steps=STEPS, wan_text_encoder_layers=WAN_TE_LAYERS, rows=ROWS)
-    data = rio.store_run(store, run, args.append)
+    data = rio.save_run(args, name, argv, " (--tiny dry run on the CPU)" if args.tiny else "", steps=STEPS,
+                        wan_text_encoder_layers=WAN_TE_LAYERS, rows=ROWS)
     text = render(data, name)
     rio.write_text(args.out / f"{name}.md", text)
     print(text)

@@ -103,9 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, NAME)
+    rio.add_run_args(ap, NAME)
     args = ap.parse_args(argv)
     if args.report_only:
         name = f"{NAME}_tiny" if args.tiny else NAME
@@ -184,12 +182,7 @@ def main(argv=None) -> int:
                 "tokens": 0 if args.tiny else wan_tokens(pipe, args.frames, args.height, args.width),
                 "steps": args.steps, "guidance": 5.0, "dtype": str(dtype).split(".")[-1], "blocks": n_blocks}
     name = f"{NAME}_tiny" if args.tiny else NAME
-    store = args.out / f"{name}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}", argv)
-    run.update(settings=settings, rows=rows)
-    data = rio.store_run(store, run, args.append)
+    data = rio.save_run(args, name, argv, settings=settings, rows=rows)
     text = render(data, name)
     rio.write_text(args.out / f"{name}.md", text)
     print(text)

@@ -223,9 +223,7 @@ def render(data: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-pipeline", action="store_true", help="only the single forwards")
-    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
-    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
-    rio.add_output_args(ap, NAME)
+    rio.add_run_args(ap, NAME)
     args = ap.parse_args(argv)
     if args.report_only:
         rio.write_text(args.out / f"{NAME}.md", render(rio.read_json(rio.source_json(args, NAME))))
@@ -244,14 +242,8 @@ def main(argv=None) -> None:
                              "sim_gib": sim[0] / GiB, "error_pct": (sim[0] - real[0]) / real[0] * 100,
                              "real_s": real[1], "sim_s": sim[1]})
             print(forwards[-1], flush=True)
-    store = args.out / f"{NAME}.json"
-    earlier = store if store.is_file() else rio.RESULTS / store.name
-    n = len(rio.read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
-    run = rio.new_run(args.label or f"Run {n}", argv)
-    run["forwards"] = forwards
-    if not args.no_pipeline:
-        run["pipeline"] = pipeline_stages()
-    data = rio.store_run(store, run, args.append)
+    extra = {} if args.no_pipeline else {"pipeline": pipeline_stages()}
+    data = rio.save_run(args, NAME, argv, forwards=forwards, **extra)
     text = render(data)
     rio.write_text(args.out / f"{NAME}.md", text)
     print(text)

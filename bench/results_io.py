@@ -168,14 +168,39 @@ def new_run(label: str, argv: list[str] | None = None) -> dict[str, Any]:
     return {"label": label, **metadata(argv)}
 
 
-def store_run(path: Path, run: dict[str, Any], append: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def add_run_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options of a GPU benchmark whose data file keeps a list of runs: the output options, `--append` and
+    `--label`."""
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in the JSON")
+    ap.add_argument("--label", default=None, help="the run's heading (default: run N)")
+    add_output_args(ap, name)
+
+
+def _earlier(path: Path) -> Path:
+    """Where the runs before this one are: `path` itself, or (when it is in another folder such as a lent GPU's
+    $OUT) the committed bench/results file of the same name."""
+    return Path(path) if Path(path).is_file() else RESULTS / Path(path).name
+
+
+def save_run(args: argparse.Namespace, name: str, argv: list[str] | None, label_note: str = "",
+             **fields: Any) -> dict[str, Any]:
+    """Store one measuring run (its label and metadata, then `fields`) in `args.out/name.json` as `store_run` does
+    and return the data file; unlabelled runs are numbered after the runs kept with `--append`."""
+    store = Path(args.out) / f"{name}.json"
+    earlier = _earlier(store)
+    n = len(read_json(earlier).get("runs", [])) + 1 if args.append and earlier.is_file() else 1
+    run = new_run(args.label or f"Run {n}{label_note}", argv)
+    run.update(fields)
+    return store_run(store, run, args.append)
+
+
+def store_run(path: Path, run: dict[str, Any], append: bool) -> dict[str, Any]:
     """The data file after `run`: only this run, or (`append`) the runs already in `path` (or, when `path` is in
     another folder such as a lent GPU's $OUT, in the committed bench/results file) followed by it. The top-level
     metadata is the newest run's."""
-    earlier = Path(path) if Path(path).is_file() else RESULTS / Path(path).name
+    earlier = _earlier(path)
     old = read_json(earlier) if append and earlier.is_file() else {}
     data = {k: run[k] for k in ("command", "commit", "dirty", "machine", "date")}
-    data.update(extra or {})
     data["runs"] = [*old.get("runs", []), run]
     if old.get("notes"):          # notes about the earlier runs stay with them
         data["notes"] = old["notes"]

@@ -158,3 +158,26 @@ def test_every_bench_script_answers_help(script):
                          timeout=120, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "usage:" in res.stdout
+
+
+def test_a_gpu_run_is_stored_after_the_committed_runs(tmp_path, monkeypatch):
+    """`--append` into another folder (a lent GPU's $OUT) keeps the committed runs and their notes, numbers the
+    new run after them and takes its metadata; without it only the new run is kept."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import results_io as rio
+
+    committed = json.loads((RESULTS / "gpu_policies.json").read_text())
+    ap = argparse.ArgumentParser()
+    rio.add_run_args(ap, "gpu_policies")
+    data = rio.save_run(ap.parse_args(["--out", str(tmp_path), "--append"]), "gpu_policies", ["x"], rows=[1])
+    assert data["runs"][:-1] == committed["runs"] and data.get("notes") == committed.get("notes")
+    assert data["runs"][-1]["label"] == f"Run {len(committed['runs']) + 1}" and data["runs"][-1]["rows"] == [1]
+    assert data["command"] == data["runs"][-1]["command"] != committed["command"]
+    assert json.loads((tmp_path / "gpu_policies.json").read_text()) == data
+    alone = rio.save_run(ap.parse_args(["--out", str(tmp_path / "b"), "--label", "L"]), "gpu_policies", ["x"],
+                         " (note)", rows=[2])
+    assert [r["label"] for r in alone["runs"]] == ["L"]
+    numbered = rio.save_run(ap.parse_args(["--out", str(tmp_path / "c")]), "gpu_policies", ["x"], " (note)")
+    assert [r["label"] for r in numbered["runs"]] == ["Run 1 (note)"]
