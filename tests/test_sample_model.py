@@ -78,6 +78,33 @@ def test_quick_training_decreases_loss(tmp_path):
     assert meta["family"] == "wan" and meta["native_frames"] % 4 == 1
     assert list((tmp_path / "tiny").rglob("*.safetensors"))
     assert not list((tmp_path / "tiny").rglob("*.bin"))
+    assert meta["long"]["long_vae"]["steps"] > 0 and meta["long"]["long_whole"]["steps"] > 0
+    assert len(meta["long"]["frame_mse"]) == meta["long"]["long_whole"]["frames"]
+
+
+def test_stage_4_from_a_saved_model_changes_only_the_vae(tmp_path):
+    """`--from` runs the long-video stage alone: the transformer and text encoder stay bit-identical and so does the
+    latent normalisation they were trained with; the VAE's weights move."""
+    from diffusers import WanPipeline
+
+    train = _load_train_module()
+    threads = torch.get_num_threads()
+    try:
+        train.main(["--quick", "--no-long", "--out", str(tmp_path / "v3")])
+        train.main(["--quick", "--from", str(tmp_path / "v3"), "--out", str(tmp_path / "v4")])
+    finally:
+        torch.set_num_threads(threads)
+    v3, v4 = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("v3", "v4"))
+    for name in ("transformer", "text_encoder"):
+        a, b = getattr(v3, name).state_dict(), getattr(v4, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert v3.vae.config.latents_mean == v4.vae.config.latents_mean
+    assert v3.vae.config.latents_std == v4.vae.config.latents_std
+    a, b = v3.vae.state_dict(), v4.vae.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "v4" / "vidrt.json").read_text())
+    assert meta["base_model"]["from"] == str(tmp_path / "v3") and "long" in meta
+    assert "long" not in json.loads((tmp_path / "v3" / "vidrt.json").read_text())
 
 
 @pytest.fixture(scope="module")
