@@ -421,6 +421,11 @@ def fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def table_head(header: str) -> list[str]:
+    """A markdown table's header row and separator for `header` ("a | b | c"): one separator cell a column."""
+    return [f"| {header} |", "|" + "---|" * (header.count(" | ") + 1)]
+
+
 def max_mean(s: dict) -> str:
     return f"{fmt(s['max'])} / {fmt(mean(s))}" if s["n"] else "-"
 
@@ -516,7 +521,6 @@ def memory_section(data: dict) -> list[str]:
 
 def quality_section(data: dict) -> list[str]:
     quality, decoded, prompts = data["quality"], data["decode_only"], data["prompts"]
-    ncols = len(CONSISTENCY_HEAD.split(" | "))
     lines = [
         "## What the long videos look like",
         "",
@@ -527,8 +531,7 @@ def quality_section(data: dict) -> list[str]:
         "",
         "### Per-frame consistency of the rendered videos",
         "",
-        "| length | frames | windows | " + CONSISTENCY_HEAD + " |",
-        "|---|---|---|" + "---|" * ncols,
+        *table_head("length | frames | windows | " + CONSISTENCY_HEAD),
     ]
     for q in quality:
         lines.append(f"| {q['mult']}x | {q['frames']} | {q['windows']} | "
@@ -548,8 +551,8 @@ def quality_section(data: dict) -> list[str]:
         "are left out: alone at the start it decodes to one frame, later to "
         f"{data['temporal_compression']}).",
         "",
-        "| length | frames | " + CONSISTENCY_HEAD + " | drift max / mean | drift mean: 2nd / last repetition |",
-        "|---|---|" + "---|" * (ncols + 2),
+        *table_head("length | frames | " + CONSISTENCY_HEAD + " | drift max / mean | drift mean: 2nd / last "
+                    "repetition"),
     ]
     for d in decoded:
         lines.append(f"| {d['mult']}x | {d['frames']} | " + " | ".join(consistency_cells(d["videos"])) + " | "
@@ -565,7 +568,6 @@ def start_rule_section(data: dict) -> list[str]:
     rows = data.get("without_start_rule")
     if not rows:
         return []
-    ncols = len(CONSISTENCY_HEAD.split(" | "))
     by_mult = {q["mult"]: q for q in data["quality"]}
     lines = [
         "### Windows that keep their first latent frames",
@@ -575,8 +577,7 @@ def start_rule_section(data: dict) -> list[str]:
         "frame 0, so the denoiser makes every window's first latent frame a clip's first frame). The same renders "
         "with those frames blended like the others, side by side (same prompts, seeds and run):",
         "",
-        "| length | windows | rule | " + CONSISTENCY_HEAD + " | jump at seams max / mean |",
-        "|---|---|---|" + "---|" * (ncols + 1),
+        *table_head("length | windows | rule | " + CONSISTENCY_HEAD + " | jump at seams max / mean"),
     ]
     for q in rows:
         for label, r in (("off", q), ("on", by_mult[q["mult"]])):
@@ -590,7 +591,6 @@ def roundtrip_section(data: dict) -> list[str]:
     rows = data.get("roundtrip")
     if not rows:
         return []
-    ncols = len(CONSISTENCY_HEAD.split(" | "))
     lines = [
         "### The VAE alone on real long clips: procedural data encoded and decoded",
         "",
@@ -600,8 +600,8 @@ def roundtrip_section(data: dict) -> list[str]:
         "what goes wrong here is the VAE's own drift over the length. *Error*: mean absolute difference of a "
         "decoded frame from the clip's frame (0-255), worst frame / mean, and the last frame's.",
         "",
-        "| length | frames | " + CONSISTENCY_HEAD + " | jump max / mean | error max / mean | error of the last frame |",
-        "|---|---|" + "---|" * (ncols + 3),
+        *table_head("length | frames | " + CONSISTENCY_HEAD + " | jump max / mean | error max / mean | error of the "
+                    "last frame"),
     ]
     for r in rows:
         vids = r["videos"]
@@ -617,7 +617,6 @@ def policy_section(data: dict) -> list[str]:
     wp = data.get("with_policy")
     if not wp:
         return []
-    ncols = len(CONSISTENCY_HEAD.split(" | "))
     lines = [
         f"### With a step policy: `acceleration.policy: {wp['policy']}` (its defaults)",
         "",
@@ -626,9 +625,8 @@ def policy_section(data: dict) -> list[str]:
         "ran, over all windows and steps; *time*: its renders' wall seconds over the renders without it, same "
         "prompts and seeds, in this run.",
         "",
-        "| length | windows | " + CONSISTENCY_HEAD + " | jump at seams max / mean | jump inside max / mean | "
-        "blocks evaluated | time vs no policy |",
-        "|---|---|" + "---|" * (ncols + 4),
+        *table_head("length | windows | " + CONSISTENCY_HEAD + " | jump at seams max / mean | jump inside max / mean "
+                    "| blocks evaluated | time vs no policy"),
     ]
     for q, base in zip(wp["quality"], data["quality"]):
         vids = q["videos"]
