@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from vidrt.core.dtypes import DTYPE_NAMES
-from vidrt.core.units import parse_bytes
+from vidrt.core.units import number_word, parse_bytes
 from vidrt.models.specs import SPECS, get_spec
 
 SEED_MAX = 2 ** 64 - 1      # torch.Generator.manual_seed takes 0 .. 2**64-1 (negative seeds wrap onto those)
@@ -28,12 +28,7 @@ def _words_as_numbers(value):
         return {k: _words_as_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_words_as_numbers(v) for v in value]
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return value
-    return value
+    return number_word(value)
 
 
 def _numbers(value) -> list[float]:

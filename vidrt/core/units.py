@@ -36,3 +36,15 @@ def parse_bytes(value: Any, key: str = "memory.budget") -> int:
     if not math.isfinite(n) or n <= 0:
         raise VidrtError(f"{key}: {value!r} must be a positive size such as 8GiB")
     return int(n)
+
+
+def number_word(value: Any) -> Any:
+    """A number that YAML 1.1 (PyYAML) read as a word ("1e9", "5e-3", "inf", "Infinity") as a float; any other
+    value as it is. Shared by the config layer and the policy constructors, which take raw dicts too."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 
+from vidrt.core.units import number_word
+
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None, integer: bool = False,
                  allow_inf: bool = True):
-    if isinstance(value, str):
-        # YAML 1.1 (PyYAML) reads 1e9, inf and Infinity as words; they are numbers here
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    value = number_word(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}: expected a number, got {value!r}")
     if integer and (not float(value).is_integer() if math.isfinite(value) else True):
