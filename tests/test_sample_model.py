@@ -90,21 +90,44 @@ def test_stage_4_from_a_saved_model_changes_only_the_vae(tmp_path):
     train = _load_train_module()
     threads = torch.get_num_threads()
     try:
-        train.main(["--quick", "--no-long", "--out", str(tmp_path / "v3")])
-        train.main(["--quick", "--from", str(tmp_path / "v3"), "--out", str(tmp_path / "v4")])
+        train.main(["--quick", "--no-long", "--out", str(tmp_path / "base")])
+        train.main(["--quick", "--from", str(tmp_path / "base"), "--out", str(tmp_path / "long")])
     finally:
         torch.set_num_threads(threads)
-    v3, v4 = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("v3", "v4"))
+    base, long = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("base", "long"))
     for name in ("transformer", "text_encoder"):
-        a, b = getattr(v3, name).state_dict(), getattr(v4, name).state_dict()
+        a, b = getattr(base, name).state_dict(), getattr(long, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert v3.vae.config.latents_mean == v4.vae.config.latents_mean
-    assert v3.vae.config.latents_std == v4.vae.config.latents_std
-    a, b = v3.vae.state_dict(), v4.vae.state_dict()
+    assert base.vae.config.latents_mean == long.vae.config.latents_mean
+    assert base.vae.config.latents_std == long.vae.config.latents_std
+    a, b = base.vae.state_dict(), long.vae.state_dict()
     assert not all(torch.equal(a[k], b[k]) for k in a)
-    meta = json.loads((tmp_path / "v4" / "vidrt.json").read_text())
-    assert meta["base_model"]["from"] == str(tmp_path / "v3") and "long" in meta
-    assert "long" not in json.loads((tmp_path / "v3" / "vidrt.json").read_text())
+    meta = json.loads((tmp_path / "long" / "vidrt.json").read_text())
+    assert meta["base_model"]["from"] == str(tmp_path / "base") and "long" in meta
+    assert "long" not in json.loads((tmp_path / "base" / "vidrt.json").read_text())
+
+
+def test_stages_run_apart_give_the_model_of_one_run(tmp_path):
+    """The parallel recipe (stage 1, then stages 3 and 4 as separate processes sharing a cache, then assembly) writes
+    bit-for-bit the model of a single run: stage 4 depends on stages 1-2 only."""
+    from diffusers import WanPipeline
+
+    train = _load_train_module()
+    threads = torch.get_num_threads()
+    cache = str(tmp_path / "cache")
+    try:
+        train.main(["--quick", "--out", str(tmp_path / "one")])
+        for stage in ("vae", "long", "dit", "all"):
+            train.main(["--quick", "--cache", cache, "--stage", stage, "--out", str(tmp_path / "apart")])
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["dit.pt", "long_vae.pt", "long_whole.pt",
+                                                                      "stage12.pt"]
+    one, apart = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("one", "apart"))
+    for name in ("vae", "transformer", "text_encoder"):
+        a, b = getattr(one, name).state_dict(), getattr(apart, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert one.vae.config.latents_std == apart.vae.config.latents_std
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +163,8 @@ def test_shipped_model_renders_native_shape(renders):
         assert np.isfinite(video).all()
 
 
-# The shipped model (v4) renders all three colours and directions here (v3 rendered the yellow circle on magenta
-# red: it was a strict xfail, and XPASSed once v4 shipped). Over 16 prompts v4 is not perfect
+# The shipped model renders all three colours and directions here (v3 rendered the yellow circle on magenta red: it
+# was a strict xfail, and XPASSed once v4 shipped). Over 16 prompts it is not perfect
 # (bench/results/sample_quality.md), so the cases stay three, each its own test.
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["red", "green", "yellow"])
 def test_shipped_model_follows_prompt_colour(renders, index):
@@ -161,8 +184,8 @@ def test_shipped_model_follows_prompt_direction(renders):
 def test_shipped_vae_holds_a_clip_8x_the_native_length():
     """Issue 18's drift check: the shipped VAE round-trips clips of 8x the native length (the procedural data at
     native speed, wrapping round the frame) without drifting. v3's VAE, trained on 5-9 frames, had a mean squared
-    error of 0.43 over the last 9 of 73 frames (0.03 over the first 9) and 0.83 at its worst frame; v4's stays
-    within 0.16 everywhere (seeds here are not the training clips')."""
+    error of 0.43 over the last 9 of 73 frames (0.03 over the first 9) and 0.83 at its worst frame; v4's stayed
+    within 0.16 everywhere, v5's within 0.075 (seeds here are not the training clips')."""
     from diffusers import AutoencoderKLWan
 
     from vidrt_dev.sample_data import make_long_dataset
@@ -177,3 +200,27 @@ def test_shipped_vae_holds_a_clip_8x_the_native_length():
     n = meta["native_frames"]
     assert err.max() < 0.25, err
     assert err[-n:].mean() < 3 * err[:n].mean(), err
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: the tiny VAE's round trip turns squares and triangles round "
+                                       "(bench/results/sample_quality.md); strict, so a VAE that keeps corners "
+                                       "shows up here as a pass to claim")
+def test_shipped_vae_keeps_corners():
+    """Squares and triangles of held-out native clips keep their shape through the VAE's round trip in most
+    frames (judged by the bounding-box fill ratio, `vidrt_dev.quality.shape_of`, as sample_quality judges
+    renders)."""
+    from diffusers import AutoencoderKLWan
+
+    from vidrt_dev.sample_data import make_dataset
+
+    meta = json.loads((MODEL / "vidrt.json").read_text())
+    vids, caps = make_dataset(24, seed=4343, frames=meta["native_frames"])
+    keep = [i for i, c in enumerate(caps) if parse_caption(c)["shape"] != "circle"]
+    x = torch.from_numpy(vids[keep]).permute(0, 4, 1, 2, 3) * 2 - 1
+    vae = AutoencoderKLWan.from_pretrained(str(MODEL / "vae")).eval()
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    frames = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) / 2).clip(0, 1)
+    right = [q.shape_of(m) == parse_caption(caps[i])["shape"]
+             for i, video in zip(keep, frames) for m in q.blob_masks(video)]
+    assert len(keep) >= 8 and np.mean(right) >= 0.5, np.mean(right)
