@@ -173,8 +173,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, seed
         x = videos[idx]
         z = vae.encode(x).latent_dist.mean
         rec = decode_unclamped(vae, z)
-        w = object_weights(x, object_weight)
-        mse = (w * (rec - x) ** 2).mean() / w.mean()
+        mse = weighted_mse(rec, x, object_weight)
         reg = z.pow(2).mean()
         loss = mse + 1e-4 * reg
         apply_gradients(loss, opt, sched, vae.parameters())
@@ -193,6 +192,13 @@ def object_weights(target: torch.Tensor, weight: float) -> torch.Tensor:
     background = border.median(dim=-1).values[..., None, None]
     on_object = (target - background).abs().amax(dim=1, keepdim=True) > 0.2
     return 1 + (weight - 1) * on_object.float()
+
+
+def weighted_mse(rec: torch.Tensor, target: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """The reconstruction loss of stages 1 and 4: squared error with the object's pixels weighted, normalised by
+    the mean weight (so weight 1 is the plain MSE)."""
+    w = object_weights(target, object_weight)
+    return (w * (rec - target) ** 2).mean() / w.mean()
 
 
 @torch.no_grad()
@@ -331,8 +337,7 @@ def anchored_vae(vae, ref, videos: torch.Tensor, steps: int, batch: int, lr: flo
         x = videos[torch.randint(len(videos), (batch,), generator=g)]
         z = vae.encode(x).latent_dist.mean
         rec = decode_unclamped(vae, z)
-        w = object_weights(x, object_weight)
-        recon = (w * (rec - x) ** 2).mean() / w.mean()
+        recon = weighted_mse(rec, x, object_weight)
         with torch.no_grad():
             z_ref = ref.encode(x[:, :, :FRAMES]).latent_dist.mean
         drift = (((z[:, :, :n_lat] - z_ref) / std) ** 2).mean()

@@ -181,22 +181,28 @@ def test_shipped_model_follows_prompt_direction(renders):
     assert all(cos > 0.7 for _, _, cos in got), got
 
 
+def _shipped_vae_round_trip(videos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, H, W, 3) clips in [0, 1] -> the VAE's input and its encode + decode, both (N, 3, T, H, W) in [-1, 1]."""
+    from diffusers import AutoencoderKLWan
+
+    x = torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1
+    vae = AutoencoderKLWan.from_pretrained(str(MODEL / "vae")).eval()
+    with torch.no_grad():
+        return x, vae.decode(vae.encode(x).latent_dist.mean).sample
+
+
 def test_shipped_vae_holds_a_clip_8x_the_native_length():
     """Issue 18's drift check: the shipped VAE round-trips clips of 8x the native length (the procedural data at
     native speed, wrapping round the frame) without drifting. v3's VAE, trained on 5-9 frames, had a mean squared
     error of 0.43 over the last 9 of 73 frames (0.03 over the first 9) and 0.83 at its worst frame; v4's stayed
     within 0.16 everywhere, v5's within 0.075 (seeds here are not the training clips')."""
-    from diffusers import AutoencoderKLWan
-
     from vidrt_dev.sample_data import make_long_dataset
 
     meta = json.loads((MODEL / "vidrt.json").read_text())
     frames = 8 * (meta["native_frames"] - 1) + 1
     vids, _ = make_long_dataset(3, seed=4242, frames=frames, pace_frames=meta["native_frames"])
-    x = torch.from_numpy(vids).permute(0, 4, 1, 2, 3) * 2 - 1
-    vae = AutoencoderKLWan.from_pretrained(str(MODEL / "vae")).eval()
-    with torch.no_grad():
-        err = (vae.decode(vae.encode(x).latent_dist.mean).sample - x).pow(2).mean(dim=(0, 1, 3, 4))
+    x, rec = _shipped_vae_round_trip(vids)
+    err = (rec - x).pow(2).mean(dim=(0, 1, 3, 4))
     n = meta["native_frames"]
     assert err.max() < 0.25, err
     assert err[-n:].mean() < 3 * err[:n].mean(), err
@@ -209,17 +215,12 @@ def test_shipped_vae_keeps_corners():
     """Squares and triangles of held-out native clips keep their shape through the VAE's round trip in most
     frames (judged by the bounding-box fill ratio, `vidrt_dev.quality.shape_of`, as sample_quality judges
     renders)."""
-    from diffusers import AutoencoderKLWan
-
     from vidrt_dev.sample_data import make_dataset
 
     meta = json.loads((MODEL / "vidrt.json").read_text())
     vids, caps = make_dataset(24, seed=4343, frames=meta["native_frames"])
     keep = [i for i, c in enumerate(caps) if parse_caption(c)["shape"] != "circle"]
-    x = torch.from_numpy(vids[keep]).permute(0, 4, 1, 2, 3) * 2 - 1
-    vae = AutoencoderKLWan.from_pretrained(str(MODEL / "vae")).eval()
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    _, rec = _shipped_vae_round_trip(vids[keep])
     frames = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) / 2).clip(0, 1)
     right = [q.shape_of(m) == parse_caption(caps[i])["shape"]
              for i, video in zip(keep, frames) for m in q.blob_masks(video)]

@@ -47,4 +47,3 @@ def number_word(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
