@@ -9,7 +9,7 @@ from pathlib import Path
 from vidrt.config.schema import RenderConfig
 from vidrt.core.errors import VidrtError
 from vidrt.core.video_input import VideoInput
-from vidrt.core.windows import window_plan
+from vidrt.core.windows import decode_windows_for, window_plan
 from vidrt.core.units import format_bytes
 from vidrt.models.known_ids import known_dir
 from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_hub, pixels_per_token,
@@ -57,6 +57,8 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
                               allow_pickle=cfg.model.allow_pickle)
     configs = folder if folder is not None else known_dir(cfg.model.path) if model_files else None
     check_token_multiple(cfg, spec, pixels_per_token(configs, spec) if configs is not None else None)
+    if cfg.long is not None:     # a decode window the model cannot use, or an overlap as long as the window
+        decode_windows_for(spec, cfg.long.decode_window, cfg.long.decode_overlap, spec.declared_decode_window(folder))
     return _check_size(cfg, spec, folder)
 
 

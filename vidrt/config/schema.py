@@ -170,6 +170,19 @@ class LongConfig(_Strict):
     overlap: int | None = Field(default=None, ge=0)
     # None = auto: on an accelerator, text-to-video runs keep the pipeline's loop tensors on the host
     loop_on_host: bool | None = None
+    # decoding a causal VAE (Wan) in re-anchored windows of this many frames (vidrt.models.wan_vae): auto = what
+    # the model declares beside its weights (vidrt.json), else the whole sequence at once; off; or frames
+    decode_window: Literal["auto", "off"] | int = "auto"
+    decode_overlap: int | None = Field(default=None, ge=0)   # frames two decode windows share (cross-faded)
+
+    @field_validator("decode_window", mode="before")
+    @classmethod
+    def _decode_window(cls, value):
+        if isinstance(value, bool):          # YAML reads a bare off as a boolean
+            return "auto" if value else "off"
+        if isinstance(value, int) and value < 2:
+            raise ValueError(f"long.decode_window: {value} frames; give auto, off or at least 2 frames")
+        return value
 
 
 class OutputConfig(_Strict):

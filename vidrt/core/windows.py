@@ -45,3 +45,53 @@ def window_starts(total: int, window: int, overlap: int) -> list[int]:
     if starts[-1] + window < total:
         starts.append(total - window)
     return starts
+
+
+@dataclass(frozen=True)
+class DecodeWindows:
+    """Re-anchored decode windows of a causal video VAE (vidrt.models.wan_vae): each window decodes `window`
+    latent frames, the first `overlap` of them shared with the window before (cross-faded)."""
+    window: int            # latent frames
+    overlap: int
+
+    def starts(self, total: int) -> list[int]:
+        """The latent frame each window starts at, for a sequence of `total` latent frames."""
+        out = [0]
+        while out[-1] + self.window < total:
+            out.append(out[-1] + self.window - self.overlap)
+        return out
+
+
+def decode_window_plan(spec, window_frames: int, overlap_frames: int) -> DecodeWindows:
+    """Video frames -> latent-frame decode windows, as `window_plan` counts (the overlap rounds up to latent
+    frames). Refused: an overlap not shorter than the window, a window of one latent frame (every window would
+    be its anchor alone)."""
+    window = spec.latent_frames(window_frames)
+    overlap = -(-overlap_frames // spec.temporal_compression)
+    if window < 2:
+        raise VidrtError(f"long.decode_window: {window_frames} frames is one latent frame; give at least "
+                         f"{spec.temporal_compression + 1}")
+    if overlap >= window:
+        raise VidrtError(f"long.decode_overlap: {overlap_frames} frames is not shorter than the decode window "
+                         f"({window_frames} frames)")
+    return DecodeWindows(window, overlap)
+
+
+def decode_windows_for(spec, setting: int | str, overlap_frames: int | None,
+                       declared: tuple[int, int] | None) -> DecodeWindows | None:
+    """The decode windows of a render: `setting` is `long.decode_window` (auto | off | frames), `declared` the
+    (window, overlap) frames a model declares beside its weights (vidrt.json). auto: the model's declaration,
+    else none (the whole sequence through one causal cache, as the VAE's authors decode it). The overlap defaults
+    to the declared one, else one latent frame."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if declared is None or not spec.causal_vae:
+            return None
+        window, overlap = declared
+    else:
+        if not spec.causal_vae:
+            raise VidrtError(f"long.decode_window: the {spec.family} family's VAE decodes frames independently; "
+                             "only a causal video VAE (Wan) decodes in windows. Remove the key")
+        window, overlap = int(setting), (declared[1] if declared else spec.temporal_compression)
+    return decode_window_plan(spec, window, overlap if overlap_frames is None else overlap_frames)

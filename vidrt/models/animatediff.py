@@ -11,6 +11,7 @@ from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.models.specs import SPECS
+from vidrt.core.windows import DecodeWindows
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.known import KNOWN_MOTION_ADAPTERS, Component, known_dir, read_json
@@ -145,8 +146,9 @@ class AnimateDiffAdapter(UNetSimulation, ModelAdapter):
         """Noised in the encoder's (1, F, C, h, w) layout, as the pipeline draws its noise, then (1, C, F, h, w)."""
         return super().noised_video_latents(pipe, clean, req, generator, device).permute(0, 2, 1, 3, 4)
 
-    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
-        return decode_per_frame(pipe.vae, latents, chunk_frames)
+    def decode_stream(self, pipe, latents: torch.Tensor, windows: DecodeWindows | None = None,
+                      chunk_frames: int = 16) -> Iterator[torch.Tensor]:
+        return decode_per_frame(pipe.vae, latents, chunk_frames)   # frame by frame: no windows to re-anchor
 
     # ---- simulation: an SD1.5 folder's UNet2DConditionModel runs as a UNetMotionModel with the adapter ----
     def simulation_components(self, model_cfg, comps: dict[str, Component]) -> dict[str, Component]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.windows import DecodeWindows
 from vidrt.models.loading import check_family_folder, first_line, hub_failure, looks_like_hub_id
 from vidrt.models.specs import FamilySpec
 from vidrt.models.single_file import load_denoiser, read_single_file
@@ -189,6 +190,11 @@ class ModelAdapter:
         folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
         return self.spec.native_frame_count(folder)
 
+    def declared_decode_window(self, pipe=None) -> tuple[int, int] | None:
+        """The (window, overlap) decode frames this pipeline's model declares (a trained sample's vidrt.json)."""
+        folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
+        return self.spec.declared_decode_window(folder)
+
     def latent_frames(self, frames: int) -> int:
         return self.spec.latent_frames(frames)
 
@@ -205,13 +211,15 @@ class ModelAdapter:
         """The scheduler step's output in the layout the pipeline accepts as `latents=` (for resuming)."""
         return step_latents
 
-    def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Latents -> video chunks (B, C, f, H, W) in [-1, 1], in frame order (see runner: streamed to mp4)."""
+    def decode_stream(self, pipe, latents: torch.Tensor, windows: DecodeWindows | None = None) -> Iterator[torch.Tensor]:
+        """Latents -> video chunks (B, C, f, H, W) in [-1, 1], in frame order (see runner: streamed to mp4).
+        `windows`: re-anchored decode windows, for a causal video VAE (`spec.causal_vae`); the config refuses them
+        for the others."""
         raise NotImplementedError
 
-    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, pipe, latents: torch.Tensor, windows: DecodeWindows | None = None) -> torch.Tensor:
         """Latents -> the whole video tensor (B, C, F, H, W) in [-1, 1]."""
-        return torch.cat(list(self.decode_stream(pipe, latents)), dim=2)
+        return torch.cat(list(self.decode_stream(pipe, latents, windows)), dim=2)
 
     def generator(self, req: RenderRequest, device) -> torch.Generator:
         gen_device = "cpu" if torch.device(device).type == "mps" else device

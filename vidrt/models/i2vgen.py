@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vidrt.models.specs import SPECS
+from vidrt.core.windows import DecodeWindows
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.layout import outermost
@@ -101,8 +102,9 @@ class I2VGenXLAdapter(UNetSimulation, ModelAdapter):
         bf, c, h, w = step_latents.shape
         return step_latents.reshape(bf // req.frames, req.frames, c, h, w).permute(0, 2, 1, 3, 4)
 
-    def decode_stream(self, pipe, latents: torch.Tensor, chunk_frames: int = 16) -> Iterator[torch.Tensor]:
-        return decode_per_frame(pipe.vae, latents, chunk_frames)
+    def decode_stream(self, pipe, latents: torch.Tensor, windows: DecodeWindows | None = None,
+                      chunk_frames: int = 16) -> Iterator[torch.Tensor]:
+        return decode_per_frame(pipe.vae, latents, chunk_frames)   # frame by frame: no windows to re-anchor
 
     def simulate_image_inputs(self, tracker, mods, p, batch: int) -> dict[str, Any]:
         """I2VGenXLPipeline's image conditioning: CLIP image embeddings, and the VAE latent of the image

@@ -36,6 +36,7 @@ class FamilySpec:
     spatial_compression: int = 8          # pixels per latent pixel along height and width
     latent_channels: int = 4              # channels of the denoising loop's latents
     denoiser_folder: str = "unet"         # the pipeline folder's denoiser component (its config.json)
+    causal_vae: bool = False              # a VAE whose decoder carries a feature cache along time (Wan)
 
     def frames_error(self, frames: int) -> str | None:
         """Why `frames` cannot be rendered by this family (None when it can)."""
@@ -77,13 +78,31 @@ class FamilySpec:
 
     def native_frame_count(self, folder: str | Path | None = None) -> int:
         """The model's native length: a trained sample's vidrt.json beside its weights, else the family's."""
-        meta = Path(folder) / SAMPLE_META if folder else None
-        if meta is not None and meta.is_file():
-            try:
-                return int(json.loads(meta.read_text()).get("native_frames", self.native_frames))
-            except (OSError, ValueError, TypeError, AttributeError):
-                pass   # an unreadable note: the family's length
-        return self.native_frames
+        try:
+            return int(sample_meta(folder).get("native_frames", self.native_frames))
+        except (ValueError, TypeError):
+            return self.native_frames   # an unreadable note: the family's length
+
+    def declared_decode_window(self, folder: str | Path | None = None) -> tuple[int, int] | None:
+        """The (window, overlap) frames a trained sample's vidrt.json declares for decoding long videos in
+        windows (`decode_window: {frames, overlap}`); None when it declares none."""
+        declared = sample_meta(folder).get("decode_window")
+        try:
+            return (int(declared["frames"]), int(declared["overlap"])) if declared else None
+        except (KeyError, ValueError, TypeError):
+            return None   # an unreadable note: no declaration
+
+
+def sample_meta(folder: str | Path | None) -> dict:
+    """The vidrt.json a trained sample keeps beside its weights ({} when there is none or it cannot be read)."""
+    meta = Path(folder) / SAMPLE_META if folder else None
+    if meta is None or not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 SPECS: dict[str, FamilySpec] = {s.family: s for s in (
@@ -91,7 +110,7 @@ SPECS: dict[str, FamilySpec] = {s.family: s for s in (
                "two-expert A14B). frames 4k+1, size multiple of 16 (Wan 2.2 TI2V: 32)",
                "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"), ("WanTransformer3DModel",),
                optional_image=True, video_to_video=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
-               latent_channels=16, denoiser_folder="transformer"),
+               latent_channels=16, denoiser_folder="transformer", causal_vae=True),
     FamilySpec("animatediff", "AnimateDiff: SD1.5 UNet + MotionAdapter (model.path = SD1.5 folder or AnimateDiff "
                "pipeline; model.motion_adapter = adapter folder/hub id). size multiple of 8",
                "vidrt.models.animatediff", ("AnimateDiffPipeline", "StableDiffusionPipeline",

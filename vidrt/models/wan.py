@@ -9,6 +9,7 @@ from torch import nn
 
 from vidrt.models.specs import SPECS
 from vidrt.core.errors import VidrtError
+from vidrt.core.windows import DecodeWindows
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.layout import outermost
 from vidrt.models.wan_vae import decode_stream, encode_stream, latent_stats
@@ -140,8 +141,8 @@ class WanAdapter(ModelAdapter):
         mean, inv_std = latent_stats(pipe.vae.config, device, torch.float32)
         return (mode - mean) * inv_std
 
-    def decode_stream(self, pipe, latents: torch.Tensor) -> Iterator[torch.Tensor]:
-        return decode_stream(pipe.vae, latents)
+    def decode_stream(self, pipe, latents: torch.Tensor, windows: DecodeWindows | None = None) -> Iterator[torch.Tensor]:
+        return decode_stream(pipe.vae, latents, windows)
 
     def denoiser_calls_per_step(self, cfg: bool) -> int:
         return 2 if cfg else 1    # WanPipeline calls the transformer once per CFG stream

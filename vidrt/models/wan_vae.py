@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.windows import DecodeWindows
 
 _HOST = contextvars.ContextVar("vidrt_vae_host", default="cpu")
 
@@ -73,7 +74,7 @@ def encode_stream(vae, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+def decode_stream(vae, latents: torch.Tensor, windows: DecodeWindows | None = None) -> Iterator[torch.Tensor]:
     """Decode Wan latents one latent frame at a time through the causal VAE, yielding video chunks
     (B, C, f, H, W) in [-1, 1] as they are produced, so the whole video never sits in memory.
 
@@ -81,10 +82,19 @@ def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
     concatenates every output before returning; this yields the identical pieces instead. With VAE
     tiling, diffusers' tiled decoder loops over tiles, not frames: `tiled_decode_via_host` runs the same
     tiles one at a time and blends them on the host (identical result), so the device holds one tile.
+    With `windows` a sequence longer than one window is decoded in re-anchored windows (`_reanchored`).
     """
     latents = latents.to(vae.dtype)
     mean, inv_std = latent_stats(vae.config, latents.device, latents.dtype)
     latents = latents / inv_std + mean
+    if windows is not None and latents.shape[2] > windows.window:
+        yield from _reanchored(vae, latents, windows)
+    else:
+        yield from _decode_raw(vae, latents)
+
+
+def _decode_raw(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`decode_stream` on latents already in the VAE's own scale (the decoder's input)."""
     if getattr(vae, "use_tiling", False) and tiles_needed(vae, latents):
         for chunk in tiled_decode_via_host(vae, latents):    # the device holds one tile, not the video
             yield chunk.float()
@@ -106,6 +116,57 @@ def decode_stream(vae, latents: torch.Tensor) -> Iterator[torch.Tensor]:
             yield out.clamp(-1.0, 1.0).float()
     finally:
         vae.clear_cache()
+
+
+def _reanchored(vae, z: torch.Tensor, windows: DecodeWindows) -> Iterator[torch.Tensor]:
+    """Decode a long latent sequence in windows that each start the causal decoder afresh.
+
+    Why: the decoder's feature caches carry a clip's start through the whole sequence, and a decoder trained on
+    short clips drifts beyond them (the sample model's object changes colour; see bench/results/long_video.md).
+    A window cannot simply restart at a later latent frame: the decoder treats its first latent frame as a lone
+    video frame, which a later latent frame (four frames) is not. So each window after the first starts from an
+    anchor: the last frame already decoded before it, encoded alone (a clip's first frame, as the VAE saw in
+    training), then the window's own latent frames. It decodes `overlap` latent frames the window before it
+    decoded too, and those 4 x overlap frames are cross-faded linearly from the earlier decode into the new
+    one, so the restart shows no cut. Holds at most 4 x overlap + 1 decoded frames back; the rest streams.
+    """
+    tc = vae.config.scale_factor_temporal
+    total = z.shape[2]
+
+    def first_frame(k: int) -> int:            # the first video frame of latent frame k
+        return 0 if k == 0 else tc * (k - 1) + 1
+
+    held: list[torch.Tensor] = []              # decoded frames kept back, (B, C, 1, H, W) each, from `held_from`
+    held_from = 0
+    starts = windows.starts(total)
+    for n, start in enumerate(starts):
+        end = min(total, start + windows.window)
+        if start == 0:
+            frame, chunks = 0, _decode_raw(vae, z[:, :, :end])
+        else:
+            frame = held_from                  # the anchor, the first frame kept back
+            anchor = held[0]
+            yield anchor
+            a = vae.encode(anchor.to(vae.dtype)).latent_dist.mode()
+            chunks = _decode_raw(vae, torch.cat([a, z[:, :, start:end]], dim=2))
+        fade_from, fade_to = (first_frame(start), first_frame(start + windows.overlap)) if start else (0, 0)
+        # the next window's anchor and the frames it fades over stay back until it has decoded them too
+        keep_from = first_frame(starts[n + 1]) - 1 if n + 1 < len(starts) else None
+        kept = []
+        for chunk in chunks:
+            out = []
+            for i in range(chunk.shape[2]):
+                f, piece = frame, chunk[:, :, i:i + 1]
+                frame += 1
+                if f < fade_from:
+                    continue                   # the anchor's own decode
+                if f < fade_to:
+                    w = (f - fade_from + 0.5) / (fade_to - fade_from)
+                    piece = held[f - held_from] * (1 - w) + piece * w
+                (kept if keep_from is not None and f >= keep_from else out).append(piece)
+            if out:
+                yield torch.cat(out, dim=2)
+        held, held_from = kept, keep_from
 
 
 def decode_into_buffer(vae, z: torch.Tensor, return_dict: bool = True):

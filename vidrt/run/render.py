@@ -22,7 +22,7 @@ from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
 from vidrt.core.video_input import VideoInput
 from vidrt.engine import distributed as vdist
-from vidrt.core.windows import window_plan
+from vidrt.core.windows import DecodeWindows, decode_windows_for, window_plan
 from vidrt.engine.long import LongVideoConfig, disable_long_video, enable_long_video
 from vidrt.engine.oom import OomFallbackConfig, disable_oom_fallback, enable_oom_fallback
 from vidrt.engine.policies import enable_policy, policy_from_config, policy_stats
@@ -141,6 +141,17 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
     return applied, lambda: disable_long_video(pipe)
 
 
+def decode_windows(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderRequest) -> DecodeWindows | None:
+    """The re-anchored decode windows of this render (`long.decode_window`; auto: what the model declares), None
+    when the video's latents fit one window."""
+    long = cfg.long
+    windows = decode_windows_for(adapter.spec, long.decode_window if long else "auto",
+                                 long.decode_overlap if long else None, adapter.declared_decode_window(pipe))
+    if windows is None or adapter.latent_frames(req.frames) <= windows.window:
+        return None
+    return windows
+
+
 def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, console: Console | None = None,
            show_progress: bool = True, resume: bool = False, checkpoints: bool = True) -> RenderResult:
     """Render `cfg` to an mp4 and its JSON sidecar, checkpointing every step beside the output.
@@ -198,6 +209,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
                                                                                           shard=shard))
     distributed = dist_state.described if dist_state is not None else None
     long_applied, undo_long = apply_long(pipe, adapter, cfg, req, resuming=resume_from is not None, device=device)
+    windows = decode_windows(pipe, adapter, cfg, req)
     policy = attach_policy(pipe, cfg)
     if resume_from is not None and policy is not None and not callable(getattr(policy, "state_dict", None)):
         log.print("[yellow]resume: the step policy keeps no checkpointable state; its histories restart at "
@@ -231,7 +243,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
                         "seconds_total": round(time.perf_counter() - started, 3)})
             with tracker.stage("vae_decode", params=[pipe.vae]):
                 latents = latents.to(device)   # (from the host when the loop ran there)
-                count = write_video(out_path, decoded_frames(pipe, adapter, latents), cfg.output.fps,
+                count = write_video(out_path, decoded_frames(pipe, adapter, latents, windows), cfg.output.fps,
                                     (req.height, req.width))
             log_stage(log, tracker)
     except (VidrtError, KeyboardInterrupt) as exc:
@@ -263,6 +275,8 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
         "memory": memory,
         "oom_retries": oom.retries,
         "long": long_applied,
+        "decode_windows": {"window_latent_frames": windows.window, "overlap_latent_frames": windows.overlap,
+                           "windows": len(windows.starts(adapter.latent_frames(req.frames)))} if windows else None,
         "input_video": {"path": str(video.path), "frames_read": req.frames, "source_frames": video.count,
                         "source_size": [video.height, video.width], "strength": req.strength,
                         "denoise_steps": req.denoise_steps} if video is not None else None,

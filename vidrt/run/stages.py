@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vidrt.engine import attach
 from vidrt.engine.offload import release_text_encoder
+from vidrt.core.windows import DecodeWindows
 from vidrt.models.base import ModelAdapter, RenderRequest
 from vidrt.run.steps import FEATURE, CallOnce, StepControl, step_hooks
 from vidrt.run.video import to_uint8_frames
@@ -76,9 +77,11 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
     return result.frames
 
 
-def decoded_frames(pipe, adapter: ModelAdapter, latents: torch.Tensor) -> Iterator[np.ndarray]:
-    """uint8 (H, W, 3) frames, produced chunk by chunk from the adapter's streaming decoder."""
-    for chunk in adapter.decode_stream(pipe, latents):
+def decoded_frames(pipe, adapter: ModelAdapter, latents: torch.Tensor,
+                   windows: DecodeWindows | None = None) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames, produced chunk by chunk from the adapter's streaming decoder (in re-anchored
+    `windows` where given)."""
+    for chunk in adapter.decode_stream(pipe, latents, windows):
         yield from to_uint8_frames(chunk)
 
 
