@@ -84,6 +84,13 @@ LONG_STEPS, LONG_LR = 900, 1e-4
 # Stage 1's weight on the object's pixels: chosen between two runs side by side, see train_vae.
 VAE_OBJECT_WEIGHT = 4.0
 STAGES = ("all", "vae", "dit", "long")
+# Long videos decode in re-anchored windows of this many frames (vidrt.models.wan_vae; written into vidrt.json, so
+# `long.decode_window: auto` uses it): the stage-4 decoder still drifts over a whole 93-frame sequence (the object's
+# colour right in 0.62 of the frames of 8x renders). Measured on the 8x (and 4x) renders of bench/long_video.py's 8
+# prompts, the same latents decoded each way: whole 0.62 (0.77); windows of 33 / 37 frames overlapping by 4: 0.75 /
+# 0.75 (0.80 / 0.78); 33 overlapping by 8: 0.75 (0.79); 49 by 8: 0.74; the background right in every frame with
+# 37 / 4 (whole: 0.99), the largest jump where a window takes over 17.4 against 22.7 elsewhere.
+DECODE_WINDOW = {"frames": 37, "overlap": 4}
 
 
 def log(msg: str) -> None:
@@ -540,6 +547,7 @@ def save(comps, out: str, args, result) -> None:
         "trained_by": "samples/train_tiny.py",
         "grammar": GRAMMAR,
         "max_sequence_length": TEXT_TOKENS,
+        "decode_window": DECODE_WINDOW,
         "seed": args.seed,
         "quick": bool(args.quick),
     }
