@@ -56,9 +56,9 @@ class Capture:
             self.frames.append(np.stack(frames))
             return write(path, frames, fps, size, **kw)
 
-        def decoded_frames(pipe, adapter, latents):
+        def decoded_frames(pipe, adapter, latents, *rest):
             self.latents.append(latents.detach().cpu().clone())
-            return decode(pipe, adapter, latents)
+            return decode(pipe, adapter, latents, *rest)
 
         self.runner.write_video, self.runner.decoded_frames = write_video, decoded_frames
         return self
@@ -154,6 +154,35 @@ def seam_jumps(video, latent: int, tc: int, seams: set[int]) -> dict:
             "inside_latent_boundary": stat(jumps[t] for t in sorted(at_latent))}
 
 
+def takeover_pairs(windows: dict, latent: int, tc: int) -> set[int]:
+    """Frame pairs (t, t+1) where a re-anchored decode window takes over (the runner's sidecar `decode_windows`):
+    from its anchor (the frame before its first) through its last cross-faded frame into the next."""
+    from vidrt.core.windows import DecodeWindows
+
+    w = DecodeWindows(windows["window_latent_frames"], windows["overlap_latent_frames"])
+    first = lambda k: 0 if k == 0 else tc * (k - 1) + 1  # noqa: E731
+    return {t for s in w.starts(latent)[1:] for t in range(first(s) - 1, first(s + w.overlap))}
+
+
+def split_jumps(video, pairs: set[int]) -> dict:
+    jumps = frame_jumps(video)
+    return {"takeover": stat(jumps[t] for t in sorted(pairs)),
+            "elsewhere": stat(j for t, j in enumerate(jumps) if t not in pairs)}
+
+
+def whole_decode(pipe, adapter, latents, prompt: str, windows: dict, tc: int) -> dict:
+    """The render's latents decoded as one sequence (no decode windows): the same figures, and the jumps at the
+    pairs where the windowed decode takes over, for comparison."""
+    import numpy as np
+    import torch
+
+    from vidrt.run.video import to_uint8_frames
+
+    with torch.no_grad():
+        video = np.concatenate([to_uint8_frames(c) for c in adapter.decode_stream(pipe, latents)])
+    return dict(**consistency(video, prompt), jumps=split_jumps(video, takeover_pairs(windows, latents.shape[2], tc)))
+
+
 def decode_only(pipe, adapter, latents, mult: int):
     """The native latents tiled `mult` times along time and decoded as one sequence by the adapter's streaming
     decoder: the decoder's behaviour over a long clip with no context windows involved."""
@@ -215,8 +244,15 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
                 memory.append(memory_row(mult, frames, result.sidecar, seconds))
             if mult == 1:
                 native_runs.append((video, cap.latents[0]))
+            windows = result.sidecar.get("decode_windows")
+            decoded = {}
+            if windows:
+                decoded = dict(decode_windows=windows,
+                               decode_jumps=split_jumps(video, takeover_pairs(windows, latent, tc)),
+                               whole_decode=whole_decode(pipe, adapter, cap.latents[0], prompt, windows, tc))
             videos.append(dict(prompt=prompt, seed=i, seconds=seconds, **consistency(video, prompt),
-                               jumps=seam_jumps(video, latent, tc, seams), policy=result.sidecar.get("policy")))
+                               jumps=seam_jumps(video, latent, tc, seams), policy=result.sidecar.get("policy"),
+                               **decoded))
         quality.append(dict(mult=mult, frames=frames, windows=plan.windows, latent_frames=latent,
                             window_latent_frames=plan.window, overlap_latent_frames=plan.overlap,
                             seam_latent_boundaries=sorted(b for b in seams if 0 < b < latent), videos=videos))
@@ -557,11 +593,41 @@ def quality_section(data: dict) -> list[str]:
     for d in decoded:
         lines.append(f"| {d['mult']}x | {d['frames']} | " + " | ".join(consistency_cells(d["videos"])) + " | "
                      + max_mean(pooled([v["drift"] for v in d["videos"]])) + " | " + repetition_drift(d) + " |")
+    lines += decode_window_section(data)
     lines += start_rule_section(data)
     lines += roundtrip_section(data)
     lines += policy_section(data)
     lines += ["", *per_prompt_section(quality, decoded), ""]
     return lines
+
+
+def decode_window_section(data: dict) -> list[str]:
+    rows = [q for q in data["quality"] if q["videos"] and q["videos"][0].get("decode_windows")]
+    if not rows:
+        return []
+    lines = [
+        "### Decode windows vs the whole sequence",
+        "",
+        "The renders above decode their latents in the re-anchored windows the model declares (`long.decode_window: "
+        "auto`, vidrt.models.wan_vae: each window after the first starts the causal decoder afresh from the frame "
+        "before it, encoded alone, and cross-fades the frames it shares with the window before). The same latents "
+        "decoded as one sequence through one causal cache (`long.decode_window: off`), side by side. *Take-over*: "
+        "the frame pairs from a window's anchor through its last cross-faded frame; *elsewhere*: every other pair "
+        "(jumps as above, 0-255).",
+        "",
+        *table_head("length | decode windows (latent frames, overlap) | decode | " + CONSISTENCY_HEAD
+                    + " | jump at take-overs max / mean | elsewhere max / mean"),
+    ]
+    for q in rows:
+        w = q["videos"][0]["decode_windows"]
+        label = f"{w['windows']} ({w['window_latent_frames']}, {w['overlap_latent_frames']})"
+        for name, videos, jumps in (
+                ("windows", q["videos"], [v["decode_jumps"] for v in q["videos"]]),
+                ("whole", [v["whole_decode"] for v in q["videos"]], [v["whole_decode"]["jumps"] for v in q["videos"]])):
+            take, rest = pooled([j["takeover"] for j in jumps]), pooled([j["elsewhere"] for j in jumps])
+            lines.append(f"| {q['mult']}x | {label} | {name} | " + " | ".join(consistency_cells(videos))
+                         + f" | {max_mean(take)} | {max_mean(rest)} |")
+    return lines + [""]
 
 
 def start_rule_section(data: dict) -> list[str]:
