@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from vidrt.core.errors import VidrtError
-from vidrt.models.specs import SPECS
 from vidrt.core.windows import DecodeWindows
+from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.known import KNOWN_MOTION_ADAPTERS, Component, known_dir, read_json

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidrt.models.specs import SPECS
 from vidrt.core.windows import DecodeWindows
+from vidrt.models.specs import SPECS
 from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.image_vae import decode_per_frame
 from vidrt.models.layout import outermost
