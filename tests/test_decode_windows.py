@@ -62,6 +62,21 @@ def test_windows_stream_the_plain_reference(vae, latent_frames, window, overlap)
     assert len(chunks) > len(windows.starts(latent_frames))
 
 
+def test_windows_with_vae_tiling_stream_the_reference():
+    """With tiling each window decodes tile by tile on the host (`tiled_decode_via_host`) and the anchor encodes in
+    tiles (`vae.encode`): still the plain reference, whose `vae.decode` is diffusers' tiled decoder then."""
+    vae = get_adapter("wan").tiny(0).vae.eval()
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                      tile_sample_stride_width=24)
+    z = torch.randn(1, 16, 7, 6, 8, generator=torch.Generator().manual_seed(3))
+    windows = DecodeWindows(3, 1)
+    with torch.no_grad():
+        out = torch.cat(list(decode_stream(vae, z, windows)), dim=2)
+        ref = reference_decode(vae, z, windows)
+    assert out.shape == (1, 3, 25, 48, 64)
+    assert torch.equal(out, ref)
+
+
 def test_a_sequence_within_one_window_decodes_as_before(vae):
     z = torch.randn(1, 16, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
