@@ -117,8 +117,9 @@ def test_decode_window_config_keys():
     assert parse_config(BASE, ["long.decode_window=off"]).long.decode_window == "off"   # YAML's boolean off
     cfg = parse_config(BASE, ["long.decode_window=33", "long.decode_overlap=8"])
     assert cfg.long.decode_window == 33 and cfg.long.decode_overlap == 8
-    with pytest.raises(VidrtError, match="long.decode_window"):
-        parse_config(BASE, ["long.decode_window=1"])
+    for bad in ("1", "37.5", "sometimes"):
+        with pytest.raises(VidrtError, match="long.decode_window: give auto, off or a number of frames"):
+            parse_config(BASE, [f"long.decode_window={bad}"])
     with pytest.raises(VidrtError, match="long.decode_overlap"):
         parse_config(BASE, ["long.decode_overlap=-4"])
 

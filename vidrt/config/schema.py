@@ -180,8 +180,12 @@ class LongConfig(_Strict):
     def _decode_window(cls, value):
         if isinstance(value, bool):          # YAML reads a bare off as a boolean
             return "auto" if value else "off"
-        if isinstance(value, int) and value < 2:
-            raise ValueError(f"long.decode_window: {value} frames; give auto, off or at least 2 frames")
+        if value in ("auto", "off"):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or value < 2:
+            raise ValueError(f"long.decode_window: give auto, off or a number of frames (at least 2), not {value!r}")
         return value
 
 
