@@ -157,11 +157,10 @@ def seam_jumps(video, latent: int, tc: int, seams: set[int]) -> dict:
 def takeover_pairs(windows: dict, latent: int, tc: int) -> set[int]:
     """Frame pairs (t, t+1) where a re-anchored decode window takes over (the runner's sidecar `decode_windows`):
     from its anchor (the frame before its first) through its last cross-faded frame into the next."""
-    from vidrt.core.windows import DecodeWindows
+    from vidrt.core.windows import DecodeWindows, first_frame
 
     w = DecodeWindows(windows["window_latent_frames"], windows["overlap_latent_frames"])
-    first = lambda k: 0 if k == 0 else tc * (k - 1) + 1  # noqa: E731
-    return {t for s in w.starts(latent)[1:] for t in range(first(s) - 1, first(s + w.overlap))}
+    return {t for s in w.starts(latent)[1:] for t in range(first_frame(s, tc) - 1, first_frame(s + w.overlap, tc))}
 
 
 def split_jumps(video, pairs: set[int]) -> dict:

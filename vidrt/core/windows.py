@@ -47,6 +47,12 @@ def window_starts(total: int, window: int, overlap: int) -> list[int]:
     return starts
 
 
+def first_frame(latent: int, temporal_compression: int) -> int:
+    """The first video frame of latent frame `latent` in a causal video VAE: latent frame 0 is video frame 0
+    alone, every later one `temporal_compression` frames."""
+    return 0 if latent == 0 else temporal_compression * (latent - 1) + 1
+
+
 @dataclass(frozen=True)
 class DecodeWindows:
     """Re-anchored decode windows of a causal video VAE (vidrt.models.wan_vae): each window decodes `window`

@@ -86,6 +86,11 @@ def _strength_start(pipe, req: RenderRequest, device):
     return scheduler, scheduler.timesteps[t_start:t_start + 1]
 
 
+def model_folder(pipe) -> str | None:
+    """The folder (or hub id) a loaded pipeline came from, where a trained sample keeps its vidrt.json."""
+    return getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
+
+
 class ModelAdapter:
     """One model family. Subclasses fill the class attributes and the hooks below."""
 
@@ -187,13 +192,11 @@ class ModelAdapter:
 
     def native_frame_count(self, pipe=None) -> int:
         """The native length of this pipeline's model (a trained sample's vidrt.json beside its weights)."""
-        folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
-        return self.spec.native_frame_count(folder)
+        return self.spec.native_frame_count(model_folder(pipe))
 
     def declared_decode_window(self, pipe=None) -> tuple[int, int] | None:
         """The (window, overlap) decode frames this pipeline's model declares (a trained sample's vidrt.json)."""
-        folder = getattr(getattr(pipe, "config", None), "_name_or_path", None) if pipe is not None else None
-        return self.spec.declared_decode_window(folder)
+        return self.spec.declared_decode_window(model_folder(pipe))
 
     def latent_frames(self, frames: int) -> int:
         return self.spec.latent_frames(frames)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from vidrt.core.errors import VidrtError
-from vidrt.core.windows import DecodeWindows
+from vidrt.core.windows import DecodeWindows, first_frame
 
 _HOST = contextvars.ContextVar("vidrt_vae_host", default="cpu")
 
@@ -132,10 +132,6 @@ def _reanchored(vae, z: torch.Tensor, windows: DecodeWindows) -> Iterator[torch.
     """
     tc = vae.config.scale_factor_temporal
     total = z.shape[2]
-
-    def first_frame(k: int) -> int:            # the first video frame of latent frame k
-        return 0 if k == 0 else tc * (k - 1) + 1
-
     held: list[torch.Tensor] = []              # decoded frames kept back, (B, C, 1, H, W) each, from `held_from`
     held_from = 0
     starts = windows.starts(total)
@@ -149,9 +145,9 @@ def _reanchored(vae, z: torch.Tensor, windows: DecodeWindows) -> Iterator[torch.
             yield anchor
             a = vae.encode(anchor.to(vae.dtype)).latent_dist.mode()
             chunks = _decode_raw(vae, torch.cat([a, z[:, :, start:end]], dim=2))
-        fade_from, fade_to = (first_frame(start), first_frame(start + windows.overlap)) if start else (0, 0)
+        fade_from, fade_to = (first_frame(start, tc), first_frame(start + windows.overlap, tc)) if start else (0, 0)
         # the next window's anchor and the frames it fades over stay back until it has decoded them too
-        keep_from = first_frame(starts[n + 1]) - 1 if n + 1 < len(starts) else None
+        keep_from = first_frame(starts[n + 1], tc) - 1 if n + 1 < len(starts) else None
         kept = []
         for chunk in chunks:
             out = []
