@@ -157,3 +157,35 @@ def test_the_sample_model_decodes_long_videos_in_its_declared_windows(tmp_path, 
     same = 4 * (9 - 1) + 1
     assert np.array_equal(frames["auto"][:same], frames["off"][:same])
     assert not np.array_equal(frames["auto"][same:], frames["off"][same:])
+
+
+@pytest.mark.parametrize("latent_frames, window, overlap", [(8, 3, 1), (7, 3, 0), (24, 10, 1), (6, 5, 2), (4, 5, 1)])
+def test_priced_decoder_calls_are_the_calls_the_decoder_runs(vae, monkeypatch, latent_frames, window, overlap):
+    """`DecodeWindows.decoded_latents` (what the simulator prices) counts the latent frames of every decoder call
+    the windowed decode really makes: each later window's anchor re-decoded, a short last window."""
+    from vidrt.models import wan_vae
+
+    calls, raw = [], wan_vae._decode_raw
+    monkeypatch.setattr(wan_vae, "_decode_raw", lambda v, z: (calls.append(z.shape[2]), raw(v, z))[1])
+    z = torch.randn(1, 16, latent_frames, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        list(decode_stream(vae, z, DecodeWindows(window, overlap)))
+    assert calls == DecodeWindows(window, overlap).decoded_latents(latent_frames)
+    assert sum(calls) >= latent_frames
+
+
+def test_the_simulator_prices_the_declared_decode_windows(repo):
+    """A dry run of a long render of the sample prices its decode as the windows it runs (the declared 10 latent
+    frames, 1 shared: 24 latent frames decode in calls of 10, 11 and 7), `off` as one call on the whole sequence;
+    a native-length render decodes in one window either way."""
+    from vidrt.config import load_config
+    from vidrt.memory.simulate import simulate
+
+    def decode_seconds(frames, setting):
+        cfg = load_config(repo / "samples" / "tiny.yaml", [f"frames={frames}", f"long.decode_window={setting}"])
+        return simulate(cfg, track_modules=False).predicted_seconds["vae_decode"]
+
+    assert DecodeWindows(10, 1).decoded_latents(24) == [10, 11, 7]
+    windowed, whole = decode_seconds(93, "auto"), decode_seconds(93, "off")
+    assert windowed == pytest.approx(whole * 28 / 24, rel=0.01)
+    assert decode_seconds(9, "auto") == decode_seconds(9, "off")

@@ -67,6 +67,11 @@ class DecodeWindows:
             out.append(out[-1] + self.window - self.overlap)
         return out
 
+    def decoded_latents(self, total: int) -> list[int]:
+        """The latent frames each window's decoder call runs, for a sequence of `total`: the first window its own,
+        each later one its anchor (the frame before it, encoded alone) and its own (vidrt.models.wan_vae)."""
+        return [min(total, s + self.window) - s + (1 if s else 0) for s in self.starts(total)]
+
 
 def decode_window_plan(spec, window_frames: int, overlap_frames: int) -> DecodeWindows:
     """Video frames -> latent-frame decode windows, as `window_plan` counts (the overlap rounds up to latent
@@ -101,3 +106,12 @@ def decode_windows_for(spec, setting: int | str, overlap_frames: int | None,
                              "only a causal video VAE (Wan) decodes in windows. Remove the key")
         window, overlap = int(setting), (declared[1] if declared else spec.temporal_compression)
     return decode_window_plan(spec, window, overlap if overlap_frames is None else overlap_frames)
+
+
+def render_decode_windows(spec, long, declared: tuple[int, int] | None, total: int) -> DecodeWindows | None:
+    """The decode windows of a render of `total` latent frames: `long` is the config's long-video section (None:
+    every key at its default), `declared` the model's declaration. None when the sequence fits one window. The
+    renderer decodes with these and the simulator prices them."""
+    windows = decode_windows_for(spec, long.decode_window if long else "auto", long.decode_overlap if long else None,
+                                 declared)
+    return None if windows is None or total <= windows.window else windows

@@ -225,7 +225,7 @@ def plan(config, budget: Any = None, *, pipe=None, gpus: int = 1, gpu: str | Gpu
         slicings = slicing_candidates(config, adapter, frames, int(config.height), int(config.width))
     tilings = [fixed["vae_tiling"]] if "vae_tiling" in fixed else [False, True]
     sess = _session(config, adapter, frames, slicings, tilings, pipe, gpus)
-    shape = run_shape(config, adapter, frames, sess.windows)
+    shape = run_shape(config, adapter, frames, sess.windows, pipe)
     eff = load_efficiency()
     den = adapter.denoiser_attr
     offloads = [("none", "auto", False), ("model", "auto", False), ("group", "block", False),

@@ -17,15 +17,20 @@ What the settings change:
 The denoise stage repeats per step: its simulated calls are scaled to the real pipeline's calls per step (Wan
 with CFG calls the transformer twice; the UNet pipelines once, on a batch of two) and by the context windows
 of a long video. A tiled decode extrapolated from 2 and 3 latent frames is extrapolated in time the same way.
+A decode in re-anchored windows (`long.decode_window`, vidrt.core.windows) is priced as one decoder call per
+window on its latent frames, the anchor's re-decoded frame included; the anchor's one-frame encode per window is
+not counted (a t2v session measures no encoder; it is a fraction of one window's decode).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vidrt.core.windows import render_decode_windows
 from vidrt.memory.cost import Counts
 from vidrt.memory.devices import GpuSpec
 from vidrt.memory.settings import MemorySettings
 from vidrt.memory.timemodel import Efficiency, predict_seconds
+from vidrt.models.base import model_folder
 
 # A desktop CPU's sustained matmul rate for a text encoder kept on the host (assumed, not fitted: 16 cores at
 # ~60 GFLOP/s each with AVX2/AVX-512 in fp32).
@@ -45,14 +50,22 @@ class RunShape:
     windows: int = 1             # context windows per denoiser call (long videos)
     latent_frames: int = 1       # for decodes extrapolated from 2 and 3 latent frames
     text_calls: int = 1          # text encoder forwards (2 with classifier-free guidance)
+    decodes: tuple[int, ...] = ()    # latent frames of each decoder call of a windowed decode (empty: one call)
 
 
-def run_shape(config, adapter, frames: int, windows: int = 1) -> RunShape:
+def run_shape(config, adapter, frames: int, windows: int = 1, pipe=None) -> RunShape:
     """How the run `config` repeats one simulated step: its steps, the pipeline's denoiser calls per step,
-    the context windows of a long video, the latent frames of its decode, the text encoder's calls."""
+    the context windows of a long video, the latent frames of its decode and the decode windows it runs in
+    (the config's `long.decode_window`; auto: what the model declares, read from the folder `pipe` came from,
+    else `model.path`), the text encoder's calls."""
     cfg = float(getattr(config, "guidance", 5.0)) > 1.0
+    latent = adapter.latent_frames(frames)
+    folder = model_folder(pipe) if pipe is not None else getattr(getattr(config, "model", None), "path", None)
+    decode = render_decode_windows(adapter.spec, getattr(config, "long", None),
+                                   adapter.spec.declared_decode_window(folder), latent)
     return RunShape(steps=int(getattr(config, "steps", 1) or 1), calls_per_step=adapter.denoiser_calls_per_step(cfg),
-                    windows=windows, latent_frames=adapter.latent_frames(frames), text_calls=2 if cfg else 1)
+                    windows=windows, latent_frames=latent, text_calls=2 if cfg else 1,
+                    decodes=tuple(decode.decoded_latents(latent)) if decode else ())
 
 
 def _seconds(counts: Counts, device: GpuSpec, eff: Efficiency) -> float:
@@ -131,13 +144,14 @@ def price(sess, settings: MemorySettings, denoise: str, decode: str, shape: RunS
         out["disk_write"] = params[denoiser] / (DISK_WRITE_GBS * 1e9)
     out["denoise"] = out["denoise_step"] * shape.steps
 
+    calls = shape.decodes or (shape.latent_frames,)
     parts = [s for s in counts.sections() if s.split("/")[0].startswith(decode + "~")]
-    if parts:   # extrapolated: t(n) = t(2) + (t(3) - t(2)) (n - 2)
+    if parts:   # extrapolated: t(n) = t(2) + (t(3) - t(2)) (n - 2), per decoder call
         t2 = _seconds(counts.select(f"{decode}~2"), device, eff)
         t3 = _seconds(counts.select(f"{decode}~3"), device, eff)
-        out["vae_decode"] = t2 + (t3 - t2) * max(0, shape.latent_frames - 2)
-    else:
-        out["vae_decode"] = _seconds(counts.select(decode), device, eff)
+        out["vae_decode"] = sum(t2 + (t3 - t2) * max(0, n - 2) for n in calls)
+    else:       # measured on the whole sequence: windows decode their latent frames at the same rate
+        out["vae_decode"] = _seconds(counts.select(decode), device, eff) * sum(calls) / shape.latent_frames
 
     if settings.offload == "model":    # each model moves to the accelerator once, when its stage starts
         link = device.host_gbs * 1e9 * eff.eff_transfer

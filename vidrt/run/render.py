@@ -22,7 +22,7 @@ from vidrt.core.dtypes import torch_dtype
 from vidrt.core.errors import VidrtError
 from vidrt.core.video_input import VideoInput
 from vidrt.engine import distributed as vdist
-from vidrt.core.windows import DecodeWindows, decode_windows_for, window_plan
+from vidrt.core.windows import DecodeWindows, render_decode_windows, window_plan
 from vidrt.engine.long import LongVideoConfig, disable_long_video, enable_long_video
 from vidrt.engine.oom import OomFallbackConfig, disable_oom_fallback, enable_oom_fallback
 from vidrt.engine.policies import enable_policy, policy_from_config, policy_stats
@@ -144,12 +144,8 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
 def decode_windows(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderRequest) -> DecodeWindows | None:
     """The re-anchored decode windows of this render (`long.decode_window`; auto: what the model declares), None
     when the video's latents fit one window."""
-    long = cfg.long
-    windows = decode_windows_for(adapter.spec, long.decode_window if long else "auto",
-                                 long.decode_overlap if long else None, adapter.declared_decode_window(pipe))
-    if windows is None or adapter.latent_frames(req.frames) <= windows.window:
-        return None
-    return windows
+    return render_decode_windows(adapter.spec, cfg.long, adapter.declared_decode_window(pipe),
+                                 adapter.latent_frames(req.frames))
 
 
 def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, console: Console | None = None,
