@@ -53,6 +53,51 @@ def test_resume_after_kill_gives_identical_frames(family, repo, tmp_path, monkey
     assert not checkpoint_dir(out).exists()
 
 
+@pytest.mark.parametrize("family", ["wan", "animatediff"])
+def test_video_to_video_resumes_to_identical_frames(family, repo, tmp_path, monkeypatch, captured):
+    """A video-to-video render killed after a step resumes from its checkpoint without encoding or noising the
+    clip again (the saved latents are the loop's; the generator continues from the saved state) and writes the
+    same frames as an uninterrupted render."""
+    from test_video_to_video import _clip
+
+    clip = _clip(tmp_path / "in.mp4", frames=9)
+    cfg = load_config(repo / SAMPLES[family], ["steps=5", "strength=0.8", f"input_video={clip}", "frames=9"])
+    full = runner.render(cfg, tmp_path / "full.mp4", show_progress=False)
+    assert full.sidecar["input_video"]["denoise_steps"] == 4
+    original = kill_after(monkeypatch, 2)
+    out = tmp_path / "x.mp4"
+    with pytest.raises(Killed):
+        runner.render(cfg, out, show_progress=False)
+    monkeypatch.setattr(StepCheckpointer, "save", original)
+    encodes = []
+    real = runner.get_adapter(cfg.model.family).__class__.video_latents
+    monkeypatch.setattr(type(runner.get_adapter(cfg.model.family)), "video_latents",
+                        lambda self, *a, **k: (encodes.append(1), real(self, *a, **k))[1])
+    result = runner.render(cfg, out, show_progress=False, resume=True)
+    assert result.sidecar["resumed_from_step"] == 2 and encodes == []
+    assert np.abs(captured[0].astype(int) - captured[1].astype(int)).max() == 0
+
+
+def test_video_to_video_resume_refuses_another_clip_or_strength(repo, tmp_path, monkeypatch):
+    """The checkpoint names the input clip by its content and the strength: a clip rewritten in place, or another
+    strength, is another render."""
+    from test_video_to_video import _clip
+
+    clip = _clip(tmp_path / "in.mp4", frames=9)
+    cfg = load_config(repo / SAMPLES["wan"], ["steps=5", f"input_video={clip}"])
+    kill_after(monkeypatch, 1)
+    out = tmp_path / "x.mp4"
+    with pytest.raises(Killed):
+        runner.render(cfg, out, show_progress=False)
+    other = load_config(repo / SAMPLES["wan"], ["steps=5", f"input_video={clip}", "strength=0.9"])
+    with pytest.raises(VidrtError, match=r"another config \(strength: checkpoint 0.7, now 0.9\)"):
+        runner.render(other, out, show_progress=False, resume=True)
+    _clip(clip, frames=11)                     # the same path, another clip
+    with pytest.raises(VidrtError, match=r"another config \(input_video.bytes: checkpoint"):
+        runner.render(cfg, out, show_progress=False, resume=True)
+    assert not out.exists()
+
+
 def test_resume_refuses_other_config_and_corrupt_checkpoint(repo, tmp_path, monkeypatch):
     cfg = load_config(repo / SAMPLES["wan"], ["steps=3"])
     kill_after(monkeypatch, 1)

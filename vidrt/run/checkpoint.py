@@ -43,7 +43,10 @@ def _absolute(path: Any) -> Any:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What made a render's result: its result keys and the weights of its model (and motion adapter) folder."""
+    """What made a render's result: its result keys and the weights of its model (and motion adapter) folder;
+    for a video-to-video render also its strength and the input clip (path, size and content digest: a clip
+    rewritten in place is another input). Text-to-video identities keep no video keys, so their checkpoints
+    resume across versions that added them."""
     relevant = {k: config.get(k) for k in RESULT_KEYS}
     model = config.get("model") or {}
     relevant["model"] = {**model, **{k: _absolute(model.get(k)) for k in ("path", "motion_adapter") if k in model}}
@@ -51,7 +54,22 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     relevant["weights"] = weights_identity(model["path"]) if model.get("path") else None
     if model.get("motion_adapter"):
         relevant["motion_adapter_weights"] = weights_identity(model["motion_adapter"])
+    if config.get("input_video"):
+        relevant["input_video"] = {"path": _absolute(config["input_video"]), **file_identity(config["input_video"])}
+        relevant["strength"] = config.get("strength")
     return relevant
+
+
+def file_identity(path: str) -> dict[str, Any]:
+    """A file's size and sha256 (read in 1 MiB pieces), or what kept it from being read."""
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                digest.update(piece)
+        return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    except OSError as exc:
+        return {"unreadable": type(exc).__name__}
 
 
 def fingerprint(config: dict[str, Any]) -> str:

@@ -162,10 +162,6 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     notes = check_request(cfg, model_files=pipe is None)
     video = VideoInput.open(cfg.input_video) if cfg.input_video else None
     if video is not None:
-        if resume:
-            raise VidrtError("--resume: video-to-video renders keep no step checkpoints; render again without "
-                             "--resume")
-        checkpoints = False      # the resumed schedule would start from the input's noised latents again
         if cfg.frames and cfg.frames > video.count:
             raise VidrtError(f"frames: {cfg.frames} asked, but input_video {video.path} has {video.count} frames; "
                              f"ask at most {get_adapter(cfg.model.family).spec.frames_at_most(video.count)} or leave frames out")

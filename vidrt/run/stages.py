@@ -43,7 +43,7 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
     loop_device = control.loop_device or device
     generator = adapter.generator(req, loop_device)
     kwargs = adapter.call_kwargs(pipe, req)
-    if req.video is not None:     # the input clip, encoded and noised to the first step the strength leaves
+    if req.video is not None and control.resume is None:   # the input clip, encoded and noised to the first step
         with tracker.stage("video_encode", params=[pipe.vae]):
             kwargs["latents"] = adapter.video_latents(pipe, req, generator, loop_device)
         log_stage(log, tracker)
@@ -65,8 +65,11 @@ def encode_and_denoise(pipe, adapter: ModelAdapter, req: RenderRequest, device: 
     task = progress.add_task("denoise", total=req.denoise_steps, completed=control.done_before)
     control.on_step = lambda done, total: progress.update(task, completed=done)
     if control.resume is not None:
-        # pipelines that scale given latents by init_noise_sigma (UNet families) would scale them twice
-        kwargs["latents"] = control.resume.latents.to(loop_device) / getattr(pipe.scheduler, "init_noise_sigma", 1.0)
+        # text-to-video pipelines that scale given latents by init_noise_sigma (UNet families) would scale them
+        # twice; video-to-video pipelines take given latents as they are (already noised). A resumed
+        # video-to-video render neither encodes nor noises its clip again: the saved latents are the loop's.
+        scale = 1.0 if req.video is not None else getattr(pipe.scheduler, "init_noise_sigma", 1.0)
+        kwargs["latents"] = control.resume.latents.to(loop_device) / scale
     try:
         with progress, step_hooks(pipe, adapter, denoiser, req, generator, control, device):
             result = pipe(**embeds, **kwargs, generator=generator, output_type="latent")
