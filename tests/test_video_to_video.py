@@ -36,18 +36,21 @@ def _clip(path: Path, frames: int = 17, height: int = 40, width: int = 48) -> Pa
     return path
 
 
-@pytest.mark.parametrize("family,tolerance", [("wan", 0.0), ("animatediff", 1e-4)])   # measured 0 / 3.7e-6
+# measured 0 / 0 / 3.7e-6; "wan-2.2-ti2v": the Wan 2.2 VAE (patchified input, 16x, 48 channels) at 64 px
+@pytest.mark.parametrize("family,tolerance", [("wan", 0.0), ("wan-2.2-ti2v", 0.0), ("animatediff", 1e-4)])
 def test_latents_equal_diffusers_video_to_video_pipeline(tmp_path, family, tolerance):
+    family, _, variant = family.partition("-")
     adapter = get_adapter(family)
-    pipe = adapter.video_pipeline(adapter.tiny(0))
+    pipe = adapter.video_pipeline(adapter.tiny(0, **({"variant": variant} if variant else {})))
+    size = 64 if variant else 32
     clip = VideoInput.open(_clip(tmp_path / "in.mp4", frames=9))
     frames = [Image.fromarray(f) for f in read_video(clip.path)]
     extra = {"max_sequence_length": 16} if family == "wan" else {}
-    common = dict(prompt="a red circle", negative_prompt="", height=32, width=32, num_inference_steps=5,
+    common = dict(prompt="a red circle", negative_prompt="", height=size, width=size, num_inference_steps=5,
                   guidance_scale=5.0, output_type="latent", **extra)
     reference = pipe(video=frames, strength=0.6, generator=torch.Generator().manual_seed(0), **common).frames
 
-    req = RenderRequest(prompt="a red circle", negative_prompt="", frames=9, height=32, width=32, steps=5,
+    req = RenderRequest(prompt="a red circle", negative_prompt="", frames=9, height=size, width=size, steps=5,
                         guidance=5.0, seed=0, video=clip, strength=0.6)
     g = torch.Generator().manual_seed(0)
     latents = adapter.video_latents(pipe, req, g, torch.device("cpu"))
@@ -162,3 +165,20 @@ def test_checks_before_loading_size_the_render_by_the_clip(tmp_path):
     cfg = load_config(TINY, [f"input_video={clip}", "frames=null", "steps=600", "strength=1.0"])
     warnings = check_request(cfg)
     assert any(w.startswith("17 frames: 2 context windows x 600 steps") for w in warnings), warnings
+
+
+def test_two_expert_models_are_refused_for_video_to_video(tmp_path, run_cli, monkeypatch):
+    """diffusers' WanVideoToVideoPipeline runs one transformer: Wan 2.2 A14B's second (low-noise) expert would be
+    dropped without a word, so its folder is refused in one line before the model loads, and a loaded pipeline
+    is refused by the adapter."""
+    from test_bad_input import clean_failure
+
+    folder = tmp_path / "a14b"
+    get_adapter("wan").tiny(0, variant="2.2-a14b").save_pretrained(folder)
+    clip = _clip(tmp_path / "in.mp4", frames=9)
+    out = tmp_path / "out"
+    clean_failure(run_cli("render", TINY, "-o", out / "x.mp4", "--set", f"model.path={folder}",
+                          "--set", f"input_video={clip}"),
+                  "input_video:", "has two experts", "remove input_video", out_dir=out)
+    with pytest.raises(VidrtError, match="has two experts"):
+        get_adapter("wan").video_pipeline(get_adapter("wan").tiny(0, variant="2.2-a14b"))

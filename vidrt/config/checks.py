@@ -16,6 +16,7 @@ from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_h
                                    weight_files)
 from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file
 from vidrt.models.specs import get_spec, tiles_by_default
+from vidrt.models.wan import TWO_EXPERT_VIDEO
 
 LARGE_WORK = 1000           # denoiser calls from which a render warns how much work it is (50 steps x CFG: 100)
 
@@ -52,6 +53,8 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
         value = getattr(cfg, key)
         if value and not Path(value).expanduser().is_file():
             raise VidrtError(f"{key}: no such file {value}{_places(value, cfg)}")
+    if cfg.input_video and has_two_experts(folder):
+        raise VidrtError(TWO_EXPERT_VIDEO.format(model=cfg.model.path))
     if folder is not None:
         check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
                               allow_pickle=cfg.model.allow_pickle)
@@ -71,6 +74,13 @@ def check_token_multiple(cfg: RenderConfig, spec, multiple: int | None) -> None:
                              f"{cfg.model.path}: its VAE compresses {multiple // 2}x and its denoiser patches 2x2)")
 
 
+def has_two_experts(folder: Path | None) -> bool:
+    """Whether the pipeline folder holds two denoisers (Wan 2.2 A14B: `transformer_2` in model_index.json)."""
+    index = folder / "model_index.json" if folder is not None else None
+    return bool(index is not None and index.is_file() and (json.loads(index.read_text()).get("transformer_2")
+                                                          or [None])[0])
+
+
 def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> SingleFile:
     """model.weights: a readable .gguf / .safetensors file, for a family whose denoiser diffusers loads from a
     single file, and a pipeline with one denoiser (Wan 2.2 A14B's two experts come as two files)."""
@@ -79,8 +89,7 @@ def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> S
     value = cfg.model.weights
     if not Path(value).expanduser().is_file():
         raise VidrtError(f"model.weights: no such file {value}{_places(value, cfg)}")
-    index = folder / "model_index.json" if folder is not None else None
-    if index is not None and index.is_file() and (json.loads(index.read_text()).get("transformer_2") or [None])[0]:
+    if has_two_experts(folder):
         raise VidrtError(f"model.weights: {cfg.model.path} has two experts (transformer and transformer_2, Wan 2.2 "
                          "A14B); one file replaces one denoiser, so single-file weights are not supported for it yet; "
                          "remove model.weights")

@@ -50,10 +50,11 @@ def encode_stream(vae, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     """The mode of the causal VAE's latent distribution for a video given as pixel chunks (1, C, f, H, W) in
     [-1, 1], in frame order: `AutoencoderKLWan._encode`'s loop (the first frame, then four at a time through the
     encoder's feature cache) fed as the chunks arrive, so only one chunk of pixels exists at a time. Frames
-    beyond the last complete group of four are dropped, as `_encode` drops them."""
-    if getattr(vae.config, "patch_size", None) is not None:
-        raise VidrtError("input_video: this Wan VAE patchifies its input (Wan 2.2); video-to-video supports the "
-                         "Wan 2.1 VAE")
+    beyond the last complete group of four are dropped, as `_encode` drops them. A VAE with a patch_size (Wan 2.2
+    TI2V) patchifies each group as `_encode` patchifies the whole clip (space to channels, frame by frame)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+    patch = getattr(vae.config, "patch_size", None)
     vae.clear_cache()
     z = vae.config.z_dim
     outs, pending = [], None
@@ -64,6 +65,8 @@ def encode_stream(vae, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
             while pending is not None and pending.shape[2] >= (1 if not outs else 4):
                 n = 1 if not outs else 4
                 group, pending = pending[:, :, :n], (pending[:, :, n:] if pending.shape[2] > n else None)
+                if patch is not None:
+                    group = patchify(group, patch_size=patch)
                 vae._enc_conv_idx = [0]
                 enc = vae.encoder(group, feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx)
                 outs.append(vae.quant_conv(enc)[:, :z])   # pointwise in time: per group = on the whole
