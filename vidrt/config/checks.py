@@ -16,7 +16,6 @@ from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_h
                                    weight_files)
 from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file
 from vidrt.models.specs import get_spec, tiles_by_default
-from vidrt.models.wan import TWO_EXPERT_VIDEO
 
 LARGE_WORK = 1000           # denoiser calls from which a render warns how much work it is (50 steps x CFG: 100)
 
@@ -53,8 +52,6 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
         value = getattr(cfg, key)
         if value and not Path(value).expanduser().is_file():
             raise VidrtError(f"{key}: no such file {value}{_places(value, cfg)}")
-    if cfg.input_video and has_two_experts(folder):
-        raise VidrtError(TWO_EXPERT_VIDEO.format(model=cfg.model.path))
     if folder is not None:
         check_pipeline_folder(folder, spec, image=bool(cfg.image), steps=cfg.steps,
                               allow_pickle=cfg.model.allow_pickle)

@@ -30,7 +30,7 @@ from vidrt.memory.cost import Counts
 from vidrt.memory.devices import GpuSpec
 from vidrt.memory.settings import MemorySettings
 from vidrt.memory.timemodel import Efficiency, predict_seconds
-from vidrt.models.base import model_folder
+from vidrt.models.base import model_folder, strength_steps
 
 # A desktop CPU's sustained matmul rate for a text encoder kept on the host (assumed, not fitted: 16 cores at
 # ~60 GFLOP/s each with AVX2/AVX-512 in fp32).
@@ -54,16 +54,19 @@ class RunShape:
 
 
 def run_shape(config, adapter, frames: int, windows: int = 1, pipe=None) -> RunShape:
-    """How the run `config` repeats one simulated step: its steps, the pipeline's denoiser calls per step,
-    the context windows of a long video, the latent frames of its decode and the decode windows it runs in
-    (the config's `long.decode_window`; auto: what the model declares, read from the folder `pipe` came from,
-    else `model.path`), the text encoder's calls."""
+    """How the run `config` repeats one simulated step: its steps (video-to-video: the strength's share), the
+    pipeline's denoiser calls per step, the context windows of a long video, the latent frames of its decode and
+    the decode windows it runs in (the config's `long.decode_window`; auto: what the model declares, read from the
+    folder `pipe` came from, else `model.path`), the text encoder's calls."""
     cfg = float(getattr(config, "guidance", 5.0)) > 1.0
+    steps = int(getattr(config, "steps", 1) or 1)
+    if getattr(config, "input_video", None):      # video-to-video runs the strength's share of the schedule
+        steps = strength_steps(steps, float(config.strength))
     latent = adapter.latent_frames(frames)
     folder = model_folder(pipe) if pipe is not None else getattr(getattr(config, "model", None), "path", None)
     decode = render_decode_windows(adapter.spec, getattr(config, "long", None),
                                    adapter.spec.declared_decode_window(folder), latent)
-    return RunShape(steps=int(getattr(config, "steps", 1) or 1), calls_per_step=adapter.denoiser_calls_per_step(cfg),
+    return RunShape(steps=steps, calls_per_step=adapter.denoiser_calls_per_step(cfg),
                     windows=windows, latent_frames=latent, text_calls=2 if cfg else 1,
                     decodes=tuple(decode.decoded_latents(latent)) if decode else ())
 

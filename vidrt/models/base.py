@@ -69,7 +69,13 @@ class RenderRequest:
     @property
     def denoise_steps(self) -> int:
         """The steps the pipeline runs: all of them, or a video-to-video render's share (as diffusers trims)."""
-        return min(int(self.steps * self.strength), self.steps) if self.video is not None else self.steps
+        return strength_steps(self.steps, self.strength) if self.video is not None else self.steps
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """The steps a video-to-video render runs of a `steps`-step schedule at `strength` (as diffusers' video-to-video
+    pipelines trim their schedules: `get_timesteps`)."""
+    return min(int(steps * strength), steps)
 
 
 def _strength_start(pipe, req: RenderRequest, device):
@@ -96,6 +102,9 @@ class ModelAdapter:
 
     spec: ClassVar[FamilySpec]              # the family's static facts (vidrt.models.specs)
     denoiser_attr: ClassVar[str] = "unet"
+    # video-to-video runs the text-to-video pipeline itself, given the noised clip's latents, its schedule cut to
+    # start at the strength's first step (vidrt.run.steps); False: the family's own video-to-video pipeline
+    video_schedule_cut: ClassVar[bool] = False
     text_encoder_attr: ClassVar[str] = "text_encoder"
     image_encoder_attr: ClassVar[str | None] = None
     # denoiser forward arguments that carry a frame axis, by layout (see vidrt.engine.long); the first is the input
@@ -232,7 +241,8 @@ class ModelAdapter:
     video_chunk_frames: ClassVar[int] = 16        # input frames read, preprocessed and encoded at a time
 
     def video_pipeline(self, pipe):
-        """The family's video-to-video pipeline on `pipe`'s components (diffusers' `from_pipe`)."""
+        """The pipeline that runs video-to-video on `pipe`'s components: the family's video-to-video pipeline
+        (diffusers' `from_pipe`), or `pipe` itself where `video_schedule_cut`."""
         raise VidrtError(f"input_video: the {self.family} family has no video-to-video pipeline")
 
     def video_chunks(self, pipe, req: RenderRequest, device, dtype: torch.dtype) -> Iterator[torch.Tensor]:

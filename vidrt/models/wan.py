@@ -10,7 +10,7 @@ from torch import nn
 from vidrt.models.specs import SPECS
 from vidrt.core.errors import VidrtError
 from vidrt.core.windows import DecodeWindows
-from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage, model_folder
+from vidrt.models.base import ModelAdapter, ModuleRoles, RenderRequest, Stage
 from vidrt.models.layout import outermost
 from vidrt.models.wan_vae import decode_stream, encode_stream, latent_stats
 from vidrt.models.tokenizers import word_tokenizer
@@ -18,16 +18,12 @@ from vidrt.models import wan_sim
 
 
 TINY_VARIANTS = ("2.1", "2.2-a14b", "2.2-ti2v")
-# diffusers' WanVideoToVideoPipeline runs one transformer: on Wan 2.2 A14B it would run the high-noise expert at
-# every step, the low-noise steps included, and say nothing.
-TWO_EXPERT_VIDEO = ("input_video: {model} has two experts (transformer and transformer_2, Wan 2.2 A14B) and "
-                    "diffusers' video-to-video pipeline runs one, so the low-noise steps would run the wrong "
-                    "expert; remove input_video, or use a one-expert model (Wan 2.1, Wan 2.2 TI2V-5B)")
 
 
 class WanAdapter(ModelAdapter):
     spec = SPECS["wan"]
     denoiser_attr = "transformer"
+    video_schedule_cut = True   # WanPipeline runs video-to-video (its expert switch included), see video_pipeline
     image_encoder_attr = "image_encoder"
     # Wan 2.2 TI2V (expand_timesteps) gives one timestep per token: (B, F*h*w), sliced with the frames
     frame_inputs = {"hidden_states": "bcfhw", "timestep": "tokens"}
@@ -126,27 +122,19 @@ class WanAdapter(ModelAdapter):
                       max_sequence_length=self.max_sequence_length(pipe))
         if req.image is not None:
             kwargs["image"] = req.image
-        if req.video is not None:      # the video-to-video pipeline takes the length from the latents
-            del kwargs["num_frames"]
-            kwargs["strength"] = req.strength
-        return kwargs
+        return kwargs   # video-to-video: the same call on the noised clip's latents, the schedule cut by the runner
 
     def video_pipeline(self, pipe):
-        from diffusers import WanPipeline, WanVideoToVideoPipeline
-        from diffusers.video_processor import VideoProcessor
+        """WanPipeline itself (see `video_schedule_cut`): given the clip's noised latents and started at the
+        strength's first step it runs what diffusers' WanVideoToVideoPipeline runs - which has no second expert
+        (Wan 2.2 A14B) and takes the Wan 2.2 VAE's spatial factor for 8 - with the text-to-video pipeline's own
+        expert switch at the boundary timestep (and `guidance_scale_2`)."""
+        from diffusers import WanPipeline
 
         if not isinstance(pipe, WanPipeline):
             raise VidrtError(f"input_video: video-to-video needs a Wan text-to-video model, not a "
                              f"{type(pipe).__name__}")
-        if getattr(pipe, "transformer_2", None) is not None:
-            raise VidrtError(TWO_EXPERT_VIDEO.format(model=model_folder(pipe) or "this pipeline"))
-        video = WanVideoToVideoPipeline.from_pipe(pipe)
-        # diffusers' video-to-video pipeline derives its spatial factor from the VAE's downsampling levels (8),
-        # which misses the Wan 2.2 VAE's patchify (16); the VAE's config says it, as WanPipeline reads it
-        video.vae_scale_factor_spatial = video.vae.config.scale_factor_spatial
-        video.vae_scale_factor_temporal = video.vae.config.scale_factor_temporal
-        video.video_processor = VideoProcessor(vae_scale_factor=video.vae_scale_factor_spatial)
-        return self.prepare(video)
+        return pipe
 
     def encode_video(self, pipe, req: RenderRequest, generator, device) -> torch.Tensor:
         """As WanVideoToVideoPipeline encodes (the distribution's mode, normalised by the VAE's latent mean and

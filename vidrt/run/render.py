@@ -185,7 +185,7 @@ def render(cfg: RenderConfig, out: str | Path | None = None, *, pipe=None, conso
     if pipe is None:
         pipe = load_pipeline(cfg, device, with_image=image is not None)
     if video is not None:
-        pipe = adapter.video_pipeline(pipe)     # the same components under the video-to-video pipeline
+        pipe = adapter.video_pipeline(pipe)     # what runs video-to-video on the same components
     req = request_from(cfg, adapter, pipe, image, video)
     problem = adapter.spec.frames_error(req.frames)
     if problem:

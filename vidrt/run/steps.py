@@ -89,14 +89,19 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
         return out
 
     attach.wrap_method(scheduler, "step", step, FEATURE)
-    if control.resume is not None:
+    # a video-to-video render on a family whose text-to-video pipeline runs it (`video_schedule_cut`) starts that
+    # pipeline's schedule at the first step the strength leaves, as diffusers' video-to-video pipelines start theirs
+    cut = req.steps - req.denoise_steps if getattr(req, "video", None) is not None and adapter.video_schedule_cut else 0
+    if control.resume is not None or cut:
         ckpt = control.resume
 
         def set_timesteps(call, *args, **kwargs):
             call(*args, **kwargs)
-            restore_scheduler(scheduler, ckpt.scheduler, device)
+            if ckpt is not None:
+                restore_scheduler(scheduler, ckpt.scheduler, device)
             full = scheduler.timesteps
-            scheduler.timesteps = full[ckpt.step:]  # the pipeline's loop starts at the next step ...
+            # the pipeline's loop starts at the next step ...
+            scheduler.timesteps = full[(cut + (ckpt.step if ckpt is not None else 0)) * scheduler.order:]
 
             def restore_full():                     # ... while the scheduler itself sees the whole schedule
                 scheduler.timesteps = full
@@ -104,7 +109,12 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
             attach.wrap_module(denoiser, CallOnce(restore_full), FEATURE, "resume")
 
         attach.wrap_method(scheduler, "set_timesteps", set_timesteps, FEATURE)
-        set_policy_state(control.policy, ckpt.policy)
+        if cut and hasattr(scheduler, "set_begin_index"):
+            # the pipeline sets its scheduler's first step index (WanPipeline: 0); the cut schedule's is `cut`
+            attach.wrap_method(scheduler, "set_begin_index",
+                               lambda call, begin_index=0: call(begin_index + cut * scheduler.order), FEATURE)
+        if ckpt is not None:
+            set_policy_state(control.policy, ckpt.policy)
     try:
         yield
     finally:
