@@ -82,6 +82,40 @@ def test_quick_training_decreases_loss(tmp_path):
     assert len(meta["long"]["frame_mse"]) == meta["long"]["long_whole"]["frames"]
 
 
+def test_outline_weights_mark_the_edge_of_the_object():
+    """Stage 1b's loss weights: 1 on the background, the object weight inside, plus the outline weight on the
+    object's border pixels and the background pixels touching it (not diagonally)."""
+    train = _load_train_module()
+    x = -torch.ones(1, 3, 1, 8, 8)
+    x[..., 2:6, 2:6] = 1.0                       # a 4x4 white square on black
+    w = train.edge_weights(x, 4.0, 2.0)[0, 0, 0]
+    inside, ring, touching = torch.zeros(8, 8, dtype=torch.bool), torch.zeros(8, 8, dtype=torch.bool), \
+        torch.zeros(8, 8, dtype=torch.bool)
+    inside[3:5, 3:5] = True
+    ring[2:6, 2:6] = True
+    ring &= ~inside
+    touching[1:7, 2:6] = True
+    touching[2:6, 1:7] = True
+    touching &= ~(ring | inside)
+    assert torch.all(w[inside] == 4) and torch.all(w[ring] == 6) and torch.all(w[touching] == 3)
+    assert torch.all(w[~(inside | ring | touching)] == 1)
+
+
+def test_quick_training_with_the_corner_stage_and_mixed_sigmas(tmp_path):
+    """`--vae-corner-steps` runs stage 1b after stage 1 (its VAE encodes the transformer's latents) and
+    `--dit-sigmas mix` trains stage 3 on them; the metadata records both."""
+    train = _load_train_module()
+    threads = torch.get_num_threads()
+    try:
+        res = train.main(["--quick", "--out", str(tmp_path / "tiny"), "--vae-corner-steps", "2",
+                          "--dit-sigmas", "mix", "--no-long", "--cache", str(tmp_path / "cache")])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(res["vae_losses"]) == 3 + 2 and (tmp_path / "cache" / "corners.pt").is_file()
+    meta = json.loads((tmp_path / "tiny" / "vidrt.json").read_text())
+    assert meta["vae_corner_steps"] == 2 and meta["dit_sigmas"] == "mix"
+
+
 def test_stage_4_from_a_saved_model_changes_only_the_vae(tmp_path):
     """`--from` runs the long-video stage alone: the transformer and text encoder stay bit-identical and so does the
     latent normalisation they were trained with; the VAE's weights move."""
