@@ -216,10 +216,97 @@ def test_host_memory_check_counts_the_file_not_the_folders_denoiser(files, repo,
         assert f"weights {format_bytes(expected)}" in str(exc.value), str(exc.value)
 
 
-def test_two_expert_pipelines_refuse_one_file(run_cli, files, tmp_path, repo):
+
+# --------------------------------------------------------------------------- two experts (Wan 2.2 A14B)
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory, repo):
+    """An A14B-shaped pipeline folder from the sample model (transformer_2: its transformer with other weights,
+    switched to below the boundary) and each expert as a Q8_0 GGUF and a safetensors file in Wan's layout."""
+    from diffusers import WanPipeline
+
+    folder = tmp_path_factory.mktemp("experts")
+    base = WanPipeline.from_pretrained(str(repo / MODEL))
+    second = type(base.transformer).from_config(base.transformer.config)
+    g = torch.Generator().manual_seed(3)
+    second.load_state_dict({k: v + 0.02 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                            for k, v in base.transformer.state_dict().items()})
+    pipe = WanPipeline(**{k: getattr(base, k) for k in ("vae", "text_encoder", "tokenizer", "transformer",
+                                                        "scheduler")}, transformer_2=second.eval(),
+                       boundary_ratio=0.875)
+    pipe.save_pretrained(folder / "a14b")
+    out = {"folder": folder / "a14b", "state": pipe.transformer.state_dict(), "state_2": second.state_dict(),
+           "den": pipe.transformer.eval(), "den_2": second}
+    for key in ("state", "state_2"):
+        original = original_wan_names(out[key])
+        write_gguf(original, folder / f"{key}.gguf", "Q8_0")
+        write_safetensors(original, folder / f"{key}.safetensors")
+    return out
+
+
+def test_two_expert_files_load_each_into_its_expert(experts):
+    """model.weights replaces the high-noise expert, model.weights_2 the low-noise one: given each other's files,
+    the loaded experts are swapped exactly."""
+    files = experts["folder"].parent
+    pipe = load("wan", str(experts["folder"]), weights=str(files / "state_2.safetensors"),
+                weights_2=str(files / "state.safetensors"))
+    first, second = pipe.transformer.state_dict(), pipe.transformer_2.state_dict()
+    assert all(torch.equal(first[k], v) for k, v in experts["state_2"].items())
+    assert all(torch.equal(second[k], v) for k, v in experts["state"].items())
+
+
+def test_two_gguf_experts_stay_quantized_and_the_dry_run_counts_both(experts, repo, monkeypatch):
+    """Both experts from Q8_0 files: quantized, each close to its own folder expert, and the dry run counts each
+    one's bytes from its own file's header - exactly the loaded modules' bytes."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from vidrt.config import load_config
+    from vidrt.memory.simulate import simulate
+    from vidrt.memory.settings import settings_from_config
+
+    monkeypatch.chdir(repo)
+    files = experts["folder"].parent
+    pipe = load("wan", str(experts["folder"]), weights=str(files / "state.gguf"),
+                weights_2=str(files / "state_2.gguf"))
+    for name, ref in (("transformer", experts["den"]), ("transformer_2", experts["den_2"])):
+        den = getattr(pipe, name)
+        assert any(isinstance(m, GGUFLinear) for m in den.modules())
+        assert 0 < rel_error(call(den), call(ref)) < TOLERANCE["Q8_0"]
+    cfg = load_config("samples/tiny.yaml", [f"model.path={experts['folder']}", f"model.weights={files / 'state.gguf'}",
+                                            f"model.weights_2={files / 'state_2.gguf'}"])
+    sim = simulate(cfg, settings_from_config(cfg))
+    assert sim.params["transformer"] == module_bytes([pipe.transformer])
+    assert sim.params["transformer_2"] == module_bytes([pipe.transformer_2])
+    assert sim.params["transformer_2"] < 0.5 * module_bytes([experts["den_2"]])
+
+
+def test_render_with_two_gguf_experts(run_cli, experts, tmp_path):
+    files = experts["folder"].parent
+    out = tmp_path / "x.mp4"
+    result = run_cli("render", "samples/tiny.yaml", "-o", out, "--set", "steps=4", "--set",
+                     f"model.path={experts['folder']}", "--set", f"model.weights={files / 'state.gguf'}",
+                     "--set", f"model.weights_2={files / 'state_2.gguf'}", "--quiet")
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["memory"]["weights"]["storage"] == "gguf" and out.is_file()
+
+
+def test_expert_files_that_do_not_match_the_folder_are_one_line(run_cli, files, experts, tmp_path):
     from test_bad_input import clean_failure
 
-    out_dir = tmp_path / "out"
-    result = run_cli("render", "samples/wan22-a14b-random.yaml", "-o", out_dir / "x.mp4",
-                     "--set", f"model.weights={files['Q8_0']}", "--quiet")
-    clean_failure(result, "model.weights", "two experts", out_dir=out_dir)
+    weights = experts["folder"].parent
+    cases = [
+        (["samples/wan22-a14b-random.yaml", f"model.weights={files['Q8_0']}"], ("model.weights", "two experts",
+                                                                                "model.weights_2")),
+        (["samples/tiny.yaml", f"model.weights={files['Q8_0']}", f"model.weights_2={files['Q8_0']}"],
+         ("model.weights_2", "has one denoiser")),
+        (["samples/tiny.yaml", f"model.weights_2={files['Q8_0']}"], ("model.weights_2", "give model.weights")),
+        (["samples/tiny.yaml", f"model.path={experts['folder']}", f"model.weights={weights / 'state.gguf'}",
+          f"model.weights_2={weights / 'state_2.safetensors'}"], ("model.weights_2", "both experts as .gguf")),
+        (["samples/tiny.yaml", f"model.path={experts['folder']}", f"model.weights={weights / 'state.gguf'}",
+          f"model.weights_2={tmp_path / 'missing.gguf'}"], ("model.weights_2", "no such file")),
+    ]
+    for (config, *sets), needles in cases:
+        out_dir = tmp_path / "out"
+        result = run_cli("render", config, "-o", out_dir / "x.mp4", *[a for s in sets for a in ("--set", s)],
+                         "--quiet")
+        clean_failure(result, *needles, out_dir=out_dir)

@@ -79,22 +79,32 @@ def has_two_experts(folder: Path | None) -> bool:
 
 
 def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> SingleFile:
-    """model.weights: a readable .gguf / .safetensors file, for a family whose denoiser diffusers loads from a
-    single file, and a pipeline with one denoiser (Wan 2.2 A14B's two experts come as two files)."""
+    """model.weights (and model.weights_2): readable .gguf / .safetensors files, for a family whose denoiser
+    diffusers loads from a single file, one file per denoiser of the pipeline (Wan 2.2 A14B's two experts come as
+    two files: the high-noise expert's in model.weights, the low-noise one's in model.weights_2)."""
     import diffusers
 
-    value = cfg.model.weights
-    if not Path(value).expanduser().is_file():
-        raise VidrtError(f"model.weights: no such file {value}{_places(value, cfg)}")
-    if has_two_experts(folder):
+    experts = has_two_experts(folder)
+    if experts and not cfg.model.weights_2:
         raise VidrtError(f"model.weights: {cfg.model.path} has two experts (transformer and transformer_2, Wan 2.2 "
-                         "A14B); one file replaces one denoiser, so single-file weights are not supported for it yet; "
-                         "remove model.weights")
+                         "A14B), and one file replaces one of them; give the high-noise expert's file as "
+                         "model.weights and the low-noise expert's as model.weights_2")
+    if cfg.model.weights_2 and folder is not None and not experts:
+        raise VidrtError(f"model.weights_2: {cfg.model.path} has one denoiser, no second expert (transformer_2) to "
+                         "replace; remove model.weights_2")
     cls = getattr(diffusers, spec.denoiser_class_names[0])
-    if loadable_class_name(cls) is None:
-        raise VidrtError(f"model.weights: the {spec.family} family's {cls.__name__} has no single-file loader in "
-                         "diffusers; remove model.weights and use a pipeline folder")
-    return read_single_file(value)
+    files = []
+    for key in ("weights", "weights_2"):
+        value = getattr(cfg.model, key)
+        if not value:
+            continue
+        if not Path(value).expanduser().is_file():
+            raise VidrtError(f"model.{key}: no such file {value}{_places(value, cfg)}")
+        if loadable_class_name(cls) is None:
+            raise VidrtError(f"model.{key}: the {spec.family} family's {cls.__name__} has no single-file loader "
+                             f"in diffusers; remove model.{key} and use a pipeline folder")
+        files.append(read_single_file(value, f"model.{key}"))
+    return files[0]
 
 
 def input_frames(cfg: RenderConfig) -> int | None:
@@ -120,11 +130,13 @@ def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
     on_host = cfg.devices[0] == "cpu" or cfg.memory.offload in ("model", "group") or (
         cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay
     weights = 0
+    files = {spec.denoiser_folder: cfg.model.weights, "transformer_2": cfg.model.weights_2}
+    files = {sub: Path(f).expanduser() for sub, f in files.items() if f}
     if on_host and folder is not None:      # a single-file denoiser replaces the folder's own
-        own = folder / spec.denoiser_folder if cfg.model.weights else None
-        weights = sum(f.stat().st_size for f in weight_files(folder) if own is None or own not in f.parents)
-    if on_host and cfg.model.weights and Path(cfg.model.weights).expanduser().is_file():
-        weights += Path(cfg.model.weights).expanduser().stat().st_size
+        replaced = [folder / sub for sub in files]
+        weights = sum(f.stat().st_size for f in weight_files(folder) if not any(r in f.parents for r in replaced))
+    if on_host:
+        weights += sum(f.stat().st_size for f in files.values() if f.is_file())
     parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in {**need, "weights": weights}.items() if v)
     need_total = sum(need.values()) + weights
     total, available = host_memory()

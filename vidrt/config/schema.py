@@ -50,6 +50,8 @@ class ModelConfig(_Strict):
     # one .gguf (quantized) or .safetensors file holding the denoiser, used with model.path's configs and other
     # components in place of its denoiser weights (vidrt.models.single_file)
     weights: str | None = None
+    # the second expert's file (Wan 2.2 A14B: transformer_2, the low-noise steps), with `weights` for the first
+    weights_2: str | None = None
 
     @field_validator("family")
     @classmethod
@@ -260,12 +262,21 @@ class RenderConfig(_Strict):
         if self.model.motion_adapter and spec.family != "animatediff":
             problems.append(f"model.motion_adapter: only the animatediff family takes a motion adapter, "
                             f"not {spec.family}; remove the key")
-        weights = self.model.weights
-        if weights and Path(weights).suffix.lower() not in (".gguf", ".safetensors"):
-            problems.append(f"model.weights: {weights} is neither a .gguf nor a .safetensors file")
-        if weights and Path(weights).suffix.lower() == ".gguf" and self.memory.weights.startswith("fp8"):
-            problems.append(f"memory.weights: {self.memory.weights} stores native weights in fp8, and the GGUF file "
-                            "in model.weights is already quantized; remove memory.weights or set it to auto")
+        for key in ("weights", "weights_2"):
+            weights = getattr(self.model, key)
+            if weights and Path(weights).suffix.lower() not in (".gguf", ".safetensors"):
+                problems.append(f"model.{key}: {weights} is neither a .gguf nor a .safetensors file")
+            if weights and Path(weights).suffix.lower() == ".gguf" and self.memory.weights.startswith("fp8"):
+                problems.append(f"memory.weights: {self.memory.weights} stores native weights in fp8, and the GGUF "
+                                f"file in model.{key} is already quantized; remove memory.weights or set it to auto")
+        if self.model.weights_2 and not self.model.weights:
+            problems.append("model.weights_2: the second expert's file goes with the first's; give model.weights "
+                            "too")
+        elif self.model.weights_2 and (Path(self.model.weights_2).suffix.lower()
+                                       != Path(self.model.weights).suffix.lower()):
+            problems.append(f"model.weights_2: {self.model.weights_2} is not the kind of file model.weights is "
+                            f"({Path(self.model.weights).suffix}); give both experts as .gguf or both as "
+                            ".safetensors")
         for problem in problems:
             if problem:
                 raise ValueError(problem)

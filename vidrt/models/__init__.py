@@ -55,7 +55,8 @@ def denoisers_of(obj) -> list[nn.Module]:
 
 
 def load(family: str, path: str, dtype=None, device: str = "cpu", *, image: bool = False,
-         allow_pickle: bool = False, motion_adapter: str | None = None, weights: str | None = None):
+         allow_pickle: bool = False, motion_adapter: str | None = None, weights: str | None = None,
+         weights_2: str | None = None):
     """Load a real diffusers pipeline of `family` from a local folder or hub id (safetensors only unless
     `allow_pickle`). `image=True` picks the image-to-video pipeline where a family has both. `weights`: a single
     .gguf / .safetensors file holding the denoiser (vidrt.models.single_file)."""
@@ -65,6 +66,8 @@ def load(family: str, path: str, dtype=None, device: str = "cpu", *, image: bool
     kwargs = {"motion_adapter": motion_adapter} if motion_adapter else {}
     if weights is not None:
         kwargs["weights"] = weights
+    if weights_2 is not None:
+        kwargs["weights_2"] = weights_2
     return adapter.load(path, dtype or torch.float32, device, with_image=image, allow_pickle=allow_pickle, **kwargs)
 
 

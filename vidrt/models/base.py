@@ -136,10 +136,11 @@ class ModelAdapter:
         raise NotImplementedError
 
     def load(self, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             *, with_image: bool = False, allow_pickle: bool = False, weights: str | Path | None = None, **kwargs):
+             *, with_image: bool = False, allow_pickle: bool = False, weights: str | Path | None = None,
+             weights_2: str | Path | None = None, **kwargs):
         """Load through the real `from_pretrained` (a local folder or a hub id). `weights`: a single GGUF or
         safetensors file holding the denoiser (vidrt.models.single_file), loaded with the folder's config in
-        place of the folder's own denoiser weights."""
+        place of the folder's own denoiser weights; `weights_2` the same for a second expert (`transformer_2`)."""
         cls = self.pipeline_class(with_image)
         local = Path(path)
         if local.exists():
@@ -148,6 +149,9 @@ class ModelAdapter:
             raise VidrtError(f"model.path: no such folder {path}")
         if weights is not None:
             kwargs[self.denoiser_attr] = self.load_denoiser_file(path, weights, dtype)
+        if weights_2 is not None:
+            kwargs["transformer_2"] = self.load_denoiser_file(path, weights_2, dtype, "transformer_2",
+                                                              "model.weights_2")
         try:
             pipe = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=not allow_pickle or None,
                                        **self.load_kwargs(path, dtype, allow_pickle), **kwargs)
@@ -171,9 +175,11 @@ class ModelAdapter:
 
         return getattr(diffusers, self.spec.denoiser_class_names[0])
 
-    def load_denoiser_file(self, path, weights, dtype) -> nn.Module:
-        file = read_single_file(weights)
-        return load_denoiser(self.denoiser_class(), file, str(path), self.spec.denoiser_folder, dtype, self.family)
+    def load_denoiser_file(self, path, weights, dtype, subfolder: str | None = None,
+                           key: str = "model.weights") -> nn.Module:
+        file = read_single_file(weights, key)
+        return load_denoiser(self.denoiser_class(), file, str(path), subfolder or self.spec.denoiser_folder, dtype,
+                             self.family, key)
 
     def check_folder(self, folder: Path, *, allow_pickle: bool) -> dict:
         """Refuse folders that are not a pipeline of this family, or whose weights are pickle-only."""

@@ -138,11 +138,12 @@ def diffusers_names(file: SingleFile, cls, model_names: set[str] | None = None) 
     return out
 
 
-def load_denoiser(cls, file: SingleFile, config: str, subfolder: str, dtype, family: str):
-    """`cls.from_single_file` with the folder's (or hub id's) config; GGUF through diffusers' GGUF quantizer,
-    computing in `dtype`."""
+def load_denoiser(cls, file: SingleFile, config: str, subfolder: str, dtype, family: str,
+                  key: str = "model.weights"):
+    """`cls.from_single_file` with the folder's (or hub id's) config for `subfolder`; GGUF through diffusers' GGUF
+    quantizer, computing in `dtype`. `key`: the config key that named the file (errors say it)."""
     if loadable_class_name(cls) is None:
-        raise VidrtError(f"model.weights: the {family} family's {cls.__name__} has no single-file loader in "
+        raise VidrtError(f"{key}: the {family} family's {cls.__name__} has no single-file loader in "
                          "diffusers; use a pipeline folder")
     kwargs = {}
     if file.kind == "gguf":
@@ -156,5 +157,5 @@ def load_denoiser(cls, file: SingleFile, config: str, subfolder: str, dtype, fam
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise VidrtError(f"model.weights: cannot load {file.path.name} as the {family} {cls.__name__} of "
-                         f"{config}: {type(exc).__name__}: {reason}") from None
+        raise VidrtError(f"{key}: cannot load {file.path.name} as the {family} {cls.__name__} of "
+                         f"{config}/{subfolder}: {type(exc).__name__}: {reason}") from None

@@ -71,6 +71,7 @@ def load_pipeline(cfg: RenderConfig, device: torch.device, with_image: bool):
     try:
         return adapter.load(cfg.model.path, torch_dtype(cfg.model.dtype), device, with_image=with_image,
                             allow_pickle=cfg.model.allow_pickle, weights=cfg.model.weights,
+                            weights_2=cfg.model.weights_2,
                             **({"motion_adapter": cfg.model.motion_adapter} if cfg.model.motion_adapter else {}))
     except VidrtError as exc:
         text = str(exc)

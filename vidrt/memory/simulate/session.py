@@ -69,6 +69,13 @@ class Session:
     auto_levels: dict[str, str] = field(default_factory=dict)     # what "auto" granularity picks, per model
     stored: StoredWeights | None = None   # the denoiser under fp8 weight storage, or as its GGUF file stores it
     twins: tuple[str, ...] = ()           # further experts stored as the denoiser is (Wan 2.2 A14B under fp8)
+    # further experts stored as their own GGUF files store them (`model.weights_2`)
+    own_files: dict[str, StoredWeights] = field(default_factory=dict)
+
+    def _stored(self) -> dict[str, StoredWeights]:
+        """Each denoiser's stored weights under a non-native `weights` setting."""
+        shared = {n: self.stored for n in (self.stored.model, *self.twins)} if self.stored is not None else {}
+        return {**shared, **self.own_files}
 
     def leaf_level(self, model: str, granularity: str = "auto") -> bool:
         return granularity == "leaf" or (granularity == "auto" and self.auto_levels.get(model) != "block_level")
@@ -78,19 +85,19 @@ class Session:
         group = self.group_by.get(granularity, self.group)
         if weights == "native" or self.stored is None:
             return group
-        return dict(group, **{n: self.stored.resident[granularity] for n in (self.stored.model, *self.twins)})
+        return dict(group, **{n: s.resident[granularity] for n, s in self._stored().items()})
 
     def params_for(self, weights: str = "native") -> dict[str, int]:
         """Bytes of each model's weights, the denoiser's as `weights` stores them."""
         if weights == "native" or self.stored is None:
             return self.params
-        return dict(self.params, **{n: self.stored.total_bytes for n in (self.stored.model, *self.twins)})
+        return dict(self.params, **{n: s.total_bytes for n, s in self._stored().items()})
 
     def upcast(self, weights: str = "native") -> dict[str, int]:
         """Bytes a model holds on top while it runs: one layer upcast from fp8 storage."""
         if weights == "native" or self.stored is None:
             return {}
-        return {n: self.stored.upcast_bytes for n in (self.stored.model, *self.twins)}
+        return {n: s.upcast_bytes for n, s in self._stored().items()}
 
     def place(self, settings: MemorySettings, stages: list[dict[str, Any]] | None = None):
         """`placement.account` of these stages (default: all the session's) under `settings`: (stages, accelerator
@@ -152,10 +159,10 @@ def long_video(config, adapter, frames: int, accel: str, with_image: bool) -> tu
     return plan.windows, window, window if on_host else frames
 
 
-def denoiser_file(config) -> SingleFile | None:
-    """The GGUF file `model.weights` names (its header: true bytes per tensor), or None (no file, or a
-    full-precision safetensors file, which loads as the native weights do)."""
-    path = getattr(getattr(config, "model", None), "weights", None)
+def denoiser_file(config, key: str = "weights") -> SingleFile | None:
+    """The GGUF file `model.weights` (or `model.weights_2`, a second expert's) names (its header: true bytes per
+    tensor), or None (no file, or a full-precision safetensors file, which loads as the native weights do)."""
+    path = getattr(getattr(config, "model", None), key, None)
     if not path or single_file_kind(path) != "gguf":
         return None
     return read_single_file(path)
@@ -257,6 +264,10 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         file = denoiser_file(config)
         stored = (file_stored_weights(den_name, den, params[den_name], file) if file is not None else
                   stored_weights(den_name, den, params[den_name], list(repeated.get(den_name, ((), 0))[0])))
+        file_2 = denoiser_file(config, "weights_2")
+        own_files = ({"transformer_2": file_stored_weights("transformer_2", named["transformer_2"],
+                                                           params["transformer_2"], file_2)}
+                     if file_2 is not None and "transformer_2" in named else {})
         shard = {}
         if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
@@ -268,4 +279,4 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
     return Session(adapter.family, dtype_name, frames, height, width, accel, stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
                    layout, shard, _full_layers(cost.counts, repeated), calls, windows, group_by, streams_by, levels,
-                   stored, tuple(n for n in EXPERTS if n in named) if file is None else ())
+                   stored, tuple(n for n in EXPERTS if n in named) if file is None else (), own_files)
