@@ -43,9 +43,11 @@ def git_commit() -> str:
 
 
 def git_dirty(paths: tuple[str, ...] = ("vidrt", "vidrt_dev", "bench", "samples")) -> bool | None:
-    """Whether the code a benchmark runs had uncommitted changes (None: not a git checkout)."""
+    """Whether the code a benchmark runs had uncommitted changes (None: not a git checkout). Results files are not
+    code: a bench run right after another bench wrote its results is clean."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--", *paths, ":(exclude)bench/results"], cwd=ROOT,
+                             capture_output=True,
                              text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
