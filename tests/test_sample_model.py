@@ -155,8 +155,8 @@ def test_stages_run_apart_give_the_model_of_one_run(tmp_path):
             train.main(["--quick", "--cache", cache, "--stage", stage, "--out", str(tmp_path / "apart")])
     finally:
         torch.set_num_threads(threads)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["corners.pt", "dit.pt", "long_vae.pt",
-                                                                      "long_whole.pt", "stage12.pt"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["dit.pt", "long_vae.pt", "long_whole.pt",
+                                                                      "stage12.pt"]
     one, apart = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("one", "apart"))
     for name in ("vae", "transformer", "text_encoder"):
         a, b = getattr(one, name).state_dict(), getattr(apart, name).state_dict()
@@ -229,9 +229,7 @@ def test_shipped_vae_holds_a_clip_8x_the_native_length():
     """Issue 18's drift check: the shipped VAE round-trips clips of 8x the native length (the procedural data at
     native speed, wrapping round the frame) without drifting. v3's VAE, trained on 5-9 frames, had a mean squared
     error of 0.43 over the last 9 of 73 frames (0.03 over the first 9) and 0.83 at its worst frame; v4's stayed
-    within 0.16 everywhere, v5's within 0.075 (seeds here are not the training clips'). The bound is on the error
-    itself, not on its ratio to the first frames': v6 starts at half v5's error (first 9 frames 0.013 vs 0.025) and
-    ends below it (last 9: 0.046 vs 0.051, worst 0.052 vs 0.059), a ratio of 3.6 against v5's 2.0."""
+    within 0.16 everywhere, v5's within 0.075 (seeds here are not the training clips')."""
     from vidrt_dev.sample_data import make_long_dataset
 
     meta = json.loads((MODEL / "vidrt.json").read_text())
@@ -241,7 +239,7 @@ def test_shipped_vae_holds_a_clip_8x_the_native_length():
     err = (rec - x).pow(2).mean(dim=(0, 1, 3, 4))
     n = meta["native_frames"]
     assert err.max() < 0.25, err
-    assert err[-n:].mean() < 0.1, err
+    assert err[-n:].mean() < 3 * err[:n].mean(), err
 
 
 @pytest.mark.xfail(strict=True, reason="issue 18: the tiny VAE's round trip turns squares and triangles round "
