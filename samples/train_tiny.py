@@ -28,7 +28,7 @@ History: v3 was stages 1-3 with a VAE trained 2500 steps on 5-frame clips plus a
 9-frame clips; v4 added stage 4 to it. v5 trains stage 1 far longer on 9-frame clips (see `train_vae`: v3's VAE
 turned squares and triangles into circles in its own round trip) and retrains stage 3 on its latents.
 A v6 was built and not shipped: `--vae-corner-steps 7500 --dit-sigmas mix --clips 4000 --steps 12000`, stage 4 as
-is. Before stage 4 its renders beat v5's on every attribute of bench/sample_quality.py (held-out cases right in
+is. Before stage 4 its renders matched or beat v5's on every attribute of bench/sample_quality.py (cases right in
 colour, shape and direction 0.500 vs 0.375, sharpness 0.003 vs 0.001); after it, 0.438, with the object's colour
 right in 15 of 16 cases, and over the clip the object's core darkens to brown / green (the default prompt's circle
 among them, and 8x renders' colour 0.72 vs 0.75) - a worse first render than v5's. Stage 4 on that VAE is what
