@@ -59,7 +59,8 @@ def load(family: str, path: str, dtype=None, device: str = "cpu", *, image: bool
          weights_2: str | None = None):
     """Load a real diffusers pipeline of `family` from a local folder or hub id (safetensors only unless
     `allow_pickle`). `image=True` picks the image-to-video pipeline where a family has both. `weights`: a single
-    .gguf / .safetensors file holding the denoiser (vidrt.models.single_file)."""
+    .gguf / .safetensors file holding the denoiser (vidrt.models.single_file); `weights_2`: the second expert's
+    (Wan 2.2 A14B's transformer_2)."""
     import torch
 
     adapter = get_adapter(family)

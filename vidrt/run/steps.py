@@ -100,8 +100,9 @@ def step_hooks(pipe, adapter: ModelAdapter, denoiser, req: RenderRequest, genera
             if ckpt is not None:
                 restore_scheduler(scheduler, ckpt.scheduler, device)
             full = scheduler.timesteps
-            # the pipeline's loop starts at the next step ...
-            scheduler.timesteps = full[(cut + (ckpt.step if ckpt is not None else 0)) * scheduler.order:]
+            # the pipeline's loop starts at the next step (`cut` steps of `order` entries each, then the saved
+            # count of scheduler.step calls, one per entry) ...
+            scheduler.timesteps = full[cut * scheduler.order + (ckpt.step if ckpt is not None else 0):]
 
             def restore_full():                     # ... while the scheduler itself sees the whole schedule
                 scheduler.timesteps = full

@@ -113,8 +113,8 @@ def simulate(config, settings: MemorySettings | dict | None = None, *, pipe=None
     stages, peak, host_peak = sess.place(settings)
     spec = resolve_gpu(gpu)
     adapter = get_adapter(config.model.family)
-    seconds = price(sess, settings, "denoise", "vae_decode", run_shape(config, adapter, sess.frames, sess.windows, pipe), spec,
-                    load_efficiency(), adapter.denoiser_attr)
+    shape = run_shape(config, adapter, sess.frames, sess.windows, pipe)
+    seconds = price(sess, settings, "denoise", "vae_decode", shape, spec, load_efficiency(), adapter.denoiser_attr)
     for s in stages:
         s["predicted_seconds"] = round(seconds.get(s["name"], 0.0), 3)
     return SimReport(
