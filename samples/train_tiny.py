@@ -23,16 +23,21 @@ Stages:
      (`vidrt_dev.sample_data.make_long_dataset`): (a) 33-frame clips, (b) 73-frame clips (8x native), the object's
      pixels weighted 4x, its latents of each clip's first 9 frames held near the stage-1 VAE's, so the transformer
      and the latent statistics stay as they are. Stage 4 needs only stages 1-2, so it can run beside stage 3.
+     Off in v5: stage 1b's loss on native clips and frames kept in every step (`--long-native-*`) and, in (b),
+     the decoding of the transformer's own samples held to the pre-stage-4 VAE's (`--long-generated`; stage 4
+     then needs stage 3).
 
 History: v3 was stages 1-3 with a VAE trained 2500 steps on 5-frame clips plus a decoder-only fine-tune on
 9-frame clips; v4 added stage 4 to it. v5 trains stage 1 far longer on 9-frame clips (see `train_vae`: v3's VAE
 turned squares and triangles into circles in its own round trip) and retrains stage 3 on its latents.
-A v6 was built and not shipped: `--vae-corner-steps 7500 --dit-sigmas mix --clips 4000 --steps 12000`, stage 4 as
-is. Before stage 4 its renders matched or beat v5's on every attribute of bench/sample_quality.py (cases right in
-colour, shape and direction 0.500 vs 0.375, sharpness 0.003 vs 0.001); after it, 0.438, with the object's colour
-right in 15 of 16 cases, and over the clip the object's core darkens to brown / green (the default prompt's circle
-among them, and 8x renders' colour 0.72 vs 0.75) - a worse first render than v5's. Stage 4 on that VAE is what
-needs work before the corner stage and the low-noise sigmas ship.
+v6 was tried twice and not shipped (stages 1b, `--dit-sigmas mix`, 4000 clips, 12000 steps, then stage 4). Run as
+v5's, stage 4 doubled the corner VAE's native round-trip error (0.0016 -> 0.0031) and darkened the core of the
+objects the transformer draws. Kept as options, measured (bench/sample_quality.py, 16 held-out cases right in
+colour, shape and direction; bench/long_video.py, object colour per frame of 8x renders with decode windows;
+v5: 0.375, 0.75): 2+8 native clips/frames a step, 4a only (no 4b) 0.562 / 0.74 (clean renders, but the 73-frame round trip
+drifts: last 9 frames 0.31, v5 0.06); 4+16 native clips/frames, 4a only 0.625 / 0.78 (drift 0.37); with 4b 0.562
+/ 0.79 (drift 0.05, but cores darken again: worst clip's colour right in 0.56 of its frames, v5 0.89); 4b at 450
+steps with 64 generated clips 0.625 / 0.65 (drift 0.08). None beat v5 everywhere.
 
 Usage:
   python samples/train_tiny.py                 # the shipped model: stages 1-4, writes samples/tiny-wan/
@@ -230,6 +235,24 @@ def edge_weights(target: torch.Tensor, object_weight: float, edge_weight: float)
     return w + edge_weight * ((nb < 4) & ((nb > 0) | (o > 0))).float()
 
 
+def outline_loss(vae, x: torch.Tensor, object_weight: float, edge_weight: float) -> torch.Tensor:
+    """Round-trip error of `x` weighted by `edge_weights`, plus a small pull of the latents towards 0."""
+    z = vae.encode(x).latent_dist.mean
+    w = edge_weights(x, object_weight, edge_weight)
+    return (w * (decode_unclamped(vae, z) - x) ** 2).mean() / w.mean() + 1e-4 * z.pow(2).mean()
+
+
+def mixed_outline_loss(vae, videos: torch.Tensor, clips: int, frames: int, g: torch.Generator,
+                       object_weight: float = 4.0, edge_weight: float = 4.0) -> torch.Tensor:
+    """`outline_loss` of `clips` native clips plus that of `frames` single frames of other clips, each encoded
+    alone as a clip's first frame (stage 1b's batch; stage 4 keeps it beside its long clips)."""
+    x = videos[torch.randint(len(videos), (clips,), generator=g)]
+    idx = torch.randint(len(videos), (frames,), generator=g)
+    t = torch.randint(videos.shape[2], (frames,), generator=g)
+    return (outline_loss(vae, x, object_weight, edge_weight)
+            + outline_loss(vae, videos[idx, :, t][:, :, None], object_weight, edge_weight))
+
+
 def train_vae_corners(vae, videos: torch.Tensor, steps: int, seed: int, log_every: int, *, clips: int = 4,
                       frames: int = 16, lr: float = 1e-4, object_weight: float = 4.0, edge_weight: float = 4.0):
     """Stage 1b (`--vae-corner-steps`, off in v5): the whole VAE continued on mixed batches - `clips` native clips
@@ -248,17 +271,8 @@ def train_vae_corners(vae, videos: torch.Tensor, steps: int, seed: int, log_ever
     vae.train()
     losses = []
     t0 = time.time()
-
-    def part(x):
-        z = vae.encode(x).latent_dist.mean
-        w = edge_weights(x, object_weight, edge_weight)
-        return (w * (decode_unclamped(vae, z) - x) ** 2).mean() / w.mean() + 1e-4 * z.pow(2).mean()
-
     for step in range(1, steps + 1):
-        x = videos[torch.randint(len(videos), (clips,), generator=g)]
-        idx = torch.randint(len(videos), (frames,), generator=g)
-        t = torch.randint(videos.shape[2], (frames,), generator=g)
-        loss = part(x) + part(videos[idx, :, t][:, :, None])
+        loss = mixed_outline_loss(vae, videos, clips, frames, g, object_weight, edge_weight)
         apply_gradients(loss, opt, sched, vae.parameters())
         losses.append(loss.item())
         if step % log_every == 0 or step == 1 or step == steps:
@@ -334,6 +348,28 @@ def train_transformer(transformer, text_encoder, tokenizer, latents: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------- long stages
+@torch.no_grad()
+def generated_latents(comps, n: int, seed: int, steps: int = 25, guidance: float = 5.0) -> torch.Tensor:
+    """`n` native-length latents sampled by the trained transformer (Euler on WanPipeline's shifted flow sigmas,
+    classifier-free guidance), for captions of held-out clips; un-normalised, as the VAE decodes them."""
+    vae, transformer = comps["vae"], comps["transformer"]
+    _, captions = make_dataset(n, seed=seed, frames=FRAMES, height=HEIGHT, width=WIDTH)
+    emb = encode_text(comps["text_encoder"], comps["tokenizer"], captions)
+    unc = encode_text(comps["text_encoder"], comps["tokenizer"], [""] * n)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, vae.config.z_dim, (FRAMES - 1) // 4 + 1, HEIGHT // 4, WIDTH // 4), generator=g)
+    sig = torch.linspace(1, 0, steps + 1)[:-1]
+    sig = torch.cat([FLOW_SHIFT * sig / (1 + (FLOW_SHIFT - 1) * sig), torch.zeros(1)])
+    for a, b in zip(sig[:-1], sig[1:]):
+        t = torch.full((n,), float(a) * 1000)
+        v = transformer(hidden_states=z, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+        vu = transformer(hidden_states=z, timestep=t, encoder_hidden_states=unc, return_dict=False)[0]
+        z = z + (b - a) * (vu + guidance * (v - vu))
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    return z * std + mean
+
+
 def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = z.mean(dim=(0, 2, 3, 4))
     std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3) if len(z) > 1 else torch.ones_like(mean)
@@ -390,7 +426,9 @@ def dit_stage(comps, cdir: Path | None, name: str, latents, captions, steps: int
 
 
 def anchored_vae(vae, ref, videos: torch.Tensor, steps: int, batch: int, lr: float, seed: int, log_every: int, *,
-                 anchor: float = 1.0, object_weight: float = 4.0):
+                 anchor: float = 1.0, object_weight: float = 4.0, native: torch.Tensor | None = None,
+                 native_clips: int = 0, native_frames: int = 0, generated: torch.Tensor | None = None,
+                 generated_target: torch.Tensor | None = None, generated_batch: int = 4):
     """Stage 4: the whole VAE on long clips, the object's pixels weighted, while its latents of each clip's first
     native-length frames are held near `ref`'s (the VAE the transformer learned): the transformer keeps working
     unchanged, and the VAE reconstructs long clips and objects that wrap round the frame's edges.
@@ -399,8 +437,20 @@ def anchored_vae(vae, ref, videos: torch.Tensor, steps: int, batch: int, lr: flo
     trained on its latents of long clips (the earlier stage 6) still lost the object's colour after ~10 frames in a
     round trip (0.36 of frames right at 45 frames); trained together, anchored, 900 steps lifted that to 0.45 and
     the background of 4x renders from 0.78 to 0.95 of frames. Unanchored (the earlier stage 4) the latent space
-    moved so far that the transformer could not follow it."""
+    moved so far that the transformer could not follow it.
+
+    `native` (with `native_clips` / `native_frames`, `--long-native-*`, off in v5): every step also adds stage
+    1b's loss on that many native clips and single frames (`mixed_outline_loss`). Why: the anchor holds the
+    latents, not the decoded pixels - v6's stage 4 without it doubled the native round trip's error of the
+    corner-trained VAE (0.0016 -> 0.0031) and turned the default render's red circle brown over its 9 frames.
+
+    `generated` (`--long-generated`, stage 4b only): latents the transformer sampled (`generated_latents`), whose
+    decoding is held to `generated_target` (`ref`'s decoding of them). Why: with the native term, 4a kept renders
+    clean, but 4b (73-frame clips) still darkened the core of the objects the transformer draws - latents a round
+    trip never produces - while it kept the 8x round trip from drifting (last 9 of 73 frames 0.05 against 0.3-0.4
+    without 4b)."""
     g = torch.Generator().manual_seed(seed)
+    g_native = torch.Generator().manual_seed(seed + 17)
     std = torch.tensor(ref.config.latents_std).view(1, -1, 1, 1, 1)
     n_lat = (FRAMES - 1) // 4 + 1
     opt, sched = vae_optimiser(vae.parameters(), lr, steps)
@@ -415,7 +465,13 @@ def anchored_vae(vae, ref, videos: torch.Tensor, steps: int, batch: int, lr: flo
         with torch.no_grad():
             z_ref = ref.encode(x[:, :, :FRAMES]).latent_dist.mean
         drift = (((z[:, :, :n_lat] - z_ref) / std) ** 2).mean()
-        apply_gradients(recon + anchor * drift, opt, sched, vae.parameters())
+        loss = recon + anchor * drift
+        if native is not None and (native_clips or native_frames):
+            loss = loss + mixed_outline_loss(vae, native, native_clips, native_frames, g_native, object_weight)
+        if generated is not None:
+            pick = torch.randint(len(generated), (generated_batch,), generator=g_native)
+            loss = loss + weighted_mse(decode_unclamped(vae, generated[pick]), generated_target[pick], object_weight)
+        apply_gradients(loss, opt, sched, vae.parameters())
         losses.append(recon.item())
         drifts.append(drift.item())
         if step % log_every == 0 or step == 1 or step == steps:
@@ -448,12 +504,21 @@ def train_long(comps, args, cdir: Path | None) -> dict:
         p.requires_grad_(False)
     result = {}
 
-    def part(name, clips, seed, frames, steps, batch, lr):
+    native = None
+    if args.long_native_clips or args.long_native_frames:   # stage 1b's clips
+        native_vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT,
+                                      width=WIDTH)
+        native = to_video_tensor(native_vids)
+
+    def part(name, clips, seed, frames, steps, batch, lr, generated=None, generated_target=None):
         def run():
             vids, _ = make_long_dataset(clips, seed=seed, frames=frames, pace_frames=FRAMES, height=HEIGHT,
                                         width=WIDTH)
             losses, drifts = anchored_vae(vae, ref, to_video_tensor(vids), steps, batch, lr, seed, args.log_every,
-                                          anchor=args.anchor, object_weight=args.object_weight)
+                                          anchor=args.anchor, object_weight=args.object_weight, native=native,
+                                          native_clips=args.long_native_clips,
+                                          native_frames=args.long_native_frames, generated=generated,
+                                          generated_target=generated_target)
             return {"vae": vae.state_dict(), "losses": losses, "drifts": drifts}
 
         blob = stage(cdir, name, run)
@@ -464,8 +529,13 @@ def train_long(comps, args, cdir: Path | None) -> dict:
 
     part("long_vae.pt", args.long_vae_clips, args.seed + 300, args.long_vae_frames, args.long_vae_steps,
          args.long_vae_batch, args.vae_lr)
+    generated = target = None
+    if args.long_generated:     # the transformer's samples, decoded by the VAE before stage 4
+        generated = generated_latents(comps, args.long_generated, args.seed + 1200)
+        with torch.no_grad():
+            target = torch.cat([decode_unclamped(ref, z) for z in generated.split(16)])
     part("long_whole.pt", args.long_clips, args.seed + 600, args.long_frames, args.long_steps, args.long_batch,
-         args.long_lr)
+         args.long_lr, generated, target)
     check, _ = make_long_dataset(4, seed=args.seed + 900, frames=args.long_frames, pace_frames=FRAMES,
                                  height=HEIGHT, width=WIDTH)
     result["frame_mse"] = frame_errors(vae, to_video_tensor(check))
@@ -515,6 +585,13 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--long-steps", type=int, default=LONG_STEPS)
     ap.add_argument("--long-batch", type=int, default=1)
     ap.add_argument("--long-lr", type=float, default=LONG_LR)
+    ap.add_argument("--long-native-clips", type=int, default=0,
+                    help="stage 4: native clips per step kept in stage 1b's loss (`anchored_vae`; 0: none, as v5)")
+    ap.add_argument("--long-native-frames", type=int, default=0,
+                    help="stage 4: single frames per step kept in stage 1b's loss (0: none, as v5)")
+    ap.add_argument("--long-generated", type=int, default=0,
+                    help="stage 4b: transformer samples whose decoding is held to the VAE's before stage 4 "
+                         "(`anchored_vae`; needs stage 3, so `--stage long` then trains or reuses dit.pt; 0: none)")
     ap.add_argument("--cache", default=None,
                     help="dir to save/reuse stage results: stage12.pt (VAE + latents), corners.pt (stage 1b), "
                          "dit.pt, long_vae.pt, long_whole.pt (a cache holds one recipe: give a fresh dir when "
@@ -534,6 +611,9 @@ def parse_args(argv: list[str] | None):
         args.clips, args.steps, args.batch, args.log_every = 4, 20, 4, 5
         args.long_vae_clips, args.long_vae_frames, args.long_vae_steps = 2, 9, 2
         args.long_clips, args.long_frames, args.long_steps = 2, 17, 2
+        args.long_native_clips = min(args.long_native_clips, 1)
+        args.long_native_frames = min(args.long_native_frames, 2)
+        args.long_generated = min(args.long_generated, 2)
     return args
 
 
@@ -612,7 +692,7 @@ def train_base(comps, args, cdir: Path | None) -> dict:
     result = {"vae_losses": blob["vae_losses"], "recon_mse": F.mse_loss(rec, videos[: len(rec)]).item(),
               "stage_seconds": {"vae": round(vae_seconds)}}
     log(f"stage 1 took {vae_seconds:.0f}s; {FRAMES}-frame recon mse {result['recon_mse']:.5f}")
-    if args.stage in ("all", "dit"):
+    if args.stage in ("all", "dit") or args.long_generated:
         blob = dit_stage(comps, cdir, "dit.pt", latents, captions, args.steps, args.lr, args.seed, args)
         result["dit_losses"] = blob["losses"]
         result["stage_seconds"]["transformer"] = round(blob["seconds"])
@@ -658,6 +738,9 @@ def save(comps, out: str, args, result) -> None:
                  "long_whole": dict(steps=args.long_steps, clips=args.long_clips, frames=args.long_frames,
                                     batch=args.long_batch, lr=args.long_lr)}
         meta["long"] = {"anchor": args.anchor, "object_weight": args.object_weight,
+                        **({"generated": args.long_generated} if args.long_generated else {}),
+                        **({"native_clips": args.long_native_clips, "native_frames": args.long_native_frames}
+                           if args.long_native_clips or args.long_native_frames else {}),
                         **{name: {**cfg, "final_weighted_mse": mean(result[name]["losses"]),
                                   "final_latent_drift": mean(result[name]["drifts"]),
                                   "seconds": round(result[name]["seconds"])} for name, cfg in parts.items()},

@@ -116,6 +116,44 @@ def test_quick_training_with_the_corner_stage_and_mixed_sigmas(tmp_path):
     assert meta["vae_corner_steps"] == 2 and meta["dit_sigmas"] == "mix"
 
 
+def test_generated_latents_are_the_transformer_samples_the_vae_decodes():
+    """Stage 4b's generated latents: one native-length latent clip per caption, un-normalised with the VAE's
+    statistics (so `vae.decode` takes them as WanPipeline's output), the same for a seed and not across seeds."""
+    train = _load_train_module()
+    comps = train.build_components(0)
+    comps["vae"].register_to_config(latents_mean=[0.5] * 16, latents_std=[2.0] * 16)
+    for m in ("vae", "transformer", "text_encoder"):
+        comps[m].eval()
+    a, b, c = (train.generated_latents(comps, 3, seed, steps=2) for seed in (7, 7, 8))
+    assert a.shape == (3, 16, (train.FRAMES - 1) // 4 + 1, train.HEIGHT // 4, train.WIDTH // 4)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # un-normalised: a random-init transformer's output stays near N(0, 1) in the normalised space
+    assert abs(a.mean().item() - 0.5) < 0.5 and 1.0 < a.std().item() < 4.0
+
+
+def test_stage_4_terms_move_the_vae_and_are_recorded(tmp_path):
+    """`--long-native-clips/-frames` and `--long-generated` add their losses to stage 4 (the VAE comes out other
+    than without them, the transformer the same) and the metadata names them."""
+    from diffusers import WanPipeline
+
+    train = _load_train_module()
+    threads = torch.get_num_threads()
+    terms = ["--long-native-clips", "1", "--long-native-frames", "2", "--long-generated", "2"]
+    try:
+        train.main(["--quick", "--out", str(tmp_path / "plain")])
+        train.main(["--quick", *terms, "--out", str(tmp_path / "terms")])
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (WanPipeline.from_pretrained(str(tmp_path / n), torch_dtype=torch.float32) for n in ("plain", "terms"))
+    sa, sb = a.transformer.state_dict(), b.transformer.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    va, vb = a.vae.state_dict(), b.vae.state_dict()
+    assert not all(torch.equal(va[k], vb[k]) for k in va)
+    long = json.loads((tmp_path / "terms" / "vidrt.json").read_text())["long"]
+    assert (long["native_clips"], long["native_frames"], long["generated"]) == (1, 2, 2) and "long_whole" in long
+    assert "generated" not in json.loads((tmp_path / "plain" / "vidrt.json").read_text())["long"]
+
+
 def test_stage_4_from_a_saved_model_changes_only_the_vae(tmp_path):
     """`--from` runs the long-video stage alone: the transformer and text encoder stay bit-identical and so does the
     latent normalisation they were trained with; the VAE's weights move."""
