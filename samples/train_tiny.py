@@ -34,10 +34,10 @@ v6 was tried twice and not shipped (stages 1b, `--dit-sigmas mix`, 4000 clips, 1
 v5's, stage 4 doubled the corner VAE's native round-trip error (0.0016 -> 0.0031) and darkened the core of the
 objects the transformer draws. Kept as options, measured (bench/sample_quality.py, 16 held-out cases right in
 colour, shape and direction; bench/long_video.py, object colour per frame of 8x renders with decode windows;
-v5: 0.375, 0.75): 2+8 native clips/frames a step, 4a only (no 4b) 0.562 / 0.74 (clean renders, but the 73-frame round trip
-drifts: last 9 frames 0.31, v5 0.06); 4+16 native clips/frames, 4a only 0.625 / 0.78 (drift 0.37); with 4b 0.562
-/ 0.79 (drift 0.05, but cores darken again: worst clip's colour right in 0.56 of its frames, v5 0.89); 4b at 450
-steps with 64 generated clips 0.625 / 0.65 (drift 0.08). None beat v5 everywhere.
+v5: 0.375, 0.75): 2+8 native clips/frames a step, 4a only (no 4b) 0.562 / 0.74 (clean renders, but the 73-frame
+round trip drifts: last 9 frames 0.31, v5 0.06); 4+16 native clips/frames, 4a only 0.625 / 0.78 (drift 0.37);
+with 4b 0.562 / 0.79 (drift 0.05, but cores darken again: worst clip's colour right in 0.56 of its frames, v5
+0.89); 4b at 450 steps with 64 generated clips 0.625 / 0.65 (drift 0.08). None beat v5 everywhere.
 
 Usage:
   python samples/train_tiny.py                 # the shipped model: stages 1-4, writes samples/tiny-wan/
@@ -692,7 +692,7 @@ def train_base(comps, args, cdir: Path | None) -> dict:
     result = {"vae_losses": blob["vae_losses"], "recon_mse": F.mse_loss(rec, videos[: len(rec)]).item(),
               "stage_seconds": {"vae": round(vae_seconds)}}
     log(f"stage 1 took {vae_seconds:.0f}s; {FRAMES}-frame recon mse {result['recon_mse']:.5f}")
-    if args.stage in ("all", "dit") or args.long_generated:
+    if args.stage in ("all", "dit") or (args.stage == "long" and args.long_generated):   # 4b samples stage 3
         blob = dit_stage(comps, cdir, "dit.pt", latents, captions, args.steps, args.lr, args.seed, args)
         result["dit_losses"] = blob["losses"]
         result["stage_seconds"]["transformer"] = round(blob["seconds"])
