@@ -47,8 +47,7 @@ def git_dirty(paths: tuple[str, ...] = ("vidrt", "vidrt_dev", "bench", "samples"
     code: a bench run right after another bench wrote its results is clean."""
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--", *paths, ":(exclude)bench/results"], cwd=ROOT,
-                             capture_output=True,
-                             text=True, check=True).stdout
+                             capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return bool(out.strip())

@@ -216,7 +216,6 @@ def test_host_memory_check_counts_the_file_not_the_folders_denoiser(files, repo,
         assert f"weights {format_bytes(expected)}" in str(exc.value), str(exc.value)
 
 
-
 # --------------------------------------------------------------------------- two experts (Wan 2.2 A14B)
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory, repo):
