@@ -71,11 +71,11 @@ def check_token_multiple(cfg: RenderConfig, spec, multiple: int | None) -> None:
                              f"{cfg.model.path}: its VAE compresses {multiple // 2}x and its denoiser patches 2x2)")
 
 
-def has_two_experts(folder: Path | None) -> bool:
+def has_two_experts(folder: Path | None, spec) -> bool:
     """Whether the pipeline folder holds two denoisers (Wan 2.2 A14B: `transformer_2` in model_index.json)."""
     index = folder / "model_index.json" if folder is not None else None
-    return bool(index is not None and index.is_file() and (json.loads(index.read_text()).get("transformer_2")
-                                                          or [None])[0])
+    return bool(spec.second_expert and index is not None and index.is_file()
+                and (json.loads(index.read_text()).get(spec.second_expert) or [None])[0])
 
 
 def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> SingleFile:
@@ -84,14 +84,15 @@ def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> S
     two files: the high-noise expert's in model.weights, the low-noise one's in model.weights_2)."""
     import diffusers
 
-    experts = has_two_experts(folder)
+    experts = has_two_experts(folder, spec)
     if experts and not cfg.model.weights_2:
-        raise VidrtError(f"model.weights: {cfg.model.path} has two experts (transformer and transformer_2, Wan 2.2 "
-                         "A14B), and one file replaces one of them; give the high-noise expert's file as "
-                         "model.weights and the low-noise expert's as model.weights_2")
-    if cfg.model.weights_2 and folder is not None and not experts:
-        raise VidrtError(f"model.weights_2: {cfg.model.path} has one denoiser, no second expert (transformer_2) to "
-                         "replace; remove model.weights_2")
+        raise VidrtError(f"model.weights: {cfg.model.path} has two experts ({spec.denoiser_folder} and "
+                         f"{spec.second_expert}, Wan 2.2 A14B), and one file replaces one of them; give the "
+                         "high-noise expert's file as model.weights and the low-noise expert's as model.weights_2")
+    if cfg.model.weights_2 and (spec.second_expert is None or folder is not None and not experts):
+        raise VidrtError(f"model.weights_2: {cfg.model.path} has one denoiser, no second expert"
+                         f"{f' ({spec.second_expert})' if spec.second_expert else ''} to replace; remove "
+                         "model.weights_2")
     cls = getattr(diffusers, spec.denoiser_class_names[0])
     files = []
     for key in ("weights", "weights_2"):
@@ -130,7 +131,7 @@ def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
     on_host = cfg.devices[0] == "cpu" or cfg.memory.offload in ("model", "group") or (
         cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay
     weights = 0
-    files = {spec.denoiser_folder: cfg.model.weights, "transformer_2": cfg.model.weights_2}
+    files = {spec.denoiser_folder: cfg.model.weights, spec.second_expert: cfg.model.weights_2}
     files = {sub: Path(f).expanduser() for sub, f in files.items() if f}
     if on_host and folder is not None:      # a single-file denoiser replaces the folder's own
         replaced = [folder / sub for sub in files]

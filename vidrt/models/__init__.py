@@ -44,7 +44,7 @@ def denoisers_of(obj) -> list[nn.Module]:
     if isinstance(obj, DiffusionPipeline):
         adapter = adapter_for(obj)
         found = [adapter.denoiser(obj)]
-        extra = getattr(obj, "transformer_2", None)
+        extra = getattr(obj, adapter.spec.second_expert or "", None)
         if isinstance(extra, nn.Module):
             found.append(extra)
         return [d for d in found if d is not None]

@@ -150,8 +150,11 @@ class ModelAdapter:
         if weights is not None:
             kwargs[self.denoiser_attr] = self.load_denoiser_file(path, weights, dtype)
         if weights_2 is not None:
-            kwargs["transformer_2"] = self.load_denoiser_file(path, weights_2, dtype, "transformer_2",
-                                                              "model.weights_2")
+            if self.spec.second_expert is None:
+                raise VidrtError(f"model.weights_2: {self.family} pipelines have one denoiser, no second expert to "
+                                 "replace; remove model.weights_2")
+            kwargs[self.spec.second_expert] = self.load_denoiser_file(path, weights_2, dtype, self.spec.second_expert,
+                                                                      "model.weights_2")
         try:
             pipe = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=not allow_pickle or None,
                                        **self.load_kwargs(path, dtype, allow_pickle), **kwargs)
@@ -187,7 +190,7 @@ class ModelAdapter:
 
     def prepare(self, pipe):
         """Family-specific fixes applied to every pipeline (loaded or tiny)."""
-        for name in ("text_encoder", "image_encoder", "vae", self.denoiser_attr, "transformer_2"):
+        for name in ("text_encoder", "image_encoder", "vae", self.denoiser_attr, self.spec.second_expert):
             module = getattr(pipe, name, None)
             if isinstance(module, nn.Module):
                 module.eval().requires_grad_(False)

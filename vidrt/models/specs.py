@@ -36,6 +36,7 @@ class FamilySpec:
     spatial_compression: int = 8          # pixels per latent pixel along height and width
     latent_channels: int = 4              # channels of the denoising loop's latents
     denoiser_folder: str = "unet"         # the pipeline folder's denoiser component (its config.json)
+    second_expert: str | None = None      # a second denoiser taking turns with the first (model.weights_2)
     causal_vae: bool = False              # a VAE whose decoder carries a feature cache along time (Wan)
 
     def frames_error(self, frames: int) -> str | None:
@@ -110,7 +111,7 @@ SPECS: dict[str, FamilySpec] = {s.family: s for s in (
                "two-expert A14B). frames 4k+1, size multiple of 16 (Wan 2.2 TI2V: 32)",
                "vidrt.models.wan", ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"), ("WanTransformer3DModel",),
                optional_image=True, video_to_video=True, frame_rule="4k+1", size_multiple=16, native_frames=81, temporal_compression=4,
-               latent_channels=16, denoiser_folder="transformer", causal_vae=True),
+               latent_channels=16, denoiser_folder="transformer", second_expert="transformer_2", causal_vae=True),
     FamilySpec("animatediff", "AnimateDiff: SD1.5 UNet + MotionAdapter (model.path = SD1.5 folder or AnimateDiff "
                "pipeline; model.motion_adapter = adapter folder/hub id). size multiple of 8",
                "vidrt.models.animatediff", ("AnimateDiffPipeline", "StableDiffusionPipeline",

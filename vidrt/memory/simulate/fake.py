@@ -57,9 +57,6 @@ def _layer_list(mod: nn.Module, path: str):
     return mod
 
 
-EXPERTS = ("transformer_2",)   # pipeline components that are further denoisers, taking turns with the first
-
-
 def build_modules(comps: dict[str, Component], adapter, dtype: torch.dtype, reduce: bool = True,
                   keep: int = KEEP_LAYERS) -> dict[str, Any]:
     """text_encoder, image_encoder, vae (those the pipeline has) and the denoiser as the adapter builds it,
@@ -97,7 +94,7 @@ def build_modules(comps: dict[str, Component], adapter, dtype: torch.dtype, redu
     if den_name not in comps:
         raise VidrtError(f"model.path: the pipeline has no {den_name} component")
     mods["denoiser"] = finish(den_name, adapter.build_simulated_denoiser(comps, build))
-    for name in EXPERTS:     # a second expert (Wan 2.2 A14B): built as the first is, never run
-        if name in comps:
-            mods[name] = finish(name, build(comps[name]))
+    expert = adapter.spec.second_expert   # a second expert (Wan 2.2 A14B): built as the first is, never run
+    if expert in comps:
+        mods[expert] = finish(expert, build(comps[expert]))
     return mods

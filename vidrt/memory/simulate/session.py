@@ -28,7 +28,7 @@ from vidrt.engine.slicing import SlicingConfig, disable_slicing, enable_slicing
 from vidrt.engine.vae import VaeConfig, enable_vae_settings
 from vidrt.memory.cost import CostCounter, Counts
 from vidrt.memory.settings import MemorySettings
-from vidrt.memory.simulate.fake import EXPERTS, KEEP_LAYERS, build_modules
+from vidrt.memory.simulate.fake import KEEP_LAYERS, build_modules
 from vidrt.memory.target import accelerator
 from vidrt.engine.offload import offload_granularity
 from vidrt.memory.simulate.placement import (ENCODERS, GRANULARITIES, StoredWeights, account,
@@ -265,9 +265,9 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
         stored = (file_stored_weights(den_name, den, params[den_name], file) if file is not None else
                   stored_weights(den_name, den, params[den_name], list(repeated.get(den_name, ((), 0))[0])))
         file_2 = denoiser_file(config, "weights_2")
-        own_files = ({"transformer_2": file_stored_weights("transformer_2", named["transformer_2"],
-                                                           params["transformer_2"], file_2)}
-                     if file_2 is not None and "transformer_2" in named else {})
+        expert = adapter.spec.second_expert
+        own_files = ({expert: file_stored_weights(expert, named[expert], params[expert], file_2)}
+                     if file_2 is not None and expert in named else {})
         shard = {}
         if ranks > 1:   # FSDP2 over the ranks (vidrt.engine.distributed.shard)
             shard[den_name] = rank_weight_bytes(den, ranks, params[den_name])
@@ -279,4 +279,4 @@ def run_session(config, slicing_variants: list[MemorySettings], tiling_variants:
     return Session(adapter.family, dtype_name, frames, height, width, accel, stages, params, group,
                    tracker.modules, [[round(t, 6), b, s] for t, b, s in tracker.timeline] if timeline else [],
                    layout, shard, _full_layers(cost.counts, repeated), calls, windows, group_by, streams_by, levels,
-                   stored, tuple(n for n in EXPERTS if n in named) if file is None else (), own_files)
+                   stored, (expert,) if file is None and expert in named else (), own_files)
