@@ -108,6 +108,28 @@ def test_decode_window_settings():
         decode_windows_for(ad, 17, None, None)
 
 
+def test_the_model_note_is_read_once_until_it_changes(tmp_path, monkeypatch):
+    """A trained sample's vidrt.json answers the native length and the declared decode windows from one read;
+    a copy goes out (a caller's change does not stick), and a rewritten note is read again."""
+    import json
+    from types import SimpleNamespace
+
+    import vidrt.models.specs as specs
+
+    calls = []
+    monkeypatch.setattr(specs, "json", SimpleNamespace(loads=lambda text: calls.append(text) or json.loads(text)))
+    note, wan = tmp_path / "vidrt.json", get_spec("wan")
+    note.write_text(json.dumps({"native_frames": 9, "decode_window": {"frames": 37, "overlap": 4}}))
+    assert wan.native_frame_count(tmp_path) == 9 and wan.declared_decode_window(tmp_path) == (37, 4)
+    assert len(calls) == 1
+    specs.sample_meta(tmp_path)["native_frames"] = 1
+    assert wan.native_frame_count(tmp_path) == 9
+    note.write_text(json.dumps({"native_frames": 17}))
+    assert wan.native_frame_count(tmp_path) == 17 and wan.declared_decode_window(tmp_path) is None
+    note.write_text("not json")
+    assert wan.native_frame_count(tmp_path) == wan.native_frames and len(calls) == 3
+
+
 BASE = {"model": {"family": "wan", "path": "samples/tiny-random-wan"}, "prompt": "a red circle",
         "frames": 9, "height": 32, "width": 32}
 

@@ -128,6 +128,24 @@ def test_header_is_read_without_loading(files):
     assert st.total_bytes == sum(t.numel() * t.element_size() for t in files["state"].values())
 
 
+def test_header_is_parsed_once_until_the_file_changes(files, tmp_path, monkeypatch):
+    """The checks, the simulator and the loader each read the header of model.weights: one parse serves them
+    all, and a file rewritten in place (another size or time) is parsed again."""
+    import shutil
+
+    import vidrt.models.single_file as sf
+
+    calls = []
+    real = sf._read_gguf
+    monkeypatch.setattr(sf, "_read_gguf", lambda path: calls.append(path) or real(path))
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(files["Q8_0"], copy)
+    first, second = read_single_file(copy), read_single_file(copy)
+    assert len(calls) == 1 and first.tensors == second.tensors and first.tensors is not second.tensors
+    shutil.copy(files["Q4_0"], copy)
+    assert read_single_file(copy).quant_types[0] == "Q4_0" and len(calls) == 2
+
+
 def test_simulated_weight_bytes_equal_the_loaded_gguf_model(files, repo, monkeypatch):
     """The dry run counts the denoiser from the file's header as diffusers' GGUF loader keeps it: exactly the
     bytes of the loaded model; a plan's resident bytes under group offloading shrink with it."""

@@ -13,6 +13,7 @@ before loading and the memory simulator count the file's true bytes without load
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from vidrt.core.errors import VidrtError
@@ -59,7 +60,8 @@ def read_single_file(path: str | Path, key: str = "model.weights") -> SingleFile
     if not path.is_file():
         raise VidrtError(f"{key}: no such file {path}")
     try:
-        tensors, types = _read_gguf(path) if kind == "gguf" else (_read_safetensors(path), ())
+        stat = path.stat()
+        tensors, types = _read_header(path.resolve(), kind, stat.st_size, stat.st_mtime_ns)
     except VidrtError:
         raise
     except Exception as exc:     # truncated files, foreign formats: many exception types
@@ -67,7 +69,14 @@ def read_single_file(path: str | Path, key: str = "model.weights") -> SingleFile
                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     if not tensors:
         raise VidrtError(f"{key}: {path} holds no tensors")
-    return SingleFile(path, kind, tensors, types)
+    return SingleFile(path, kind, dict(tensors), types)
+
+
+@lru_cache(maxsize=4)
+def _read_header(path: Path, kind: str, size: int, mtime_ns: int):
+    """One parse of a file's header per render: the checks, the memory simulator and the loader each read it
+    (a 14B GGUF's header lists ~1000 tensors). Keyed on size and mtime, so a rewritten file is read again."""
+    return _read_gguf(path) if kind == "gguf" else (_read_safetensors(path), ())
 
 
 def _read_gguf(path: Path):

@@ -3,8 +3,10 @@ importing torch or diffusers (a config error answers at once). The adapters (wan
 i2vgen.py) carry their family's spec and everything that needs the heavy stack."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from vidrt.core.errors import VidrtError
@@ -97,10 +99,19 @@ class FamilySpec:
 def sample_meta(folder: str | Path | None) -> dict:
     """The vidrt.json a trained sample keeps beside its weights ({} when there is none or it cannot be read)."""
     meta = Path(folder) / SAMPLE_META if folder else None
-    if meta is None or not meta.is_file():
-        return {}
     try:
-        data = json.loads(meta.read_text())
+        stat = meta.stat() if meta is not None and meta.is_file() else None
+    except OSError:
+        stat = None
+    return copy.deepcopy(_read_meta(meta.resolve(), stat.st_size, stat.st_mtime_ns)) if stat else {}
+
+
+@lru_cache(maxsize=8)
+def _read_meta(path: Path, size: int, mtime_ns: int) -> dict:
+    """The note read once per render though several settings read it (native length, decode windows); keyed on
+    size and mtime, so a rewritten note is read again. Callers get a copy (`sample_meta`)."""
+    try:
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
