@@ -146,6 +146,25 @@ def test_header_is_parsed_once_until_the_file_changes(files, tmp_path, monkeypat
     assert read_single_file(copy).quant_types[0] == "Q4_0" and len(calls) == 2
 
 
+def test_a_checkpoint_knows_its_weights_file(files, repo, tmp_path, monkeypatch):
+    """A checkpoint's identity names model.weights by its absolute path and its content's head: the same file
+    under a relative path resumes; the file rewritten in place with other weights does not, and says which."""
+    import shutil
+
+    from vidrt.run.checkpoint import differences, fingerprint, identity
+
+    shutil.copy(files["Q8_0"], tmp_path / "den.gguf")
+    monkeypatch.chdir(tmp_path)
+    config = {"model": {"family": "wan", "path": str(repo / MODEL), "weights": "den.gguf"}, "prompt": "a red circle"}
+    absolute = {**config, "model": {**config["model"], "weights": str(tmp_path / "den.gguf")}}
+    saved, before = identity(config), fingerprint(config)
+    assert fingerprint(absolute) == before
+    shutil.copy(files["Q4_0"], tmp_path / "den.gguf")
+    assert fingerprint(config) != before
+    assert differences(saved, identity(config)) == ["single_file_weights (weights differs)"]
+    assert "single_file_weights" not in identity({"model": {"family": "wan", "path": str(repo / MODEL)}})
+
+
 def test_simulated_weight_bytes_equal_the_loaded_gguf_model(files, repo, monkeypatch):
     """The dry run counts the denoiser from the file's header as diffusers' GGUF loader keeps it: exactly the
     bytes of the loaded model; a plan's resident bytes under group offloading shrink with it."""

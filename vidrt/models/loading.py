@@ -173,6 +173,22 @@ def weights_identity(path: str | Path) -> dict[str, str] | None:
     return ident
 
 
+def single_file_identity(path: str | Path) -> str:
+    """What identifies a single weights file (model.weights) without reading its tensors: its size and a hash of
+    its header (safetensors) or of its first 4 MiB (GGUF: its metadata and tensor list come first)."""
+    file = Path(path).expanduser()
+    try:
+        size = file.stat().st_size
+        if file.suffix.lower() == ".safetensors":
+            head = _safetensors_header(file)
+        else:
+            with open(file, "rb") as fh:
+                head = fh.read(4 * 2 ** 20)
+    except OSError:
+        return "unreadable"
+    return f"{size}:{hashlib.sha256(head).hexdigest()[:16]}"
+
+
 def read_index(folder: Path) -> dict:
     """model_index.json of a pipeline folder (one clear error when the folder is not one)."""
     index = folder / "model_index.json"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vidrt.core.errors import VidrtError
-from vidrt.models.loading import weights_identity
+from vidrt.models.loading import single_file_identity, weights_identity
 from vidrt.run.video import checkpoint_dir
 
 FORMAT = 2
@@ -43,15 +43,20 @@ def _absolute(path: Any) -> Any:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What made a render's result: its result keys and the weights of its model (and motion adapter) folder;
-    for a video-to-video render also its strength and the input clip (path, size and content digest: a clip
-    rewritten in place is another input). Text-to-video identities keep no video keys, so their checkpoints
-    resume across versions that added them."""
+    """What made a render's result: its result keys and the weights of its model (and motion adapter) folder and
+    single weights files (model.weights, model.weights_2: a file rewritten in place is other weights); for a
+    video-to-video render also its strength and the input clip (path, size and content digest: a clip rewritten in
+    place is another input). Identities keep no key a render does not use, so checkpoints resume across versions
+    that added them."""
     relevant = {k: config.get(k) for k in RESULT_KEYS}
     model = config.get("model") or {}
-    relevant["model"] = {**model, **{k: _absolute(model.get(k)) for k in ("path", "motion_adapter") if k in model}}
+    relevant["model"] = {**model, **{k: _absolute(model.get(k)) for k in ("path", "motion_adapter", "weights",
+                                                                           "weights_2") if k in model}}
     relevant["image"] = _absolute(config.get("image"))
     relevant["weights"] = weights_identity(model["path"]) if model.get("path") else None
+    files = {k: single_file_identity(model[k]) for k in ("weights", "weights_2") if model.get(k)}
+    if files:
+        relevant["single_file_weights"] = files
     if model.get("motion_adapter"):
         relevant["motion_adapter_weights"] = weights_identity(model["motion_adapter"])
     if config.get("input_video"):
