@@ -190,7 +190,7 @@ class ModelAdapter:
 
     def prepare(self, pipe):
         """Family-specific fixes applied to every pipeline (loaded or tiny)."""
-        for name in ("text_encoder", "image_encoder", "vae", self.denoiser_attr, self.spec.second_expert):
+        for name in ("text_encoder", "image_encoder", "vae", self.denoiser_attr, self.spec.second_expert or ""):
             module = getattr(pipe, name, None)
             if isinstance(module, nn.Module):
                 module.eval().requires_grad_(False)
