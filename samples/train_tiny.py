@@ -37,7 +37,12 @@ colour, shape and direction; bench/long_video.py, object colour per frame of 8x 
 v5: 0.375, 0.75): 2+8 native clips/frames a step, 4a only (no 4b) 0.562 / 0.74 (clean renders, but the 73-frame
 round trip drifts: last 9 frames 0.31, v5 0.06); 4+16 native clips/frames, 4a only 0.625 / 0.78 (drift 0.37);
 with 4b 0.562 / 0.79 (drift 0.05, but cores darken again: worst clip's colour right in 0.56 of its frames, v5
-0.89); 4b at 450 steps with 64 generated clips 0.625 / 0.65 (drift 0.08). None beat v5 everywhere.
+0.89); 4b at 450 steps with 64 generated clips 0.625 / 0.65 (drift 0.08); at 900 steps 0.50 / 0.79 (drift
+0.07, worst clip's colour 0.44: a black triangle drawn blue); 128 generated clips, 8 a step
+(`--long-generated-batch`) 0.50 / 0.77 (drift 0.07, worst clip 0.67). None beat v5 everywhere, and every v6
+transformer draws the default prompt's red circle boxy: stage 1b's corners (round trip of squares and triangles
+right in 0.45 of frames before stage 4, v5 0.04) were still rising at 7500 steps, so its next try is a longer 1b,
+which continues from its `corners.partial.pt` when stopped.
 
 Usage:
   python samples/train_tiny.py                 # the shipped model: stages 1-4, writes samples/tiny-wan/
@@ -254,7 +259,8 @@ def mixed_outline_loss(vae, videos: torch.Tensor, clips: int, frames: int, g: to
 
 
 def train_vae_corners(vae, videos: torch.Tensor, steps: int, seed: int, log_every: int, *, clips: int = 4,
-                      frames: int = 16, lr: float = 1e-4, object_weight: float = 4.0, edge_weight: float = 4.0):
+                      frames: int = 16, lr: float = 1e-4, object_weight: float = 4.0, edge_weight: float = 4.0,
+                      partial: Path | None = None, save_every: int = 500):
     """Stage 1b (`--vae-corner-steps`, off in v5): the whole VAE continued on mixed batches - `clips` native clips
     and `frames` single frames of other clips, each encoded alone as a clip's first frame - with the outline
     weighted (`edge_weights`), AdamW at a constant lr.
@@ -264,22 +270,40 @@ def train_vae_corners(vae, videos: torch.Tensor, steps: int, seed: int, log_ever
     this recipe 0.13 / 0.00 at 500 steps, 0.39 / 0.21 at 4500, 0.54 / 0.28 at 7500, still rising (MSE 0.0075,
     colour 1.00); the decoder alone, or the whole VAE on clips only, did not move corners (0.10-0.12 / 0.00-0.01
     after 1000-2000 steps) and cost long-video colour; lr 2e-4 or 3e-4 was no faster. Single frames matter: the
-    first latent frame of every clip is one frame encoded alone, the frame a render's shape is judged on first."""
+    first latent frame of every clip is one frame encoded alone, the frame a render's shape is judged on first.
+
+    `partial`: every `save_every` steps the VAE, the optimiser's moments, the generator's state and the losses are
+    written there, and a run that finds the file continues from it - with the same result as a run never stopped
+    (the stage runs for hours on one core, longer than a session). Returns (losses, seconds of earlier runs)."""
     g = torch.Generator().manual_seed(seed + 11)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    losses, done, before = [], 0, 0.0
+    if partial is not None and partial.exists():
+        state = torch.load(partial)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["generator"])
+        losses, done, before = list(state["losses"]), state["step"], state["seconds"]
+        log(f"vae corners: continuing {partial} after step {done}")
     vae.train()
-    losses = []
     t0 = time.time()
-    for step in range(1, steps + 1):
+    for step in range(done + 1, steps + 1):
         loss = mixed_outline_loss(vae, videos, clips, frames, g, object_weight, edge_weight)
         apply_gradients(loss, opt, sched, vae.parameters())
         losses.append(loss.item())
         if step % log_every == 0 or step == 1 or step == steps:
             log(f"vae corners step {step:5d}  weighted loss {np.mean(losses[-log_every:]):.5f}  "
-                f"{(time.time() - t0) / step:.2f}s/step")
+                f"{(time.time() - t0) / (step - done):.2f}s/step")
+        if partial is not None and step % save_every == 0 and step < steps:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "generator": g.get_state(), "losses": losses, "step": step,
+                        "seconds": before + time.time() - t0}, partial.with_suffix(".tmp"))
+            partial.with_suffix(".tmp").replace(partial)      # a kill mid-write leaves the previous one
     vae.eval()
-    return losses
+    return losses, before
 
 
 @torch.no_grad()
@@ -393,7 +417,7 @@ def stage(cdir: Path | None, name: str, run):
         return torch.load(path)
     t0 = time.time()
     blob = run()
-    blob["seconds"] = time.time() - t0
+    blob["seconds"] = time.time() - t0 + blob.pop("earlier_seconds", 0.0)   # a stage continued from a partial
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, path)
@@ -518,7 +542,8 @@ def train_long(comps, args, cdir: Path | None) -> dict:
                                           anchor=args.anchor, object_weight=args.object_weight, native=native,
                                           native_clips=args.long_native_clips,
                                           native_frames=args.long_native_frames, generated=generated,
-                                          generated_target=generated_target)
+                                          generated_target=generated_target,
+                                          generated_batch=args.long_generated_batch)
             return {"vae": vae.state_dict(), "losses": losses, "drifts": drifts}
 
         blob = stage(cdir, name, run)
@@ -592,6 +617,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--long-generated", type=int, default=0,
                     help="stage 4b: transformer samples whose decoding is held to the VAE's before stage 4 "
                          "(`anchored_vae`; needs stage 3, so `--stage long` then trains or reuses dit.pt; 0: none)")
+    ap.add_argument("--long-generated-batch", type=int, default=4,
+                    help="stage 4b: generated samples in each step's hold (its weight against the long clip)")
     ap.add_argument("--cache", default=None,
                     help="dir to save/reuse stage results: stage12.pt (VAE + latents), corners.pt (stage 1b), "
                          "dit.pt, long_vae.pt, long_whole.pt (a cache holds one recipe: give a fresh dir when "
@@ -677,11 +704,15 @@ def train_base(comps, args, cdir: Path | None) -> dict:
         def corner_stage():
             vae_vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT,
                                        width=WIDTH)
-            losses = train_vae_corners(vae, to_video_tensor(vae_vids), args.vae_corner_steps, args.seed,
-                                       args.log_every)
-            return {"vae": vae.state_dict(), "z": encode_latents(vae, videos), "vae_losses": losses}
+            partial = cdir / "corners.partial.pt" if cdir is not None else None
+            losses, earlier = train_vae_corners(vae, to_video_tensor(vae_vids), args.vae_corner_steps, args.seed,
+                                                args.log_every, partial=partial)
+            return {"vae": vae.state_dict(), "z": encode_latents(vae, videos), "vae_losses": losses,
+                    "earlier_seconds": earlier}
 
         corners = stage(cdir, "corners.pt", corner_stage)
+        if cdir is not None:
+            (cdir / "corners.partial.pt").unlink(missing_ok=True)
         vae.load_state_dict(corners["vae"])
         vae.eval()
         blob = {**corners, "vae_losses": list(blob["vae_losses"] or []) + list(corners["vae_losses"] or [])}
@@ -738,7 +769,8 @@ def save(comps, out: str, args, result) -> None:
                  "long_whole": dict(steps=args.long_steps, clips=args.long_clips, frames=args.long_frames,
                                     batch=args.long_batch, lr=args.long_lr)}
         meta["long"] = {"anchor": args.anchor, "object_weight": args.object_weight,
-                        **({"generated": args.long_generated} if args.long_generated else {}),
+                        **({"generated": args.long_generated, "generated_batch": args.long_generated_batch}
+                           if args.long_generated else {}),
                         **({"native_clips": args.long_native_clips, "native_frames": args.long_native_frames}
                            if args.long_native_clips or args.long_native_frames else {}),
                         **{name: {**cfg, "final_weighted_mse": mean(result[name]["losses"]),

@@ -116,6 +116,53 @@ def test_quick_training_with_the_corner_stage_and_mixed_sigmas(tmp_path):
     assert meta["vae_corner_steps"] == 2 and meta["dit_sigmas"] == "mix"
 
 
+def test_corner_stage_continued_after_a_kill_equals_one_run(tmp_path, monkeypatch):
+    """Stage 1b saves its state every `save_every` steps; killed after step 3 and run again, it continues from
+    step 2's state and ends with the VAE, losses and generator draws of a run never stopped (bit for bit); the
+    seconds of the earlier run are handed on."""
+    from diffusers import AutoencoderKLWan
+    from vidrt_dev.sample_data import make_dataset
+
+    train = _load_train_module()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        videos = train.to_video_tensor(make_dataset(6, seed=3, frames=5, height=16, width=16)[0])
+        torch.manual_seed(0)
+        start = AutoencoderKLWan(**train.VAE_CONFIG).state_dict()
+
+        def vae():
+            model = AutoencoderKLWan(**train.VAE_CONFIG)
+            model.load_state_dict(start)
+            return model
+
+        whole = vae()
+        losses, earlier = train.train_vae_corners(whole, videos, 4, 0, 10, clips=1, frames=2)
+        assert earlier == 0 and len(losses) == 4
+        partial = tmp_path / "corners.partial.pt"
+        real, calls = train.apply_gradients, []
+
+        def killed_at_step_3(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            real(*args)
+
+        monkeypatch.setattr(train, "apply_gradients", killed_at_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            train.train_vae_corners(vae(), videos, 4, 0, 10, clips=1, frames=2, partial=partial, save_every=2)
+        monkeypatch.setattr(train, "apply_gradients", real)
+        assert torch.load(partial)["step"] == 2
+        resumed = vae()
+        again, earlier = train.train_vae_corners(resumed, videos, 4, 0, 10, clips=1, frames=2, partial=partial,
+                                                 save_every=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert again == losses and earlier > 0
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
 def test_generated_latents_are_the_transformer_samples_the_vae_decodes():
     """Stage 4b's generated latents: one native-length latent clip per caption, un-normalised with the VAE's
     statistics (so `vae.decode` takes them as WanPipeline's output), the same for a seed and not across seeds."""
@@ -138,7 +185,8 @@ def test_stage_4_terms_move_the_vae_and_are_recorded(tmp_path):
 
     train = _load_train_module()
     threads = torch.get_num_threads()
-    terms = ["--long-native-clips", "1", "--long-native-frames", "2", "--long-generated", "2"]
+    terms = ["--long-native-clips", "1", "--long-native-frames", "2", "--long-generated", "2",
+             "--long-generated-batch", "3"]
     try:
         train.main(["--quick", "--out", str(tmp_path / "plain")])
         train.main(["--quick", *terms, "--out", str(tmp_path / "terms")])
@@ -150,7 +198,8 @@ def test_stage_4_terms_move_the_vae_and_are_recorded(tmp_path):
     va, vb = a.vae.state_dict(), b.vae.state_dict()
     assert not all(torch.equal(va[k], vb[k]) for k in va)
     long = json.loads((tmp_path / "terms" / "vidrt.json").read_text())["long"]
-    assert (long["native_clips"], long["native_frames"], long["generated"]) == (1, 2, 2) and "long_whole" in long
+    assert (long["native_clips"], long["native_frames"], long["generated"], long["generated_batch"]) == (1, 2, 2, 3)
+    assert "long_whole" in long
     assert "generated" not in json.loads((tmp_path / "plain" / "vidrt.json").read_text())["long"]
 
 
