@@ -132,7 +132,7 @@ def _check_size(cfg: RenderConfig, spec, folder: Path | None) -> list[str]:
         cfg.devices[0] == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir())   # where the weights stay
     weights = 0
     files = {spec.denoiser_folder: cfg.model.weights, spec.second_expert: cfg.model.weights_2}
-    files = {sub: Path(f).expanduser() for sub, f in files.items() if f}
+    files = {sub: Path(f).expanduser() for sub, f in files.items() if f and sub}   # sub None: no 2nd expert
     if on_host and folder is not None:      # a single-file denoiser replaces the folder's own
         replaced = [folder / sub for sub in files]
         weights = sum(f.stat().st_size for f in weight_files(folder) if not any(r in f.parents for r in replaced))
