@@ -286,6 +286,9 @@ def train_vae_corners(vae, videos: torch.Tensor, steps: int, seed: int, log_ever
         sched.load_state_dict(state["sched"])
         g.set_state(state["generator"])
         losses, done, before = list(state["losses"]), state["step"], state["seconds"]
+        if done >= steps:    # a partial is a prefix of a longer run (constant lr), never of a shorter one
+            raise SystemExit(f"{partial} is at step {done}, not before --vae-corner-steps {steps}: give a fresh "
+                             "--cache for a shorter stage 1b")
         log(f"vae corners: continuing {partial} after step {done}")
     vae.train()
     t0 = time.time()
@@ -620,7 +623,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--long-generated-batch", type=int, default=4,
                     help="stage 4b: generated samples in each step's hold (its weight against the long clip)")
     ap.add_argument("--cache", default=None,
-                    help="dir to save/reuse stage results: stage12.pt (VAE + latents), corners.pt (stage 1b), "
+                    help="dir to save/reuse stage results: stage12.pt (VAE + latents), corners.pt (stage 1b; "
+                         "corners.partial.pt while it runs, continued by the next run), "
                          "dit.pt, long_vae.pt, long_whole.pt (a cache holds one recipe: give a fresh dir when "
                          "changing options)")
     ap.add_argument("--stage", choices=STAGES, default="all",

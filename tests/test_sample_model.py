@@ -119,7 +119,7 @@ def test_quick_training_with_the_corner_stage_and_mixed_sigmas(tmp_path):
 def test_corner_stage_continued_after_a_kill_equals_one_run(tmp_path, monkeypatch):
     """Stage 1b saves its state every `save_every` steps; killed after step 3 and run again, it continues from
     step 2's state and ends with the VAE, losses and generator draws of a run never stopped (bit for bit); the
-    seconds of the earlier run are handed on."""
+    seconds of the earlier run are handed on. A partial past a shorter run's end is refused."""
     from diffusers import AutoencoderKLWan
     from vidrt_dev.sample_data import make_dataset
 
@@ -153,6 +153,8 @@ def test_corner_stage_continued_after_a_kill_equals_one_run(tmp_path, monkeypatc
             train.train_vae_corners(vae(), videos, 4, 0, 10, clips=1, frames=2, partial=partial, save_every=2)
         monkeypatch.setattr(train, "apply_gradients", real)
         assert torch.load(partial)["step"] == 2
+        with pytest.raises(SystemExit, match="at step 2, not before --vae-corner-steps 2"):
+            train.train_vae_corners(vae(), videos, 2, 0, 10, clips=1, frames=2, partial=partial)
         resumed = vae()
         again, earlier = train.train_vae_corners(resumed, videos, 4, 0, 10, clips=1, frames=2, partial=partial,
                                                  save_every=2)
