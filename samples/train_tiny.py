@@ -137,6 +137,12 @@ def to_video_tensor(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).mul(2).sub(1).contiguous()
 
 
+def vae_training_clips(args) -> torch.Tensor:
+    """The native clips stages 1 and 1b train the VAE on (and stage 4's `--long-native-*` terms keep)."""
+    vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT, width=WIDTH)
+    return to_video_tensor(vids)
+
+
 # ----------------------------------------------------------------------------------------------- stage 1
 def apply_gradients(loss: torch.Tensor, opt, sched, params) -> None:
     """One optimiser step with gradient clipping at 1.0 and a scheduler step (every stage trains this way)."""
@@ -531,11 +537,7 @@ def train_long(comps, args, cdir: Path | None) -> dict:
         p.requires_grad_(False)
     result = {}
 
-    native = None
-    if args.long_native_clips or args.long_native_frames:   # stage 1b's clips
-        native_vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT,
-                                      width=WIDTH)
-        native = to_video_tensor(native_vids)
+    native = vae_training_clips(args) if args.long_native_clips or args.long_native_frames else None
 
     def part(name, clips, seed, frames, steps, batch, lr, generated=None, generated_target=None):
         def run():
@@ -694,9 +696,7 @@ def train_base(comps, args, cdir: Path | None) -> dict:
 
     def vae_stage():
         # 1. VAE, 2. latents of the training clips
-        vae_vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT,
-                                   width=WIDTH)
-        losses = train_vae(vae, to_video_tensor(vae_vids), args.vae_steps, args.vae_batch, args.vae_lr,
+        losses = train_vae(vae, vae_training_clips(args), args.vae_steps, args.vae_batch, args.vae_lr,
                            args.seed, args.log_every, object_weight=args.vae_object_weight)
         return {"vae": vae.state_dict(), "z": encode_latents(vae, videos), "vae_losses": losses}
 
@@ -706,10 +706,8 @@ def train_base(comps, args, cdir: Path | None) -> dict:
     vae_seconds = blob["seconds"]
     if args.vae_corner_steps:
         def corner_stage():
-            vae_vids, _ = make_dataset(args.vae_clips, seed=args.seed + 100, frames=args.vae_frames, height=HEIGHT,
-                                       width=WIDTH)
             partial = cdir / "corners.partial.pt" if cdir is not None else None
-            losses, earlier = train_vae_corners(vae, to_video_tensor(vae_vids), args.vae_corner_steps, args.seed,
+            losses, earlier = train_vae_corners(vae, vae_training_clips(args), args.vae_corner_steps, args.seed,
                                                 args.log_every, partial=partial)
             return {"vae": vae.state_dict(), "z": encode_latents(vae, videos), "vae_losses": losses,
                     "earlier_seconds": earlier}
