@@ -13,10 +13,10 @@ before loading and the memory simulator count the file's true bytes without load
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.files import parsed_once
 
 SUFFIXES = {".gguf": "gguf", ".safetensors": "safetensors"}
 # GGUF types stored as plain floats: loaded as ordinary tensors (the rest are block-quantized)
@@ -60,8 +60,7 @@ def read_single_file(path: str | Path, key: str = "model.weights") -> SingleFile
     if not path.is_file():
         raise VidrtError(f"{key}: no such file {path}")
     try:
-        stat = path.stat()
-        tensors, types = _read_header(path.resolve(), kind, stat.st_size, stat.st_mtime_ns)
+        tensors, types = _read_header(path)
     except VidrtError:
         raise
     except Exception as exc:     # truncated files, foreign formats: many exception types
@@ -72,11 +71,13 @@ def read_single_file(path: str | Path, key: str = "model.weights") -> SingleFile
     return SingleFile(path, kind, dict(tensors), types)
 
 
-@lru_cache(maxsize=4)
-def _read_header(path: Path, kind: str, size: int, mtime_ns: int):
-    """One parse of a file's header per render: the checks, the memory simulator and the loader each read it
-    (a 14B GGUF's header lists ~1000 tensors). Keyed on size and mtime, so a rewritten file is read again."""
-    return _read_gguf(path) if kind == "gguf" else (_read_safetensors(path), ())
+def _parse_header(path: Path):
+    return _read_gguf(path) if SUFFIXES[path.suffix.lower()] == "gguf" else (_read_safetensors(path), ())
+
+
+# one parse per render: the checks, the memory simulator and the loader each read the header (a 14B GGUF's
+# lists ~1000 tensors)
+_read_header = parsed_once(_parse_header, maxsize=4)
 
 
 def _read_gguf(path: Path):

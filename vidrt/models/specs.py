@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.files import parsed_once
 
 SAMPLE_META = "vidrt.json"   # written beside a pipeline vidrt trained (native frame count, size)
 # From this many pixels per frame up, a VAE decodes in tiles when nothing else decides (vae_tiling: auto without
@@ -99,22 +99,23 @@ class FamilySpec:
 def sample_meta(folder: str | Path | None) -> dict:
     """The vidrt.json a trained sample keeps beside its weights ({} when there is none or it cannot be read)."""
     meta = Path(folder) / SAMPLE_META if folder else None
+    if meta is None or not meta.is_file():
+        return {}
     try:
-        stat = meta.stat() if meta is not None and meta.is_file() else None
+        return copy.deepcopy(_read_meta(meta))
     except OSError:
-        stat = None
-    return copy.deepcopy(_read_meta(meta.resolve(), stat.st_size, stat.st_mtime_ns)) if stat else {}
+        return {}
 
 
-@lru_cache(maxsize=8)
-def _read_meta(path: Path, size: int, mtime_ns: int) -> dict:
-    """The note read once per render though several settings read it (native length, decode windows); keyed on
-    size and mtime, so a rewritten note is read again. Callers get a copy (`sample_meta`)."""
+def _parse_meta(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+_read_meta = parsed_once(_parse_meta)   # several settings read the note (native length, decode windows)
 
 
 SPECS: dict[str, FamilySpec] = {s.family: s for s in (
