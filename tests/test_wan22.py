@@ -157,3 +157,34 @@ def test_sizes_off_the_token_grid_are_refused(run_cli, tmp_path):
                           "--quiet"), "height: 48 is not a multiple of 32", out_dir=out_dir)
     clean_failure(run_cli("profile", "samples/wan2.2-ti2v-5b.yaml", "--dry-run", "--set", "width=720"),
                   "width: 720 is not a multiple of 32")
+
+
+def test_model_index_is_parsed_once_until_it_changes(repo, tmp_path, monkeypatch):
+    """The checks (family, a second expert) and the simulator read a folder's model_index.json for one render:
+    one parse serves them, a copy goes out (a caller's change does not stick), a rewritten index is parsed again,
+    and a broken one is one line naming the file."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    import vidrt.models.loading as loading
+    from vidrt.config.checks import has_two_experts
+    from vidrt.core.errors import VidrtError
+    from vidrt.models import get_spec
+
+    calls = []
+    monkeypatch.setattr(loading, "json", SimpleNamespace(loads=lambda text: calls.append(text) or json.loads(text),
+                                                         JSONDecodeError=json.JSONDecodeError))
+    shutil.copy(repo / "samples/tiny-random-wan22-a14b/model_index.json", tmp_path / "model_index.json")
+    wan = get_spec("wan")
+    assert has_two_experts(tmp_path, wan) and loading.read_index(tmp_path)["_class_name"] == "WanPipeline"
+    assert len(calls) == 1
+    loading.read_index(tmp_path)["transformer_2"] = [None, None]
+    assert has_two_experts(tmp_path, wan) and len(calls) == 1
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    del index["transformer_2"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index, indent=1))
+    assert not has_two_experts(tmp_path, wan) and len(calls) == 2
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(VidrtError, match="model_index.json is not valid JSON"):
+        has_two_experts(tmp_path, wan)

@@ -3,7 +3,6 @@ model folder, an image or input video that is missing or the model cannot take, 
 memory; and the warning for a render with a lot of work."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vidrt.config.schema import RenderConfig
@@ -13,7 +12,7 @@ from vidrt.core.windows import decode_windows_for, window_plan
 from vidrt.core.units import format_bytes
 from vidrt.models.known_ids import known_dir
 from vidrt.models.loading import (check_pipeline_folder, host_memory, local_or_hub, pixels_per_token,
-                                   weight_files)
+                                   read_index, weight_files)
 from vidrt.models.single_file import SingleFile, loadable_class_name, read_single_file
 from vidrt.models.specs import get_spec, tiles_by_default
 
@@ -73,9 +72,9 @@ def check_token_multiple(cfg: RenderConfig, spec, multiple: int | None) -> None:
 
 def has_two_experts(folder: Path | None, spec) -> bool:
     """Whether the pipeline folder holds two denoisers (Wan 2.2 A14B: `transformer_2` in model_index.json)."""
-    index = folder / "model_index.json" if folder is not None else None
-    return bool(spec.second_expert and index is not None and index.is_file()
-                and (json.loads(index.read_text()).get(spec.second_expert) or [None])[0])
+    if not spec.second_expert or folder is None or not (folder / "model_index.json").is_file():
+        return False
+    return bool((read_index(folder).get(spec.second_expert) or [None])[0])
 
 
 def check_weights_file(cfg: RenderConfig, spec, folder: Path | None = None) -> SingleFile:

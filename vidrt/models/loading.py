@@ -3,6 +3,7 @@ load, are its weights safe to load, does the request fit the folder (image or no
 what identifies its weights (for checkpoints); and hub errors in words."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import struct
 from pathlib import Path
 
 from vidrt.core.errors import VidrtError
+from vidrt.core.files import parsed_once
 from vidrt.models.specs import FamilySpec, family_of_class
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -189,17 +191,25 @@ def single_file_identity(path: str | Path) -> str:
     return f"{size}:{hashlib.sha256(head).hexdigest()[:16]}"
 
 
+def _parse_index(index: Path) -> dict:
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise VidrtError(f"model.path: {index} is not valid JSON ({exc.msg})") from None
+
+
+_read_index = parsed_once(_parse_index)   # the checks (family, experts) and the simulator read it for one render
+
+
 def read_index(folder: Path) -> dict:
-    """model_index.json of a pipeline folder (one clear error when the folder is not one)."""
+    """model_index.json of a pipeline folder (one clear error when the folder is not one); a copy of one parse
+    per version of the file."""
     index = folder / "model_index.json"
     if not folder.is_dir():
         raise VidrtError(f"model.path: {folder} is not a folder")
     if not index.is_file():
         raise VidrtError(f"model.path: {folder} has no model_index.json (not a diffusers pipeline folder)")
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise VidrtError(f"model.path: {index} is not valid JSON ({exc.msg})") from None
+    return copy.deepcopy(_read_index(index))
 
 
 def refuse_pickle_only(folder: Path) -> None:
