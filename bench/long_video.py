@@ -429,6 +429,11 @@ def main(argv=None) -> None:
             without_start_rule = render_lengths(args, adapter, native, prompts, tmp, mults=MULTS[1:])[1]
         finally:
             type(adapter).window_start_latents = kept
+    # the same windows with the other choice of noise reuse (`long.noise_reschedule`; the family's default above)
+    reuse = not adapter.long_noise_reschedule
+    other_noise = dict(reschedule=reuse, quality=render_lengths(
+        args, adapter, native, prompts, tmp, overrides=(f"long.noise_reschedule={str(reuse).lower()}",),
+        mults=MULTS[1:])[1])
     with_policy = None
     if args.policy != "none":
         with_policy = dict(policy=args.policy, quality=render_lengths(
@@ -439,7 +444,7 @@ def main(argv=None) -> None:
                 prompts=prompts, rows=rows, resume=resume_check(args, adapter, native, tmp),
                 simulated=simulated(base, adapter, native), quality=quality, decode_only=decoded,
                 with_policy=with_policy, roundtrip=roundtrip, start_latents=adapter.window_start_latents,
-                without_start_rule=without_start_rule)
+                without_start_rule=without_start_rule, other_noise=other_noise)
     data["seconds_total"] = time.perf_counter() - started
     rio.write_json(args.out / f"{NAME}.json", data)
     text = render(data)
@@ -594,6 +599,7 @@ def quality_section(data: dict) -> list[str]:
                      + max_mean(pooled([v["drift"] for v in d["videos"]])) + " | " + repetition_drift(d) + " |")
     lines += decode_window_section(data)
     lines += start_rule_section(data)
+    lines += noise_section(data)
     lines += roundtrip_section(data)
     lines += policy_section(data)
     lines += ["", *per_prompt_section(quality, decoded), ""]
@@ -642,12 +648,38 @@ def start_rule_section(data: dict) -> list[str]:
         "frame 0, so the denoiser makes every window's first latent frame a clip's first frame). The same renders "
         "with those frames blended like the others, side by side (same prompts, seeds and run):",
         "",
-        *table_head("length | windows | rule | " + CONSISTENCY_HEAD + " | jump at seams max / mean"),
     ]
-    for q in rows:
-        for label, r in (("off", q), ("on", by_mult[q["mult"]])):
+    return lines + side_by_side("rule", [("off", rows), ("on", [by_mult[q["mult"]] for q in rows])])
+
+
+def noise_section(data: dict) -> list[str]:
+    other = data.get("other_noise")
+    if not other:
+        return []
+    used = not other["reschedule"]
+    by_mult = {q["mult"]: q for q in data["quality"]}
+    rows = [("on" if used else "off", [by_mult[q["mult"]] for q in other["quality"]]),
+            ("on" if other["reschedule"] else "off", other["quality"])]
+    return [
+        "### Noise reuse across windows",
+        "",
+        f"The renders above draw {'reused' if used else 'fresh'} noise for the windows after the first (the "
+        f"{data['family']} family's default); the same renders with `long.noise_reschedule: "
+        f"{str(other['reschedule']).lower()}`, side by side (same prompts, seeds and run). Reuse (FreeNoise): every "
+        "later window starts from a shuffle of the noise frames of the window before, instead of noise of its own.",
+        "",
+    ] + side_by_side("noise reuse", sorted(rows))
+
+
+def side_by_side(label: str, variants: list[tuple[str, list[dict]]]) -> list[str]:
+    """One row per length and variant (name, the quality rows of its renders): the consistency figures and the
+    jumps at window seams."""
+    lines = table_head(f"length | windows | {label} | " + CONSISTENCY_HEAD + " | jump at seams max / mean")
+    for i in range(len(variants[0][1])):
+        for name, rows in variants:
+            r = rows[i]
             seam = pooled([v["jumps"]["seam"] for v in r["videos"]])
-            lines.append(f"| {q['mult']}x | {q['windows']} | {label} | " + " | ".join(consistency_cells(r["videos"]))
+            lines.append(f"| {r['mult']}x | {r['windows']} | {name} | " + " | ".join(consistency_cells(r["videos"]))
                          + f" | {max_mean(seam)} |")
     return lines + [""]
 

@@ -92,6 +92,35 @@ def test_noise_rescheduling_reuses_window_noise():
         assert any(torch.equal(out[:, :, f], out[:, :, k]) for k in range(f))
 
 
+def test_noise_reschedule_key_turns_noise_reuse_on_for_wan(tmp_path, repo):
+    """`long.noise_reschedule`: Wan's default is off (the render's noise as the pipeline draws it); true reuses the
+    first window's noise frames in the later windows, as AnimateDiff does by default. The noise the denoiser is
+    first called with shows it; the sidecar says which ran."""
+    from vidrt.run import render as runner
+    from vidrt.config import load_config
+
+    first_inputs, sidecars = {}, {}
+    for setting in (None, True):
+        extra = [] if setting is None else ["long.noise_reschedule=true"]
+        cfg = load_config(repo / "samples" / "wan-random.yaml",
+                          ["frames=33", "steps=1", "long.window=9", "long.overlap=4", *extra])
+        pipe = runner.load_pipeline(cfg, torch.device("cpu"), with_image=False)
+        seen = []
+        handle = pipe.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True)
+        result = runner.render(cfg, tmp_path / f"n-{setting}.mp4", pipe=pipe, show_progress=False)
+        handle.remove()
+        first_inputs[setting], sidecars[setting] = seen[0], result.sidecar["long"]
+    default, reused = first_inputs[None], first_inputs[True]
+    assert not sidecars[None]["noise_rescheduled"] and sidecars[True]["noise_rescheduled"]
+    window = sidecars[True]["window_latent_frames"]
+    assert default.shape == reused.shape and default.shape[2] == 9 and window == 3
+    assert torch.equal(default[:, :, :window], reused[:, :, :window])     # the first window's noise is kept
+    for f in range(window, reused.shape[2]):       # every later frame is one of the frames before it
+        assert any(torch.equal(reused[:, :, f], reused[:, :, k]) for k in range(f))
+        assert not any(torch.equal(default[:, :, f], default[:, :, k]) for k in range(f))
+
+
 def test_denoiser_activation_peak_flat_in_frames():
     """Windowed activation peak at 4x and 8x the window length stays within 1.2x of the 1x peak.
 

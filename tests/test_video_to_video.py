@@ -176,6 +176,8 @@ def test_bad_inputs_are_one_line_before_loading(run_cli, tmp_path, monkeypatch):
     clean_failure(_fail(run_cli, tmp_path, f"input_video={clip}", "strength=0"), "strength", out_dir=out)
     clean_failure(_fail(run_cli, tmp_path, f"input_video={clip}", "image=samples/cond.png"),
                   "input_video: a video-to-video render takes no image", out_dir=out)
+    clean_failure(_fail(run_cli, tmp_path, f"input_video={clip}", "long.noise_reschedule=true"),
+                  "long.noise_reschedule: a video-to-video render's noise is its input clip's", out_dir=out)
     result = run_cli("render", REPO / "samples/i2vgen-xl-random.yaml", "-o", out / "x.mp4", "--set",
                      f"input_video={clip}")
     clean_failure(result, "input_video: the i2vgen-xl family has no video-to-video pipeline", out_dir=out)

@@ -58,6 +58,9 @@ def check_request(cfg: RenderConfig, *, model_files: bool = True) -> list[str]:
     check_token_multiple(cfg, spec, pixels_per_token(configs, spec) if configs is not None else None)
     if cfg.long is not None:     # a decode window the model cannot use, or an overlap as long as the window
         decode_windows_for(spec, cfg.long.decode_window, cfg.long.decode_overlap, spec.declared_decode_window(folder))
+        if cfg.long.noise_reschedule and cfg.input_video:
+            raise VidrtError("long.noise_reschedule: a video-to-video render's noise is its input clip's (reusing "
+                             "noise across windows would shuffle the clip's frames); remove the key")
     return _check_size(cfg, spec, folder)
 
 

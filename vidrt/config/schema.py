@@ -172,6 +172,9 @@ class LongConfig(_Strict):
     overlap: int | None = Field(default=None, ge=0)
     # None = auto: on an accelerator, text-to-video runs keep the pipeline's loop tensors on the host
     loop_on_host: bool | None = None
+    # FreeNoise-style noise reuse across windows (vidrt.engine.long.reschedule_noise): None = the family's
+    # default (AnimateDiff on, Wan off), true / false to choose
+    noise_reschedule: bool | None = None
     # decoding a causal VAE (Wan) in re-anchored windows of this many frames (vidrt.models.wan_vae): auto = what
     # the model declares beside its weights (vidrt.json), else the whole sequence at once; off; or frames
     decode_window: Literal["auto", "off"] | int = "auto"

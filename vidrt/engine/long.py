@@ -45,8 +45,8 @@ class LongVideoConfig:
     loop_on_host: keep the pipeline's loop tensors in host memory, run only each window on `compute_device`
         (a pipeline, not a bare denoiser; for text-to-video pipelines, whose loop device is free to choose);
     compute_device: where the windows run when the loop is on the host;
-    noise_seed: when set, FreeNoise noise rescheduling of the initial latents with this seed (the adapter says
-        whether its family wants it: `long_noise_reschedule`).
+    noise_seed: when set, FreeNoise noise rescheduling of the initial latents with this seed (the renderer sets
+        it where the family wants it, `adapter.long_noise_reschedule`, or the config's `long.noise_reschedule`).
     """
 
     window: int
@@ -185,7 +185,7 @@ def enable_long_video(obj, config: LongVideoConfig) -> WindowState:
     if config.loop_on_host:
         # diffusers pipelines put their loop tensors on `_execution_device`; only the denoiser runs elsewhere
         attach.override_attribute(obj, "_execution_device", property(lambda self: torch.device("cpu")), FEATURE)
-    if config.noise_seed is not None and adapter.long_noise_reschedule:
+    if config.noise_seed is not None:
         shuffle = torch.Generator().manual_seed(config.noise_seed)
 
         def prepare_latents(call, *args, **kwargs):

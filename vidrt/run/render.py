@@ -131,8 +131,11 @@ def apply_long(pipe, adapter: ModelAdapter, cfg: RenderConfig, req: RenderReques
     if wanted and req.image is not None:
         raise VidrtError("long.loop_on_host: image-conditioned runs keep the loop on the device; remove the key")
     on_host = bool(wanted) or (wanted is None and device.type != "cpu" and req.image is None)
-    # (noise rescheduling would shuffle a video-to-video render's input frames with its noise)
-    reschedule = adapter.long_noise_reschedule and not resuming and req.video is None
+    # (noise rescheduling would shuffle a video-to-video render's input frames with its noise; a resumed render
+    # continues from its saved latents)
+    wanted_noise = long.noise_reschedule if long is not None else None
+    reschedule = ((adapter.long_noise_reschedule if wanted_noise is None else wanted_noise)
+                  and not resuming and req.video is None)
     enable_long_video(pipe, LongVideoConfig(windows.window, windows.overlap, loop_on_host=on_host,
                                             compute_device=str(device),
                                             noise_seed=(req.seed + 1) % 2 ** 64 if reschedule else None))
