@@ -214,11 +214,14 @@ def decode_drift(video, native_video, latent: int, tc: int) -> dict:
 
 # ------------------------------------------------------------------------------------------- measuring
 def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
-                   overrides: tuple[str, ...] = (), mults: tuple[int, ...] = MULTS) -> tuple[list, list, list]:
+                   overrides: tuple[str, ...] = (), mults: tuple[int, ...] = MULTS,
+                   timed_against_base: bool = False) -> tuple[list, list, list]:
     """Every prompt at 1x / 4x / 8x through vidrt's runner, a freshly loaded pipeline per length (the memory row is
     the first prompt's render on it, as before the quality figures; memory does not depend on the words), with
-    the config `overrides` (e.g. a step policy). Returns the memory rows, the quality figures and each prompt's
-    1x frames and latents."""
+    the config `overrides` (e.g. a step policy). `timed_against_base`: each render is preceded by the same one
+    without the overrides, whose wall time is kept beside it (`base_seconds`): a time ratio from renders minutes
+    apart follows the shared machine's speed, not the overrides. Returns the memory rows, the quality figures and
+    each prompt's 1x frames and latents."""
     import vidrt.run.render as runner
     from vidrt.config import load_config
 
@@ -232,8 +235,14 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
         latent = adapter.latent_frames(frames)
         videos = []
         for i, prompt in enumerate(prompts):
-            cfg = load_config(args.config, [f"steps={args.steps}", f"frames={frames}", f"prompt={prompt}",
-                                            f"seed={i}", *overrides])
+            settings = [f"steps={args.steps}", f"frames={frames}", f"prompt={prompt}", f"seed={i}"]
+            cfg = load_config(args.config, [*settings, *overrides])
+            base_seconds = None
+            if timed_against_base:
+                t0 = time.perf_counter()
+                runner.render(load_config(args.config, settings), tmp / f"base{mult}-{i}.mp4", pipe=pipe,
+                              show_progress=False)
+                base_seconds = time.perf_counter() - t0
             with Capture(runner) as cap:
                 t0 = time.perf_counter()
                 result = runner.render(cfg, tmp / f"x{mult}-{i}.mp4", pipe=pipe, show_progress=False)
@@ -249,7 +258,8 @@ def render_lengths(args, adapter, native: int, prompts: list[str], tmp: Path,
                 decoded = dict(decode_windows=windows,
                                decode_jumps=split_jumps(video, takeover_pairs(windows, latent, tc)),
                                whole_decode=whole_decode(pipe, adapter, cap.latents[0], prompt, windows, tc))
-            videos.append(dict(prompt=prompt, seed=i, seconds=seconds, **consistency(video, prompt),
+            videos.append(dict(prompt=prompt, seed=i, seconds=seconds, base_seconds=base_seconds,
+                               **consistency(video, prompt),
                                jumps=seam_jumps(video, latent, tc, seams), policy=result.sidecar.get("policy"),
                                **decoded))
         quality.append(dict(mult=mult, frames=frames, windows=plan.windows, latent_frames=latent,
@@ -437,7 +447,8 @@ def main(argv=None) -> None:
     with_policy = None
     if args.policy != "none":
         with_policy = dict(policy=args.policy, quality=render_lengths(
-            args, adapter, native, prompts, tmp, overrides=(f"acceleration.policy={args.policy}",))[1])
+            args, adapter, native, prompts, tmp, overrides=(f"acceleration.policy={args.policy}",),
+            timed_against_base=True)[1])
     data = dict(rio.metadata(argv), config=args.config, model=str(base.model.path), family=base.model.family,
                 native=native, height=base.height, width=base.width, steps=args.steps, guidance=base.guidance,
                 threads=args.threads, temporal_compression=adapter.temporal_compression, palette_gap=palette_gap(),
@@ -720,7 +731,8 @@ def policy_section(data: dict) -> list[str]:
         "The renders above again, each window and CFG stream a policy stream of its own "
         "(docs/POLICIES.md, \"Long videos\"). *Blocks evaluated*: the share of the transformer's blocks the policy "
         "ran, over all windows and steps; *time*: its renders' wall seconds over the renders without it, same "
-        "prompts and seeds, in this run.",
+        "prompts and seeds, in this run" + (", each rendered just before it (the shared machine's speed drifts over "
+        "a run)." if paired_data(wp) else "."),
         "",
         *table_head("length | windows | " + CONSISTENCY_HEAD + " | jump at seams max / mean | jump inside max / mean "
                     "| blocks evaluated | time vs no policy"),
@@ -729,10 +741,17 @@ def policy_section(data: dict) -> list[str]:
         vids = q["videos"]
         seam, inside = (pooled([v["jumps"][k] for v in vids]) for k in ("seam", "inside"))
         evaluated = sum(v["policy"]["blocks_evaluated"] for v in vids) / sum(v["policy"]["blocks_total"] for v in vids)
-        ratio = sum(v["seconds"] for v in vids) / sum(v["seconds"] for v in base["videos"])
+        ratio = sum(v["seconds"] for v in vids) / sum(v["base_seconds"] if paired_data(wp) else b["seconds"]
+                                                      for v, b in zip(vids, base["videos"]))
         lines.append(f"| {q['mult']}x | {q['windows']} | " + " | ".join(consistency_cells(vids))
                      + f" | {max_mean(seam)} | {max_mean(inside)} | {evaluated:.2f} | {ratio:.2f}x |")
     return lines + [""]
+
+
+def paired_data(with_policy: dict) -> bool:
+    """Whether each policy render was timed against the same render without it, run just before (older data:
+    against the renders of the first pass, minutes apart)."""
+    return all(v.get("base_seconds") for q in with_policy["quality"] for v in q["videos"])
 
 
 def repetition_drift(d: dict) -> str:

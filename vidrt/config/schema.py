@@ -173,7 +173,7 @@ class LongConfig(_Strict):
     # None = auto: on an accelerator, text-to-video runs keep the pipeline's loop tensors on the host
     loop_on_host: bool | None = None
     # FreeNoise-style noise reuse across windows (vidrt.engine.long.reschedule_noise): None = the family's
-    # default (AnimateDiff on, Wan off), true / false to choose
+    # default (AnimateDiff on, Wan and I2VGen-XL off), true / false to choose
     noise_reschedule: bool | None = None
     # decoding a causal VAE (Wan) in re-anchored windows of this many frames (vidrt.models.wan_vae): auto = what
     # the model declares beside its weights (vidrt.json), else the whole sequence at once; off; or frames
