@@ -167,17 +167,21 @@ def test_model_index_is_parsed_once_until_it_changes(repo, tmp_path, monkeypatch
     import shutil
     from types import SimpleNamespace
 
+    import vidrt.models.known as known
     import vidrt.models.loading as loading
     from vidrt.config.checks import has_two_experts
     from vidrt.core.errors import VidrtError
     from vidrt.models import get_spec
 
     calls = []
-    monkeypatch.setattr(loading, "json", SimpleNamespace(loads=lambda text: calls.append(text) or json.loads(text),
-                                                         JSONDecodeError=json.JSONDecodeError))
+    counting = SimpleNamespace(loads=lambda text: calls.append(text) or json.loads(text),
+                               JSONDecodeError=json.JSONDecodeError)
+    monkeypatch.setattr(loading, "json", counting)
+    monkeypatch.setattr(known, "json", counting)        # (the simulator's reader of component configs)
     shutil.copy(repo / "samples/tiny-random-wan22-a14b/model_index.json", tmp_path / "model_index.json")
     wan = get_spec("wan")
     assert has_two_experts(tmp_path, wan) and loading.read_index(tmp_path)["_class_name"] == "WanPipeline"
+    known.components_from_folder(tmp_path)        # the simulator's read
     assert len(calls) == 1
     loading.read_index(tmp_path)["transformer_2"] = [None, None]
     assert has_two_experts(tmp_path, wan) and len(calls) == 1

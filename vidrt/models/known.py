@@ -16,6 +16,7 @@ from torch import nn
 
 from vidrt.core.errors import VidrtError
 from vidrt.models import get_adapter
+from vidrt.models.loading import read_index
 from vidrt.models.known_ids import KNOWN_MODELS, KNOWN_MOTION_ADAPTERS, KNOWN_PIPELINES, known_dir  # noqa: F401 (re-exported)
 
 # Repeated identical layers, by class: (config key of their number, attribute path of the layer list). A
@@ -46,7 +47,7 @@ def read_json(path: Path) -> dict:
 def components_from_folder(folder: Path) -> dict[str, Component]:
     """Components of a pipeline folder (model_index.json and each component's config.json); `_pipeline`
     names the pipeline class, `_tokenizer` carries the tokenizer's length where the folder has one."""
-    index = read_json(folder / "model_index.json")
+    index = read_index(folder)     # (parsed once per render with the checks' reads of it)
     out = {}
     for name, value in index.items():
         if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
